@@ -1,0 +1,535 @@
+"""Hardware facts read from /proc, /sys and /etc under a sysroot; the probe never raises."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_CMD_TIMEOUT_S = 2.0
+# A service's PATH often lacks the sbin and vendor dirs where nvpmodel and vcgencmd live.
+_CMD_PATH = os.pathsep.join(
+    [os.environ.get("PATH", os.defpath), "/usr/sbin", "/usr/bin", "/opt/vc/bin"]
+)
+_X86_FLAGS = frozenset(
+    "avx avx2 avx512f avx512_vnni avx512_bf16 avx_vnni amx_tile amx_int8 amx_bf16 fma f16c".split()
+)
+_ARM_FLAGS = frozenset("neon asimd asimddp asimdhp fphp asimdfhm sve sve2 i8mm bf16".split())
+_ARM_PARTS = {
+    "0xd03": "Cortex-A53",
+    "0xd05": "Cortex-A55",
+    "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72",
+    "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1",
+    "0xd40": "Neoverse-V1",
+    "0xd41": "Cortex-A78",
+    "0xd42": "Cortex-A78AE",
+    "0xd4f": "Neoverse-V2",
+}
+_VM_VENDORS = ("qemu", "kvm", "vmware", "virtualbox", "innotek", "xen", "bochs", "parallels")
+_VM_PRODUCTS = ("virtual machine", "kvm", "virtualbox", "vmware", "hvm domu")
+# JetPack releases by L4T version; unknown point releases fall back to the major line.
+_JETPACK = {
+    "R36.4.4": "6.2.1",
+    "R36.4.3": "6.2",
+    "R36.4.0": "6.1",
+    "R36.3.0": "6.0",
+    "R36.2.0": "6.0 DP",
+    "R35.6.0": "5.1.4",
+    "R35.5.0": "5.1.3",
+    "R35.4.1": "5.1.2",
+    "R35.3.1": "5.1.1",
+    "R35.2.1": "5.1",
+    "R35.1.0": "5.0.2",
+}
+_JETPACK_MAJOR = {"R36": "6.x", "R35": "5.x", "R32": "4.x"}
+_CUDART_GLOBS = (
+    "usr/local/cuda*/lib64/libcudart.so*",
+    "usr/local/cuda*/targets/*/lib/libcudart.so*",
+    "usr/lib/aarch64-linux-gnu/nvidia/libcudart.so*",
+    "usr/lib/aarch64-linux-gnu/tegra/libcudart.so*",
+    "usr/lib/aarch64-linux-gnu/libcudart.so*",
+    "usr/lib/x86_64-linux-gnu/libcudart.so*",
+    "usr/lib64/libcudart.so*",
+)
+_GPU_NODE_GLOBS = ("dev/nvidia[0-9]*", "dev/nvidiactl", "dev/nvhost-*", "dev/nvmap")
+
+
+@dataclass(frozen=True)
+class ThermalZone:
+    """One /sys/class/thermal zone: its type and temperature (None when unreadable)."""
+
+    name: str
+    temp_c: float | None
+
+
+@dataclass(frozen=True)
+class HardwareFacts:
+    """What the probe found; every field has a safe default when its source was missing."""
+
+    board: str
+    board_model: str
+    arch: str
+    cpu_count: int
+    cpu_model: str
+    cpu_flags: tuple[str, ...]
+    amx_advertised: bool
+    is_virtual: bool
+    mem_total_mb: int
+    mem_available_mb: int
+    swap_total_mb: int
+    cuda: bool
+    cuda_runtime: str | None
+    gpu_nodes: tuple[str, ...]
+    l4t_release: str | None
+    jetpack: str | None
+    power_mode: str | None
+    thermal_zones: tuple[ThermalZone, ...]
+    max_temp_c: float | None
+    throttled: bool | None
+    storage: str
+    storage_device: str | None
+    audio_cards: tuple[str, ...]
+    sysroot: str
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """Return a JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+class _Reader:
+    """Reads files under the sysroot and collects one warning per missing or garbled source."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.live = _is_live(root)
+        self.warnings: list[str] = []
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel.lstrip("/")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("hardware probe: %s", message)
+
+    def text(self, rel: str, *, required: bool = True) -> str | None:
+        """Read a file as text; None when missing (warned if required) or unreadable (warned)."""
+        try:
+            data = self.path(rel).read_bytes()
+        except FileNotFoundError:
+            if required:
+                self.warn(f"/{rel} is missing")
+            return None
+        except OSError as exc:  # a directory where a file belongs, EACCES, EAGAIN on sysfs
+            self.warn(f"/{rel} is unreadable ({exc.strerror or type(exc).__name__})")
+            return None
+        return data.decode("utf-8", errors="replace")
+
+    def run(self, argv: list[str]) -> str | None:
+        """Run a command on the live system only; None when absent, failure becomes a warning."""
+        if not self.live:
+            return None
+        exe = shutil.which(argv[0], path=_CMD_PATH)
+        if exe is None:
+            return None
+        try:
+            done = subprocess.run(
+                [exe, *argv[1:]],
+                capture_output=True,
+                text=True,
+                timeout=_CMD_TIMEOUT_S,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.warn(f"`{' '.join(argv)}` failed ({type(exc).__name__})")
+            return None
+        return done.stdout
+
+
+def _is_live(root: Path) -> bool:
+    try:
+        return root.resolve() == Path("/")
+    except OSError:
+        return False
+
+
+def _cpuinfo(r: _Reader) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """Split /proc/cpuinfo into per-processor blocks and the board-wide trailer lines."""
+    text = r.text("proc/cpuinfo") or ""
+    cpus: list[dict[str, str]] = []
+    board: dict[str, str] = {}
+    for chunk in re.split(r"\n\s*\n", text):
+        block: dict[str, str] = {}
+        for line in chunk.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                block[key.strip()] = value.strip()
+        if "processor" in block:
+            cpus.append(block)
+        else:
+            board.update(block)
+    if text and not cpus:
+        r.warn("/proc/cpuinfo has no processor entries (garbled)")
+    return cpus, board
+
+
+def _arch(r: _Reader, cpus: list[dict[str, str]]) -> str:
+    if r.live:
+        return platform.machine() or "unknown"
+    first = cpus[0] if cpus else {}
+    arm = first.get("CPU architecture", "")
+    if arm == "8" or arm.lower().startswith("aarch64"):
+        return "aarch64"
+    if arm == "7":
+        return "armv7l"
+    if "vendor_id" in first:
+        return "x86_64" if " lm " in f" {first.get('flags', '')} " else "i686"
+    return "unknown"
+
+
+def _cpu_count(r: _Reader, cpus: list[dict[str, str]]) -> int:
+    count = len(cpus)
+    if count == 0:
+        online = r.text("sys/devices/system/cpu/online", required=False) or ""
+        count = sum(_range_len(part) for part in online.strip().split(",") if part)
+    if r.live and hasattr(os, "sched_getaffinity"):
+        # A cpuset or taskset limits what this process may use, whatever the box has.
+        allowed = len(os.sched_getaffinity(0))
+        count = min(count, allowed) if count else allowed
+    if count <= 0:
+        r.warn("CPU count unknown (no /proc/cpuinfo processors); assuming 1")
+        return 1
+    return count
+
+
+def _range_len(part: str) -> int:
+    lo, _, hi = part.partition("-")
+    try:
+        return int(hi or lo) - int(lo) + 1
+    except ValueError:
+        return 0
+
+
+def _cpu_model(cpus: list[dict[str, str]]) -> str:
+    first = cpus[0] if cpus else {}
+    if first.get("CPU implementer") == "0x41" and first.get("CPU part") in _ARM_PARTS:
+        return _ARM_PARTS[first["CPU part"]]
+    return first.get("model name") or first.get("cpu model") or "unknown"
+
+
+def _cpu_flags(cpus: list[dict[str, str]]) -> tuple[str, ...]:
+    """Flags every core has (big.LITTLE cores can differ and llama.cpp uses them all)."""
+    sets = [set((c.get("flags") or c.get("Features") or "").split()) for c in cpus]
+    common = set.intersection(*sets) if sets else set()
+    return tuple(sorted(common & (_X86_FLAGS | _ARM_FLAGS)))
+
+
+def _device_tree(r: _Reader, name: str, arch: str) -> list[str]:
+    """NUL-separated strings of a device-tree property, from /proc or /sys/firmware."""
+    for base in ("proc/device-tree", "sys/firmware/devicetree/base"):
+        rel = f"{base}/{name}"
+        if r.path(rel).exists() or r.path(rel).is_symlink():
+            raw = r.text(rel) or ""
+            return [s.strip() for s in raw.split("\0") if s.strip()]
+    if arch not in ("x86_64", "i686"):  # PCs have no device tree; boards should
+        r.warn(f"device tree /proc/device-tree/{name} is missing")
+    return []
+
+
+def _board(model: str, compatible: list[str], arch: str) -> str:
+    compat = " ".join(compatible)
+    if "raspberrypi,5" in compat or "bcm2712" in compat or re.match(r"Raspberry Pi 5", model):
+        return "raspberry-pi-5"
+    if "raspberrypi,4" in compat or "bcm2711" in compat or re.match(r"Raspberry Pi 4", model):
+        return "raspberry-pi-4"
+    if re.search(r"nvidia,p37(01|37)", compat) or "AGX Orin" in model:
+        return "jetson-agx-orin"
+    if re.search(r"nvidia,p3767-000[01]", compat) or "Orin NX" in model:
+        return "jetson-orin-nx"
+    if re.search(r"nvidia,p3767-000[345]", compat) or "Orin Nano" in model:
+        return "jetson-orin-nano"
+    return {"x86_64": "x86_64-generic", "aarch64": "arm64-generic"}.get(arch, "unknown")
+
+
+def _dmi(r: _Reader) -> tuple[str, str]:
+    vendor = (r.text("sys/class/dmi/id/sys_vendor", required=False) or "").strip()
+    product = (r.text("sys/class/dmi/id/product_name", required=False) or "").strip()
+    return vendor, product
+
+
+def _is_virtual(r: _Reader, flags_line: str, vendor: str, product: str) -> bool:
+    if "hypervisor" in flags_line.split():
+        return True
+    if any(v in vendor.lower() for v in _VM_VENDORS):
+        return True
+    if any(p in product.lower() for p in _VM_PRODUCTS):
+        return True
+    return bool((r.text("sys/hypervisor/type", required=False) or "").strip())
+
+
+def _meminfo(r: _Reader) -> tuple[int, int, int]:
+    """MemTotal, MemAvailable and SwapTotal in MiB; 0 with a warning when missing."""
+    text = r.text("proc/meminfo")
+    values: dict[str, int] = {}
+    for line in (text or "").splitlines():
+        m = re.match(r"(\w+):\s+(\d+)\s*kB", line)
+        if m:
+            values[m.group(1)] = int(m.group(2)) // 1024
+    if text is not None:
+        for key in ("MemTotal", "MemAvailable"):
+            if key not in values:
+                r.warn(f"/proc/meminfo has no {key} (garbled)")
+    total = values.get("MemTotal", 0)
+    available = values.get("MemAvailable", values.get("MemFree", 0))
+    return total, min(available, total) if total else available, values.get("SwapTotal", 0)
+
+
+def _cuda(r: _Reader) -> tuple[str | None, tuple[str, ...]]:
+    # Prefer the versioned soname (libcudart.so.12): it says which CUDA the box has.
+    found = [p for g in _CUDART_GLOBS for p in r.root.glob(g)]
+    runtime = min(found, key=lambda p: (-len(p.name), p.as_posix()), default=None)
+    nodes = sorted({p.name for g in _GPU_NODE_GLOBS for p in r.root.glob(g)})
+    rel = "/" + runtime.relative_to(r.root).as_posix() if runtime else None
+    return rel, tuple(nodes)
+
+
+def _l4t(r: _Reader, jetson: bool) -> tuple[str | None, str | None]:
+    text = r.text("etc/nv_tegra_release", required=jetson)
+    if text is None:
+        return None, None
+    m = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)", text)
+    if not m:
+        r.warn("/etc/nv_tegra_release is garbled (no R<major> (release), REVISION: line)")
+        return None, None
+    release = f"R{m.group(1)}.{m.group(2)}.{m.group(3)}"
+    return release, _JETPACK.get(release) or _JETPACK_MAJOR.get(f"R{m.group(1)}")
+
+
+def _power_mode(r: _Reader) -> str | None:
+    """Jetson nvpmodel mode: `nvpmodel -q` when live, else the status file and config."""
+    out = r.run(["nvpmodel", "-q"])
+    if out:
+        m = re.search(r"NV Power Mode:\s*(\S+)", out)
+        if m:
+            return m.group(1)
+    status = r.text("var/lib/nvpmodel/status")
+    conf = r.text("etc/nvpmodel.conf") or ""
+    m = re.search(r"pmode:0*(\d+)", status or "")
+    if m is None:
+        default = re.search(r"<\s*PM_CONFIG\s+DEFAULT=(\d+)\s*>", conf)
+        if default is None:
+            return None
+        mode_id = default.group(1)
+    else:
+        mode_id = m.group(1)
+    name = re.search(rf"<\s*POWER_MODEL\s+ID={mode_id}\s+NAME=([^\s>]+)", conf)
+    return name.group(1) if name else f"mode {mode_id}"
+
+
+def _thermal(r: _Reader) -> tuple[ThermalZone, ...]:
+    base = r.path("sys/class/thermal")
+    zones = sorted(base.glob("thermal_zone*"), key=lambda p: _trailing_int(p.name))
+    if not zones:
+        r.warn("no thermal zones under /sys/class/thermal")
+    result = []
+    for zone in zones:
+        rel = zone.relative_to(r.root).as_posix()
+        name = (r.text(f"{rel}/type") or zone.name).strip() or zone.name
+        raw = (r.text(f"{rel}/temp", required=False) or "").strip()
+        result.append(ThermalZone(name=name, temp_c=_millideg(r, rel, raw)))
+    return tuple(result)
+
+
+def _millideg(r: _Reader, rel: str, raw: str) -> float | None:
+    if not raw:  # Orin cv*-thermal zones answer EAGAIN / nothing while power-gated
+        return None
+    try:
+        temp = int(raw) / 1000.0
+    except ValueError:
+        r.warn(f"/{rel}/temp is garbled")
+        return None
+    # Disabled zones report sentinels such as -256000; they are not temperatures.
+    return temp if -40.0 <= temp <= 150.0 else None
+
+
+def _trailing_int(name: str) -> int:
+    m = re.search(r"(\d+)$", name)
+    return int(m.group(1)) if m else 0
+
+
+def _throttled(r: _Reader) -> bool | None:
+    """Raspberry Pi firmware throttle state now (bits 0-3), not since boot (bits 16-19)."""
+    out = r.run(["vcgencmd", "get_throttled"])
+    raw = out.partition("=")[2] if out and "=" in out else None
+    if raw is None:
+        files = sorted(r.root.glob("sys/devices/platform/soc*/*firmware/get_throttled"))
+        if not files:
+            return None
+        raw = r.text(files[0].relative_to(r.root).as_posix()) or ""
+    try:
+        return int(raw.strip(), 16) & 0xF != 0
+    except ValueError:
+        r.warn("get_throttled value is garbled")
+        return None
+
+
+def _audio(r: _Reader) -> tuple[str, ...]:
+    text = r.text("proc/asound/cards", required=False)
+    if text is None:
+        return ()
+    cards = re.findall(r"^\s*\d+\s+\[[^\]]*\]:\s*\S+\s+-\s+(.+?)\s*$", text, re.MULTILINE)
+    return tuple(cards)
+
+
+def _mounts(r: _Reader) -> list[tuple[str, str, str, str]]:
+    """(mount point, major:minor, fstype, source) from mountinfo, else /proc/mounts."""
+    text = r.text("proc/self/mountinfo", required=False)
+    rows: list[tuple[str, str, str, str]] = []
+    for line in (text or "").splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if sep and len(fields) >= 5 and len(tail) >= 2:
+            rows.append((_unescape(fields[4]), fields[2], tail[0], tail[1]))
+    if rows:
+        return rows
+    for line in (r.text("proc/mounts") or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            rows.append((_unescape(parts[1]), "", parts[2], parts[0]))
+    return rows
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _target(r: _Reader, data_dir: Path | None) -> str:
+    """The data dir as an absolute path inside the sysroot (symlinks resolved when live)."""
+    path = Path("/") / (data_dir or Path("/"))
+    if r.live:
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        path = Path(os.path.realpath(path))
+    return path.as_posix()
+
+
+def _disk_for(r: _Reader, source: str, majmin: str) -> str | None:
+    """Whole-disk name under /sys/block for a mount source like /dev/mmcblk0p2 or 179:2."""
+    blocks = r.path("sys/block")
+    disks = sorted(p.name for p in blocks.iterdir()) if blocks.is_dir() else []
+    name = source.rpartition("/")[2] if source.startswith("/dev/") else ""
+    for disk in disks:
+        if name and (name == disk or (blocks / disk / name).exists()):
+            return disk
+    for disk in disks:
+        for dev in [blocks / disk / "dev", *sorted((blocks / disk).glob("*/dev"))]:
+            if majmin and (r.text(dev.relative_to(r.root).as_posix(), required=False) or "").strip() == majmin:
+                return disk
+    return None
+
+
+def _classify(r: _Reader, disk: str, depth: int = 0) -> str:
+    base = f"sys/block/{disk}"
+    slaves = sorted(r.path(f"{base}/slaves").glob("*"))
+    if slaves and depth < 4:  # LUKS/LVM: classify the device underneath
+        return _classify(r, slaves[0].name, depth + 1)
+    if disk.startswith("mmcblk"):
+        kind = (r.text(f"{base}/device/type", required=False) or "").strip()
+        if kind not in ("SD", "MMC"):
+            r.warn(f"/{base}/device/type is missing; assuming an SD card")
+        return "emmc" if kind == "MMC" else "sd"
+    if disk.startswith("nvme"):
+        return "nvme"
+    if re.match(r"x?vd[a-z]", disk):
+        return "virtual"
+    if re.match(r"(s|h)d[a-z]", disk):
+        vendor = (r.text(f"{base}/device/vendor", required=False) or "").strip().lower()
+        if any(v in vendor for v in ("qemu", "vmware", "vbox", "msft")):
+            return "virtual"
+        rotational = (r.text(f"{base}/queue/rotational", required=False) or "").strip()
+        return "hdd" if rotational == "1" else "ssd"
+    return "unknown"
+
+
+def storage_kind(r: _Reader, data_dir: Path | None) -> tuple[str, str | None]:
+    """What kind of block device holds data_dir, and its disk name."""
+    target = _target(r, data_dir)
+    mounts = [m for m in _mounts(r) if _under(target, m[0])]
+    if not mounts:
+        r.warn(f"no mount found for {target} in /proc/self/mountinfo or /proc/mounts")
+        return "unknown", None
+    _point, majmin, fstype, source = max(mounts, key=lambda m: len(m[0]))
+    disk = _disk_for(r, source, majmin)
+    if disk is None:
+        if fstype not in ("tmpfs", "overlay", "nfs", "nfs4", "9p", "virtiofs"):
+            r.warn(f"no /sys/block entry for {source} ({majmin}) holding {target}")
+        return ("virtual" if fstype in ("9p", "virtiofs") else "unknown"), None
+    return _classify(r, disk), disk
+
+
+def _under(path: str, mount_point: str) -> bool:
+    return mount_point == "/" or path == mount_point or path.startswith(mount_point + "/")
+
+
+def probe(sysroot: Path = Path("/"), data_dir: Path | None = None) -> HardwareFacts:
+    """Read this box's (or a recorded sysroot's) hardware facts; never raises."""
+    r = _Reader(Path(sysroot))
+    cpus, cpu_board = _cpuinfo(r)
+    arch = _arch(r, cpus)
+    model_strings = _device_tree(r, "model", arch)
+    compatible = _device_tree(r, "compatible", arch)
+    vendor, product = _dmi(r)
+    board_model = (
+        (model_strings[0] if model_strings else "")
+        or cpu_board.get("Model", "")
+        or " ".join(x for x in (vendor, product) if x)
+    )
+    board = _board(board_model, compatible, arch)
+    jetson = board.startswith("jetson") or r.path("etc/nv_tegra_release").exists()
+    flags_line = cpus[0].get("flags", "") if cpus else ""
+    flags = _cpu_flags(cpus)
+    total, available, swap = _meminfo(r)
+    runtime, nodes = _cuda(r)
+    if nodes and runtime is None:
+        r.warn("NVIDIA GPU device nodes found but no libcudart in the usual CUDA lib dirs")
+    l4t, jetpack = _l4t(r, board.startswith("jetson"))
+    zones = _thermal(r)
+    temps = [z.temp_c for z in zones if z.temp_c is not None]
+    storage, device = storage_kind(r, data_dir)
+    return HardwareFacts(
+        board=board,
+        board_model=board_model,
+        arch=arch,
+        cpu_count=_cpu_count(r, cpus),
+        cpu_model=_cpu_model(cpus),
+        cpu_flags=flags,
+        amx_advertised="amx_tile" in flags,
+        is_virtual=_is_virtual(r, flags_line, vendor, product) or storage == "virtual",
+        mem_total_mb=total,
+        mem_available_mb=available,
+        swap_total_mb=swap,
+        # A CUDA toolkit without a GPU (common on build VMs) must not select the CUDA backend.
+        cuda=bool(nodes),
+        cuda_runtime=runtime,
+        gpu_nodes=nodes,
+        l4t_release=l4t,
+        jetpack=jetpack,
+        power_mode=_power_mode(r) if jetson else None,
+        thermal_zones=zones,
+        max_temp_c=max(temps) if temps else None,
+        throttled=_throttled(r) if board.startswith("raspberry-pi") else None,
+        storage=storage,
+        storage_device=device,
+        audio_cards=_audio(r),
+        sysroot=str(r.root),
+        warnings=tuple(r.warnings),
+    )
