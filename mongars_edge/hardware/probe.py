@@ -18,49 +18,37 @@ _CMD_TIMEOUT_S = 2.0
 _CMD_PATH = os.pathsep.join(
     [os.environ.get("PATH", os.defpath), "/usr/sbin", "/usr/bin", "/opt/vc/bin"]
 )
-_X86_FLAGS = frozenset(
-    "avx avx2 avx512f avx512_vnni avx512_bf16 avx_vnni amx_tile amx_int8 amx_bf16 fma f16c".split()
-)
-_ARM_FLAGS = frozenset("neon asimd asimddp asimdhp fphp asimdfhm sve sve2 i8mm bf16".split())
+# fmt: off
+_X86_FLAGS = frozenset({
+    "avx", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
+    "amx_tile", "amx_int8", "amx_bf16", "fma", "f16c",
+})
+_ARM_FLAGS = frozenset({
+    "neon", "asimd", "asimddp", "asimdhp", "fphp", "asimdfhm", "sve", "sve2", "i8mm", "bf16",
+})
 _ARM_PARTS = {
-    "0xd03": "Cortex-A53",
-    "0xd05": "Cortex-A55",
-    "0xd07": "Cortex-A57",
-    "0xd08": "Cortex-A72",
-    "0xd0b": "Cortex-A76",
-    "0xd0c": "Neoverse-N1",
-    "0xd40": "Neoverse-V1",
-    "0xd41": "Cortex-A78",
-    "0xd42": "Cortex-A78AE",
-    "0xd4f": "Neoverse-V2",
+    "0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
+    "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+    "0xd42": "Cortex-A78AE", "0xd4f": "Neoverse-V2",
 }
 _VM_VENDORS = ("qemu", "kvm", "vmware", "virtualbox", "innotek", "xen", "bochs", "parallels")
 _VM_PRODUCTS = ("virtual machine", "kvm", "virtualbox", "vmware", "hvm domu")
 # JetPack releases by L4T version; unknown point releases fall back to the major line.
 _JETPACK = {
-    "R36.4.4": "6.2.1",
-    "R36.4.3": "6.2",
-    "R36.4.0": "6.1",
-    "R36.3.0": "6.0",
-    "R36.2.0": "6.0 DP",
-    "R35.6.0": "5.1.4",
-    "R35.5.0": "5.1.3",
-    "R35.4.1": "5.1.2",
-    "R35.3.1": "5.1.1",
-    "R35.2.1": "5.1",
-    "R35.1.0": "5.0.2",
+    "R36.4.4": "6.2.1", "R36.4.3": "6.2", "R36.4.0": "6.1", "R36.3.0": "6.0",
+    "R36.2.0": "6.0 DP", "R35.6.0": "5.1.4", "R35.5.0": "5.1.3", "R35.4.1": "5.1.2",
+    "R35.3.1": "5.1.1", "R35.2.1": "5.1", "R35.1.0": "5.0.2",
 }
 _JETPACK_MAJOR = {"R36": "6.x", "R35": "5.x", "R32": "4.x"}
 _CUDART_GLOBS = (
-    "usr/local/cuda*/lib64/libcudart.so*",
-    "usr/local/cuda*/targets/*/lib/libcudart.so*",
+    "usr/local/cuda*/lib64/libcudart.so*", "usr/local/cuda*/targets/*/lib/libcudart.so*",
     "usr/lib/aarch64-linux-gnu/nvidia/libcudart.so*",
-    "usr/lib/aarch64-linux-gnu/tegra/libcudart.so*",
-    "usr/lib/aarch64-linux-gnu/libcudart.so*",
-    "usr/lib/x86_64-linux-gnu/libcudart.so*",
-    "usr/lib64/libcudart.so*",
+    "usr/lib/aarch64-linux-gnu/tegra/libcudart.so*", "usr/lib/aarch64-linux-gnu/libcudart.so*",
+    "usr/lib/x86_64-linux-gnu/libcudart.so*", "usr/lib64/libcudart.so*",
 )
 _GPU_NODE_GLOBS = ("dev/nvidia[0-9]*", "dev/nvidiactl", "dev/nvhost-*", "dev/nvmap")
+_NETWORK_OR_RAM_FS = ("tmpfs", "overlay", "nfs", "nfs4", "9p", "virtiofs")
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -414,12 +402,12 @@ def _unescape(field: str) -> str:
 
 def _target(r: _Reader, data_dir: Path | None) -> str:
     """The data dir as an absolute path inside the sysroot (symlinks resolved when live)."""
-    path = Path("/") / (data_dir or Path("/"))
     if r.live:
+        path = Path(data_dir or "/").absolute()
         while not path.exists() and path != path.parent:
             path = path.parent
-        path = Path(os.path.realpath(path))
-    return path.as_posix()
+        return os.path.realpath(path)
+    return (Path("/") / (data_dir or "/")).as_posix()
 
 
 def _disk_for(r: _Reader, source: str, majmin: str) -> str | None:
@@ -432,7 +420,11 @@ def _disk_for(r: _Reader, source: str, majmin: str) -> str | None:
             return disk
     for disk in disks:
         for dev in [blocks / disk / "dev", *sorted((blocks / disk).glob("*/dev"))]:
-            if majmin and (r.text(dev.relative_to(r.root).as_posix(), required=False) or "").strip() == majmin:
+            if (
+                majmin
+                and (r.text(dev.relative_to(r.root).as_posix(), required=False) or "").strip()
+                == majmin
+            ):
                 return disk
     return None
 
@@ -470,7 +462,7 @@ def storage_kind(r: _Reader, data_dir: Path | None) -> tuple[str, str | None]:
     _point, majmin, fstype, source = max(mounts, key=lambda m: len(m[0]))
     disk = _disk_for(r, source, majmin)
     if disk is None:
-        if fstype not in ("tmpfs", "overlay", "nfs", "nfs4", "9p", "virtiofs"):
+        if fstype not in _NETWORK_OR_RAM_FS:
             r.warn(f"no /sys/block entry for {source} ({majmin}) holding {target}")
         return ("virtual" if fstype in ("9p", "virtiofs") else "unknown"), None
     return _classify(r, disk), disk

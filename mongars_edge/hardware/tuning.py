@@ -181,7 +181,9 @@ def _tier(facts: HardwareFacts, ctx: int, parallel: int) -> Choice:
         need = _WEIGHTS_MB[tier] + _KV_MB_PER_1K[tier] * tokens_k + _RUNTIME_MB
         if need <= budget:
             limit = "" if tier == cap.value else f"; {cap.value} would not fit"
-            return Choice(tier, f"needs ~{need:.0f} of {budget} MiB budget; cap: {cap.reason}{limit}")
+            return Choice(
+                tier, f"needs ~{need:.0f} of {budget} MiB budget; cap: {cap.reason}{limit}"
+            )
     return Choice("tiny", f"RAM budget {budget} MiB is below every tier: the 135M default")
 
 
@@ -211,7 +213,9 @@ def _speech(facts: HardwareFacts) -> tuple[Choice, Choice]:
     if facts.cuda:
         stt = Choice(True, "Whisper runs on the GPU")
     elif mem >= 3072 and fast_simd and facts.cpu_count >= 2:
-        stt = Choice(True, f"{'/'.join(sorted(fast_simd))} SIMD: Whisper tiny/base faster than real time")
+        stt = Choice(
+            True, f"{'/'.join(sorted(fast_simd))} SIMD: Whisper tiny/base faster than real time"
+        )
     else:
         stt = Choice(False, "Whisper would compete with the LLM for too little CPU or RAM")
     return tts, stt

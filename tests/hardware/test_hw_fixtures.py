@@ -147,7 +147,8 @@ def test_jetson_orin_nano_details() -> None:
     assert facts.cuda_runtime == "/usr/local/cuda-12.2/lib64/libcudart.so.12"
     assert "nvhost-ctrl-gpu" in facts.gpu_nodes
     cv_zones = [z for z in facts.thermal_zones if z.name.startswith("cv")]
-    assert len(cv_zones) == 3 and all(z.temp_c is None for z in cv_zones)
+    assert len(cv_zones) == 3
+    assert all(z.temp_c is None for z in cv_zones)
     assert facts.max_temp_c == pytest.approx(47.281)
     assert profile_for(facts).n_gpu_layers == 999
 

@@ -89,3 +89,10 @@ def test_doc_names_every_key() -> None:
     ]
     missing = [k for k in keys if f"`{k}`" not in doc]
     assert not missing, f"docs/probe.md does not describe: {missing}"
+
+
+def test_live_relative_data_dir_resolves_from_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert probe(data_dir=Path("data")).storage == probe(data_dir=tmp_path).storage
