@@ -1,0 +1,340 @@
+"""The local engine: one worker thread owns llama.cpp and steps every sequence together.
+
+Continuous batching: each step is one `llama_decode` holding the next token of every running
+sequence plus a chunk of the prompts being prefilled, sized so that running streams stall no
+longer than `stall_target_s`. Sequences with different LoRA adapter sets never share a step.
+Finished sequences leave their KV cache behind; a later prompt that starts with the same tokens
+(the next turn of a conversation, a shared system prompt) reuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mongars_edge.inference.engine import (
+    ChatRequest,
+    EngineLoad,
+    FinishReason,
+    Message,
+    ModelInfo,
+    TokenEvent,
+)
+from mongars_edge.inference.errors import EngineClosedError, PromptTooLongError
+from mongars_edge.inference.scheduler import Scheduler
+from mongars_edge.inference.templates import ChatTemplate
+
+if TYPE_CHECKING:
+    from mongars_edge.hardware.tuning import TuningProfile
+    from mongars_edge.inference.lowlevel import LoadedModel
+    from mongars_edge.inference.worker import Worker
+    from mongars_edge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+AdapterResolver = Callable[[str], Path]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the local engine is sized; built from Settings and the tuning profile."""
+
+    model_path: Path
+    model_id: str = ""
+    n_ctx: int = 4096
+    n_parallel: int = 4
+    n_threads: int = 2
+    n_threads_batch: int = 2
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_gpu_layers: int = 0
+    queue_size: int = 32
+    request_deadline_s: float = 300.0
+    # Idle sequences kept beyond n_parallel so finished conversations keep their KV prefix.
+    cache_slots: int = 4
+    # Longest pause a prefill chunk may cause the streams already running.
+    stall_target_s: float = 0.2
+    chat_template: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, profile: TuningProfile, model_path: Path, model_id: str
+    ) -> EngineConfig:
+        """Settings overrides (non-zero) beat the tuning profile."""
+        n_threads = settings.n_threads or profile.n_threads
+        gpu = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else profile.n_gpu_layers
+        return cls(
+            model_path=model_path,
+            model_id=model_id,
+            n_ctx=settings.ctx_size or profile.ctx_size,
+            n_parallel=settings.n_parallel or profile.n_parallel,
+            n_threads=n_threads,
+            n_threads_batch=settings.n_threads or profile.n_threads_batch,
+            n_batch=profile.n_batch,
+            n_ubatch=min(profile.n_ubatch, profile.n_batch),
+            n_gpu_layers=gpu,
+            queue_size=settings.queue_size,
+            request_deadline_s=settings.request_deadline_s,
+        )
+
+
+@dataclass(eq=False)
+class _Request:
+    """One admitted request, shared by the loop (queue, cancelled) and the worker."""
+
+    request: ChatRequest
+    tokens: list[int]
+    sampler: Any
+    adapter: Path | None
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
+    t_submit: float = field(default_factory=time.perf_counter)
+    deadline: float = 0.0
+    cancelled: bool = False
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A llama.cpp sequence id and the tokens whose KV it holds."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    adapter: Path | None = None
+    conversation: str | None = None
+    last_used: float = 0.0
+    busy: bool = False
+
+
+@dataclass(eq=False)
+class _Active:
+    """A running sequence (worker thread only)."""
+
+    req: _Request
+    slot: _Slot
+    n_fed: int  # prompt tokens already in the KV cache
+    cached: int
+    text: Any  # TextStream
+    pending: int | None = None  # sampled, not yet decoded
+    n_gen: int = 0
+    out_index: int = -1
+    fed: list[int] = field(default_factory=list)
+    t_start: float = field(default_factory=time.perf_counter)
+    t_first: float = 0.0
+    t_last: float = 0.0
+
+
+class LlamaEngine:
+    """The Engine for the local llama.cpp model (see `engine.Engine`)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: LoadedModel,
+        template: ChatTemplate,
+        adapters: AdapterResolver | None,
+    ) -> None:
+        self.config = config
+        self._model = model
+        self._template = template
+        self._adapters = adapters
+        self._n_ctx = config.n_ctx
+        self._scheduler: Scheduler[_Request] = Scheduler(config.queue_size, config.n_parallel)
+        self._worker: Worker | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, config: EngineConfig, *, adapters: AdapterResolver | None = None
+    ) -> AsyncIterator[LlamaEngine]:
+        """Load the model (in a thread), start the worker, and stop everything on exit."""
+        from mongars_edge.inference import lowlevel
+
+        model = await asyncio.to_thread(
+            lowlevel.load_model,
+            config.model_path,
+            n_gpu_layers=config.n_gpu_layers,
+            require_template=config.chat_template is None,
+        )
+        try:
+            template = ChatTemplate(
+                config.chat_template or model.chat_template or "",
+                bos_token=model.piece(model.bos_id, special=True).decode("utf-8", "replace"),
+                eos_token=model.piece(model.eos_id, special=True).decode("utf-8", "replace"),
+            )
+            engine = cls(config, model, template, adapters)
+            await engine._start()
+        except BaseException:
+            await asyncio.to_thread(model.free)
+            raise
+        try:
+            yield engine
+        finally:
+            await engine._stop()
+
+    async def _start(self) -> None:
+        from mongars_edge.inference.worker import Worker
+
+        loop = asyncio.get_running_loop()
+        self._scheduler.bind(loop)
+        self._worker = await asyncio.to_thread(Worker, self.config, self._model, self._scheduler)
+        self._thread = threading.Thread(target=self._worker.run, name="mongars-llama", daemon=True)
+        self._thread.start()
+        log.info(
+            "engine ready",
+            extra={
+                "model": self.config.model_id,
+                "n_ctx": self._n_ctx,
+                "parallel": self.config.n_parallel,
+            },
+        )
+
+    async def _stop(self) -> None:
+        self._closed = True
+        worker, thread = self._worker, self._thread
+        if worker is not None:
+            worker.stop()
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
+        while (req := self._scheduler.pop()) is not None:
+            self._scheduler.finished()
+            req.done = True
+            req.queue.put_nowait(EngineClosedError("the engine stopped before this request ran"))
+            _free_sampler(req.sampler)
+        if worker is not None:
+            await asyncio.to_thread(worker.free)
+        await asyncio.to_thread(self._model.free)
+
+    # -- the Engine protocol ---------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        m = self._model
+        return ModelInfo(
+            id=self.config.model_id or m.path.stem,
+            path=str(m.path),
+            architecture=m.architecture,
+            n_ctx=self._n_ctx,
+            n_ctx_train=m.n_ctx_train,
+            n_params=m.n_params,
+            size_bytes=m.size_bytes,
+            chat_template=self._template.source,
+        )
+
+    @property
+    def scheduler(self) -> Scheduler[_Request]:
+        """Queue and idle signal (memory consolidation waits on `wait_idle`)."""
+        return self._scheduler
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._model.tokenize(text, add_special=False))
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        return self._model.tokenize(text, add_special=add_special)
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def load(self) -> EngineLoad:
+        w = self._worker
+        return EngineLoad(
+            queue_depth=self._scheduler.depth,
+            active=self._scheduler.active,
+            n_parallel=self.config.n_parallel,
+            generation_tok_s=w.gen_tok_s if w else 0.0,
+            prompt_tok_s=w.prompt_tok_s if w else 0.0,
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+        """Stream the reply to `request`; see `engine.Engine.stream`."""
+        if self._closed:
+            raise EngineClosedError("the inference engine is stopped")
+        req = await asyncio.to_thread(self._prepare, request, asyncio.get_running_loop())
+        req.deadline = time.perf_counter() + self.config.request_deadline_s
+        try:
+            self._scheduler.submit(
+                req, user=request.user_id, deadline_s=self.config.request_deadline_s
+            )
+        except BaseException:
+            _free_sampler(req.sampler)
+            raise
+        try:
+            while True:
+                item = await req.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not req.done:
+                req.cancelled = True
+                if self._scheduler.remove(req):
+                    req.done = True
+                    _free_sampler(req.sampler)
+                self._scheduler.wake()
+
+    def _prepare(self, request: ChatRequest, loop: asyncio.AbstractEventLoop) -> _Request:
+        """Template, tokens, sampler and adapter for a request (runs in a thread)."""
+        from mongars_edge.inference import lowlevel
+
+        text = self._template.render(
+            request.messages, add_generation_prompt=True, assistant_prefix=request.assistant_prefix
+        )
+        tokens = self._model.tokenize(text, add_special=True)
+        bos = self._model.bos_id
+        if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
+            tokens = tokens[1:]  # the template wrote BOS itself
+        if len(tokens) + 1 > self._n_ctx:
+            raise PromptTooLongError(len(tokens), self._n_ctx)
+        adapter = None
+        if request.adapter:
+            if self._adapters is None:
+                from mongars_edge.inference.errors import AdapterNotFoundError
+
+                raise AdapterNotFoundError(f"no adapter store: cannot use {request.adapter!r}")
+            adapter = self._adapters(request.adapter)
+        grammar = request.grammar
+        if request.json_schema is not None:
+            grammar = lowlevel.json_schema_grammar(request.json_schema)
+        sampler = lowlevel.build_sampler(self._model, request.sampling, grammar)
+        return _Request(request, tokens, sampler, adapter, loop)
+
+
+def _free_sampler(sampler: Any) -> None:
+    from mongars_edge.inference import lowlevel
+
+    lowlevel.free_sampler(sampler)
+
+
+def finish_event(
+    a: _Active, reason: FinishReason, text: str = "", error: str | None = None
+) -> TokenEvent:
+    """The last event of a stream, with usage and timings."""
+    from mongars_edge.inference.engine import Timings, Usage
+
+    now = time.perf_counter()
+    req = a.req
+    gen_s = (a.t_last - a.t_first) if a.t_first else 0.0
+    rate = (a.n_gen - 1) / gen_s if a.n_gen > 1 and gen_s > 0 else 0.0
+    return TokenEvent(
+        text=text,
+        finish_reason=reason,
+        usage=Usage(len(req.tokens), a.n_gen, a.cached),
+        timings=Timings(
+            queued_s=a.t_start - req.t_submit,
+            ttft_s=(a.t_first - req.t_submit) if a.t_first else 0.0,
+            generation_tok_s=rate,
+            total_s=now - req.t_submit,
+        ),
+        error=error,
+    )

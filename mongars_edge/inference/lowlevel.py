@@ -1,0 +1,240 @@
+"""Thin typed helpers over llama-cpp-python's ctypes API (`llama_cpp.llama_cpp`).
+
+Imported lazily by the engine so that CLI commands start fast. Nothing here is async; the
+callers decide which thread runs it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp.llama_cpp as L
+
+from mongars_edge.inference.engine import Sampling
+from mongars_edge.inference.errors import ChatTemplateMissingError, GrammarError, ModelLoadError
+
+log = logging.getLogger(__name__)
+_native_log = logging.getLogger("mongars_edge.inference.llama_cpp")
+
+_init_lock = threading.Lock()
+_initialised = False
+# Recent error lines from llama.cpp, so a failed load can say why.
+_recent_errors: deque[str] = deque(maxlen=8)
+_LOG_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+
+
+@L.llama_log_callback  # type: ignore[untyped-decorator]
+def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if not message:
+        return
+    if level == 3:
+        _recent_errors.append(message)
+    # llama.cpp is chatty; everything goes to debug, where `--log-level debug` shows it.
+    _native_log.debug("%s", message)
+
+
+def init_backend() -> None:
+    """Initialise llama.cpp once per process and route its log lines into `logging`."""
+    global _initialised
+    with _init_lock:
+        if _initialised:
+            return
+        L.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        L.llama_backend_init()
+        _initialised = True
+
+
+def take_recent_errors() -> str:
+    """The llama.cpp error lines logged since the last call."""
+    text = "; ".join(_recent_errors)
+    _recent_errors.clear()
+    return text
+
+
+def check_gguf_file(path: Path) -> None:
+    """Cheap checks before llama.cpp sees the file, for clear messages."""
+    if not path.is_file():
+        from mongars_edge.inference.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"model file {path} does not exist")
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+
+
+@dataclass
+class LoadedModel:
+    """A llama.cpp model with its vocabulary and the metadata the engine needs."""
+
+    ptr: Any
+    vocab: Any
+    path: Path
+    architecture: str
+    n_ctx_train: int
+    n_params: int
+    size_bytes: int
+    chat_template: str | None
+    bos_id: int
+    eos_id: int
+    add_bos: bool
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Text -> token ids; special tokens written in the text are parsed (any thread)."""
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (L.llama_token * n_max)()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, True)
+        if n < 0:
+            n_max = -n
+            buf = (L.llama_token * n_max)()
+            n = L.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token."""
+        buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, token))
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = L.llama_model_meta_val_str(self.ptr, key.encode(), buf, 256)
+        if n < 0:
+            return None
+        if n >= 256:
+            buf = ctypes.create_string_buffer(n + 1)
+            L.llama_model_meta_val_str(self.ptr, key.encode(), buf, n + 1)
+        return buf.value.decode("utf-8", errors="replace")
+
+    def free(self) -> None:
+        if self.ptr is not None:
+            L.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+def load_model(path: Path, *, n_gpu_layers: int = 0, require_template: bool = True) -> LoadedModel:
+    """Load a GGUF model; ModelLoadError with llama.cpp's reason if it cannot be used."""
+    init_backend()
+    check_gguf_file(path)
+    params = L.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    take_recent_errors()
+    ptr = L.llama_model_load_from_file(str(path).encode(), params)
+    if not ptr:
+        why = take_recent_errors() or "unknown reason"
+        raise ModelLoadError(
+            f"llama.cpp cannot load {path} ({why}); the file may be truncated or corrupt: "
+            "pull it again with `mongars-edge models pull`"
+        )
+    vocab = L.llama_model_get_vocab(ptr)
+    raw_template = L.llama_model_chat_template(ptr, None)
+    model = LoadedModel(
+        ptr=ptr,
+        vocab=vocab,
+        path=path,
+        architecture="",
+        n_ctx_train=int(L.llama_model_n_ctx_train(ptr)),
+        n_params=int(L.llama_model_n_params(ptr)),
+        size_bytes=int(L.llama_model_size(ptr)),
+        chat_template=raw_template.decode("utf-8") if raw_template else None,
+        bos_id=int(L.llama_vocab_bos(vocab)),
+        eos_id=int(L.llama_vocab_eos(vocab)),
+        add_bos=bool(L.llama_vocab_get_add_bos(vocab)),
+    )
+    model.architecture = model.meta("general.architecture") or "unknown"
+    if require_template and not model.chat_template:
+        model.free()
+        raise ChatTemplateMissingError(
+            f"{path} has no chat template in its metadata, so it cannot chat; "
+            "use an instruct/chat model"
+        )
+    return model
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """What the context is sized for."""
+
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+    n_threads: int
+    n_threads_batch: int
+
+
+def new_context(model: LoadedModel, p: ContextParams) -> Any:
+    """A context whose KV cache is shared by all sequences (any sequence may use all of it)."""
+    params = L.llama_context_default_params()
+    params.n_ctx = p.n_ctx
+    params.n_batch = p.n_batch
+    params.n_ubatch = p.n_ubatch
+    params.n_seq_max = p.n_seq_max
+    params.n_threads = p.n_threads
+    params.n_threads_batch = p.n_threads_batch
+    params.kv_unified = True
+    params.no_perf = True
+    take_recent_errors()
+    ctx = L.llama_init_from_model(model.ptr, params)
+    if not ctx:
+        why = take_recent_errors() or "unknown reason"
+        raise ModelLoadError(f"llama.cpp cannot create a context for {model.path} ({why})")
+    return ctx
+
+
+def json_schema_grammar(schema: object) -> str:
+    """GBNF for a JSON schema, via llama-cpp-python's converter."""
+    import json
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return str(json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # the converter raises many kinds
+        raise GrammarError(f"cannot turn the JSON schema into a grammar: {exc}") from None
+
+
+def build_sampler(model: LoadedModel, sampling: Sampling, grammar: str | None) -> Any:
+    """A sampler chain for one sequence, in llama-cpp-python's order (so greedy agrees)."""
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    if sampling.repeat_penalty != 1.0:
+        L.llama_sampler_chain_add(
+            chain, L.llama_sampler_init_penalties(64, sampling.repeat_penalty, 0.0, 0.0)
+        )
+    if grammar is not None:
+        take_recent_errors()
+        g = L.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+        if not g:
+            L.llama_sampler_free(chain)
+            why = take_recent_errors() or "syntax error"
+            raise GrammarError(f"the grammar does not parse ({why})")
+        L.llama_sampler_chain_add(chain, g)
+    if sampling.temperature <= 0.0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        return chain
+    if sampling.top_k > 0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(sampling.top_k))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(sampling.top_p, 1))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(sampling.min_p, 1))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(sampling.temperature))
+    seed = sampling.seed if sampling.seed is not None else L.LLAMA_DEFAULT_SEED
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
+
+def free_sampler(chain: Any) -> None:
+    L.llama_sampler_free(chain)

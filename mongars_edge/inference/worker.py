@@ -1,0 +1,395 @@
+"""The inference worker thread: owns the llama.cpp context and runs the batching loop.
+
+It never waits on the event loop: requests arrive through the Scheduler (a short lock), and
+events leave through `loop.call_soon_threadsafe`, one call per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import llama_cpp.llama_cpp as L
+
+from mongars_edge.inference import lowlevel
+from mongars_edge.inference.engine import FinishReason, TokenEvent
+from mongars_edge.inference.errors import AdapterError, DeadlineExceededError
+from mongars_edge.inference.llama import _Active, _Request, _Slot, finish_event
+from mongars_edge.inference.textstream import TextStream
+
+if TYPE_CHECKING:
+    from mongars_edge.inference.llama import EngineConfig
+    from mongars_edge.inference.lowlevel import LoadedModel
+    from mongars_edge.inference.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+_Delivery = list[tuple[_Request, TokenEvent | BaseException]]
+
+
+class _Batch:
+    """A reusable llama_batch with one sequence id per token."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.raw = L.llama_batch_init(capacity, 0, 1)
+        self._token = self.raw.token
+        self._pos = self.raw.pos
+        self._n_seq = self.raw.n_seq_id
+        self._seq = self.raw.seq_id
+        self._logits = self.raw.logits
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        i = self.n
+        self._token[i] = token
+        self._pos[i] = pos
+        self._n_seq[i] = 1
+        self._seq[i][0] = seq
+        self._logits[i] = logits
+        self.n = i + 1
+        return i
+
+    def free(self) -> None:
+        L.llama_batch_free(self.raw)
+
+
+class Worker:
+    """Everything the inference thread owns. Built in a thread (context allocation is slow)."""
+
+    def __init__(self, config: EngineConfig, model: LoadedModel, scheduler: Scheduler[_Request]):
+        self.config = config
+        self.model = model
+        self.scheduler = scheduler
+        n_slots = config.n_parallel + max(0, config.cache_slots)
+        self.ctx = lowlevel.new_context(
+            model,
+            lowlevel.ContextParams(
+                n_ctx=config.n_ctx,
+                n_batch=config.n_batch,
+                n_ubatch=config.n_ubatch,
+                n_seq_max=n_slots,
+                n_threads=config.n_threads,
+                n_threads_batch=config.n_threads_batch,
+            ),
+        )
+        self.mem = L.llama_get_memory(self.ctx)
+        # llama.cpp rounds the context up; requests are held to what was asked for.
+        self.n_ctx = min(config.n_ctx, int(L.llama_n_ctx(self.ctx)))
+        self.batch = _Batch(config.n_batch)
+        self.slots = [_Slot(seq_id=i) for i in range(n_slots)]
+        self.active: list[_Active] = []
+        self.loras: dict[Path, Any] = {}
+        self.current_adapter: Path | None = None
+        self._group_turn = 0
+        self._stopping = False
+        # Step cost model: a step costs about base + per_token * n_tokens.
+        self._base_s = 0.02
+        self._per_token_s = 0.004
+        self.gen_tok_s = 0.0
+        self.prompt_tok_s = 0.0
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.scheduler.wake()
+
+    def free(self) -> None:
+        """Release llama.cpp memory (after the thread ended)."""
+        self.batch.free()
+        for lora in self.loras.values():
+            L.llama_adapter_lora_free(lora)
+        self.loras.clear()
+        if self.ctx:
+            L.llama_free(self.ctx)
+            self.ctx = None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while not self._stopping:
+                out: _Delivery = []
+                self._expire(out)
+                self._admit(out)
+                self._reap(out)
+                if self.active:
+                    self._step(out)
+                self._deliver(out)
+                if not self.active:
+                    self.scheduler.wait_for_work(0.25)
+        except BaseException:
+            log.exception("inference worker crashed")
+            raise
+        finally:
+            out = []
+            for a in list(self.active):
+                self._finish(a, "error", out, error="the engine stopped")
+            self._deliver(out)
+
+    def _expire(self, out: _Delivery) -> None:
+        for req in self.scheduler.expired():
+            req.done = True
+            lowlevel.free_sampler(req.sampler)
+            out.append((req, DeadlineExceededError("the request waited past its deadline")))
+
+    def _admit(self, out: _Delivery) -> None:
+        while len(self.active) < self.config.n_parallel:
+            req = self.scheduler.pop()
+            if req is None:
+                return
+            if req.cancelled:
+                req.done = True
+                lowlevel.free_sampler(req.sampler)
+                self.scheduler.finished()
+                continue
+            try:
+                if req.adapter is not None:
+                    self._lora(req.adapter)
+            except AdapterError as exc:
+                req.done = True
+                lowlevel.free_sampler(req.sampler)
+                self.scheduler.finished()
+                out.append((req, exc))
+                continue
+            slot, n_keep = self._assign_slot(req)
+            a = _Active(
+                req=req,
+                slot=slot,
+                n_fed=n_keep,
+                cached=n_keep,
+                text=TextStream(req.request.sampling.stop),
+            )
+            self.active.append(a)
+
+    def _reap(self, out: _Delivery) -> None:
+        now = time.perf_counter()
+        for a in list(self.active):
+            if a.req.cancelled:
+                self._finish(a, "cancelled", out)
+            elif now > a.req.deadline:
+                self._finish(a, "cancelled", out, error="deadline exceeded")
+
+    # -- slots and prefix reuse ------------------------------------------------------------
+
+    def _assign_slot(self, req: _Request) -> tuple[_Slot, int]:
+        tokens = req.tokens
+        limit = len(tokens) - 1  # the last prompt token is always decoded, for its logits
+
+        def common(slot: _Slot) -> int:
+            if slot.adapter != req.adapter:
+                return 0
+            n = 0
+            for x, y in zip(slot.tokens, tokens, strict=False):
+                if x != y:
+                    break
+                n += 1
+            return min(n, limit)
+
+        idle = [s for s in self.slots if not s.busy]
+        conv = req.request.conversation_id
+        target = next((s for s in idle if conv and s.conversation == conv), None)
+        if target is None:
+            target = min(idle, key=lambda s: (len(s.tokens) > 0, s.last_used))
+        best = max(self.slots, key=common)
+        n_target, n_best = common(target), common(best)
+        if best is not target and n_best > n_target:
+            L.llama_memory_seq_rm(self.mem, target.seq_id, -1, -1)
+            L.llama_memory_seq_cp(self.mem, best.seq_id, target.seq_id, 0, n_best)
+            target.tokens = tokens[:n_best]
+            n_keep = n_best
+        elif L.llama_memory_seq_rm(self.mem, target.seq_id, n_target, -1):
+            del target.tokens[n_target:]
+            n_keep = n_target
+        else:
+            L.llama_memory_seq_rm(self.mem, target.seq_id, -1, -1)
+            target.tokens = []
+            n_keep = 0
+        target.busy = True
+        target.adapter = req.adapter
+        target.conversation = conv
+        return target, n_keep
+
+    def _evict_idle(self) -> bool:
+        """Drop the least recently used idle KV prefix; False if there is none."""
+        idle = [s for s in self.slots if not s.busy and s.tokens]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda s: s.last_used)
+        L.llama_memory_seq_rm(self.mem, victim.seq_id, -1, -1)
+        victim.tokens = []
+        victim.conversation = None
+        return True
+
+    # -- adapters --------------------------------------------------------------------------
+
+    def _lora(self, path: Path) -> Any:
+        lora = self.loras.get(path)
+        if lora is None:
+            lowlevel.take_recent_errors()
+            lora = L.llama_adapter_lora_init(self.model.ptr, str(path).encode())
+            if not lora:
+                why = lowlevel.take_recent_errors() or "unknown reason"
+                raise AdapterError(f"llama.cpp cannot load the adapter {path.name} ({why})")
+            self.loras[path] = lora
+        return lora
+
+    def _use_adapter(self, path: Path | None) -> None:
+        if path == self.current_adapter:
+            return
+        if path is None:
+            L.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            arr = (L.llama_adapter_lora_p_ctypes * 1)(self._lora(path))
+            scales = (ctypes.c_float * 1)(1.0)
+            L.llama_set_adapters_lora(self.ctx, arr, 1, scales)
+        self.current_adapter = path
+
+    # -- one step --------------------------------------------------------------------------
+
+    def _pick_group(self) -> list[_Active]:
+        groups: dict[Path | None, list[_Active]] = defaultdict(list)
+        for a in self.active:
+            groups[a.req.adapter].append(a)
+        if len(groups) == 1:
+            return next(iter(groups.values()))
+        keys = sorted(groups, key=lambda k: "" if k is None else str(k))
+        self._group_turn = (self._group_turn + 1) % len(keys)
+        return groups[keys[self._group_turn]]
+
+    def _step(self, out: _Delivery) -> None:
+        group = self._pick_group()
+        self._use_adapter(group[0].req.adapter)
+        batch = self.batch
+        while True:
+            batch.clear()
+            decoders = [a for a in group if a.pending is not None]
+            for a in decoders:
+                a.fed = [a.pending]  # type: ignore[list-item]
+                a.out_index = batch.add(a.pending, len(a.slot.tokens), a.slot.seq_id, True)  # type: ignore[arg-type]
+            budget = self._prefill_budget(len(decoders))
+            prefilling = [a for a in group if a.pending is None]
+            for a in prefilling:
+                a.fed = []
+                a.out_index = -1
+                todo = len(a.req.tokens) - a.n_fed
+                take = min(todo, budget)
+                if take <= 0:
+                    continue
+                base = len(a.slot.tokens)
+                for k in range(take):
+                    tok = a.req.tokens[a.n_fed + k]
+                    last = k == take - 1 and take == todo
+                    i = batch.add(tok, base + k, a.slot.seq_id, last)
+                    a.fed.append(tok)
+                    if last:
+                        a.out_index = i
+                budget -= take
+            batch.raw.n_tokens = batch.n
+            t0 = time.perf_counter()
+            rc = L.llama_decode(self.ctx, batch.raw)
+            dt = time.perf_counter() - t0
+            if rc == 0:
+                break
+            if rc == 1 and self._evict_idle():
+                continue
+            # No room even after dropping every idle prefix: the youngest sequence gives way.
+            victim = group[-1]
+            L.llama_memory_seq_rm(self.mem, victim.slot.seq_id, -1, -1)
+            victim.slot.tokens = []
+            why = "the context is full" if rc == 1 else f"llama_decode failed ({rc})"
+            self._finish(victim, "error", out, error=why)
+            return
+        self._learn_cost(dt, batch.n, len(decoders))
+        now = time.perf_counter()
+        for a in group:
+            if not a.fed:
+                continue
+            a.slot.tokens.extend(a.fed)
+            if a.pending is None:
+                a.n_fed += len(a.fed)
+            if a.out_index >= 0:
+                token = L.llama_sampler_sample(a.req.sampler, self.ctx, a.out_index)
+                self._on_token(a, token, now, out)
+
+    def _prefill_budget(self, n_decoders: int) -> int:
+        cap = self.batch.capacity - n_decoders
+        if n_decoders == 0:
+            return cap
+        room = (self.config.stall_target_s - self._base_s) / max(self._per_token_s, 1e-5)
+        return max(8, min(cap, int(room)))
+
+    def _learn_cost(self, dt: float, n_tokens: int, n_decoders: int) -> None:
+        if n_tokens <= 8:
+            self._base_s = 0.9 * self._base_s + 0.1 * dt
+            if n_decoders and dt > 0:
+                self.gen_tok_s = 0.9 * self.gen_tok_s + 0.1 * (n_decoders / dt)
+        elif n_tokens >= 32:
+            per = max(0.0, dt - self._base_s) / n_tokens
+            self._per_token_s = 0.7 * self._per_token_s + 0.3 * per
+            if dt > 0:
+                self.prompt_tok_s = 0.8 * self.prompt_tok_s + 0.2 * ((n_tokens - n_decoders) / dt)
+
+    def _on_token(self, a: _Active, token: int, now: float, out: _Delivery) -> None:
+        if not a.t_first:
+            a.t_first = now
+        a.t_last = now
+        if self.model.is_eog(token):
+            self._finish(a, "stop", out)
+            return
+        a.n_gen += 1
+        text = a.text.push(self.model.piece(token))
+        if a.text.stopped:
+            out.append((a.req, TokenEvent(text, token)))
+            self._finish(a, "stop", out)
+            return
+        sampling = a.req.request.sampling
+        if a.n_gen >= sampling.max_tokens or len(a.slot.tokens) + 1 >= self.n_ctx:
+            out.append((a.req, TokenEvent(text, token)))
+            self._finish(a, "length", out, text=a.text.flush())
+            return
+        if text:
+            out.append((a.req, TokenEvent(text, token)))
+        else:
+            out.append((a.req, TokenEvent("", token)))
+        a.pending = token
+
+    def _finish(
+        self,
+        a: _Active,
+        reason: FinishReason,
+        out: _Delivery,
+        *,
+        text: str = "",
+        error: str | None = None,
+    ) -> None:
+        self.active.remove(a)
+        a.slot.busy = False
+        a.slot.last_used = time.perf_counter()
+        a.req.done = True
+        lowlevel.free_sampler(a.req.sampler)
+        self.scheduler.finished(time.perf_counter() - a.t_start)
+        if not a.req.cancelled or error is not None:
+            out.append((a.req, finish_event(a, reason, text, error)))
+
+    def _deliver(self, out: _Delivery) -> None:
+        if not out:
+            return
+        by_loop: dict[Any, _Delivery] = defaultdict(list)
+        for req, item in out:
+            by_loop[req.loop].append((req, item))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
+                loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items: _Delivery) -> None:
+    for req, item in items:
+        req.queue.put_nowait(item)

@@ -1,0 +1,51 @@
+"""Inference fixtures: generated GGUFs (cached per generator version) and engine factories."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mongars_edge.inference.llama import EngineConfig, LlamaEngine
+from tests.inference.gen_models import build_all, smollm2_path
+
+EngineFactory = Callable[..., contextlib.AbstractAsyncContextManager[LlamaEngine]]
+
+
+@pytest.fixture(scope="session")
+def models() -> dict[str, Path]:
+    return build_all()
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    return smollm2_path()
+
+
+@pytest.fixture
+def open_engine(models: dict[str, Path]) -> EngineFactory:
+    """Factory: `async with open_engine(model=path, **config) as engine`."""
+
+    @contextlib.asynccontextmanager
+    async def factory(model: Path | None = None, **overrides: Any) -> AsyncIterator[LlamaEngine]:
+        # One thread: the build machines are shared and llama.cpp's spinning threads suffer
+        # badly when another process holds a core.
+        config: dict[str, Any] = {
+            "model_path": model or models["tiny"],
+            "model_id": "test",
+            "n_ctx": 2048,
+            "n_parallel": 4,
+            "n_threads": 1,
+            "n_threads_batch": 1,
+            "n_batch": 256,
+            "n_ubatch": 256,
+        }
+        adapters = overrides.pop("adapters", None)
+        config.update(overrides)
+        async with LlamaEngine.open(EngineConfig(**config), adapters=adapters) as engine:
+            yield engine
+
+    return factory
