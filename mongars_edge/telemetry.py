@@ -154,7 +154,10 @@ class Watchdog:
             return time.monotonic() - self._last_beat
 
     def healthy(self) -> bool:
-        return self.inference_stalled_s() < self.stall_s
+        """False only while a busy decoder has gone `stall_s` without a step."""
+        with self._lock:
+            busy, last = self._busy, self._last_beat
+        return not busy or time.monotonic() - last < self.stall_s
 
     def ping(self) -> bool:
         """Send one WATCHDOG=1 if the decoder is healthy; False when withheld."""
@@ -169,6 +172,9 @@ class Watchdog:
                 self.notifier.status(f"inference stalled for {stalled:.0f} s")
                 self._wedged_reported = True
             return False
+        if self._wedged_reported:
+            self._wedged_reported = False
+            self.notifier.status("inference progressing again")
         if self.notifier.notify("WATCHDOG=1"):
             self.pings += 1
         return True
@@ -196,11 +202,13 @@ class Watchdog:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Watchdog]:
+        """Ping while the block runs; the notifier socket is closed on the way out."""
         self.start()
         try:
             yield self
         finally:
             await self.stop()
+            self.notifier.close()
 
 
 class _Server(Protocol):
