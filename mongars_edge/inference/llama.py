@@ -62,6 +62,11 @@ class EngineConfig:
     # Longest pause a prefill chunk may cause the streams already running.
     stall_target_s: float = 0.2
     chat_template: str | None = None
+    # Flash attention: faster on CPU and GPU, and what llama-server uses by default.
+    flash_attn: bool = True
+    # Reuse KV prefixes across requests. Results may differ in the last float bits from a cold
+    # prefill (llama.cpp computes a 1-token batch in a different order than a long one).
+    prefix_cache: bool = True
 
     @classmethod
     def from_settings(

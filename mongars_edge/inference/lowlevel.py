@@ -34,7 +34,7 @@ def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     message = text.decode("utf-8", errors="replace").rstrip()
     if not message:
         return
-    if level == 3:
+    if level == 4:  # GGML_LOG_LEVEL_ERROR
         _recent_errors.append(message)
     # llama.cpp is chatty; everything goes to debug, where `--log-level debug` shows it.
     _native_log.debug("%s", message)
@@ -175,6 +175,7 @@ class ContextParams:
     n_seq_max: int
     n_threads: int
     n_threads_batch: int
+    flash_attn: bool = True
 
 
 def new_context(model: LoadedModel, p: ContextParams) -> Any:
@@ -187,6 +188,9 @@ def new_context(model: LoadedModel, p: ContextParams) -> Any:
     params.n_threads = p.n_threads
     params.n_threads_batch = p.n_threads_batch
     params.kv_unified = True
+    params.flash_attn_type = (
+        L.LLAMA_FLASH_ATTN_TYPE_ENABLED if p.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
     params.no_perf = True
     take_recent_errors()
     ctx = L.llama_init_from_model(model.ptr, params)

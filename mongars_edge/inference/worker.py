@@ -79,6 +79,7 @@ class Worker:
                 n_seq_max=n_slots,
                 n_threads=config.n_threads,
                 n_threads_batch=config.n_threads_batch,
+                flash_attn=config.flash_attn,
             ),
         )
         self.mem = L.llama_get_memory(self.ctx)
@@ -184,7 +185,7 @@ class Worker:
         limit = len(tokens) - 1  # the last prompt token is always decoded, for its logits
 
         def common(slot: _Slot) -> int:
-            if slot.adapter != req.adapter:
+            if slot.adapter != req.adapter or not self.config.prefix_cache:
                 return 0
             n = 0
             for x, y in zip(slot.tokens, tokens, strict=False):
