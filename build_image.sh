@@ -128,9 +128,9 @@ build_rootfs_amd64() {
   need_root; need mmdebstrap mmdebstrap; need systemd-sysusers systemd
   local root="$OUT/rootfs-amd64"
   mkdir -p "$OUT"
-  [ -x "$REPO/dist/mongars-edge" ] || { step "no dist/mongars-edge yet"; build_onefile >/dev/null; }
   step "debootstrap (mmdebstrap) $SUITE amd64 minbase + systemd + sshd, no Python"
   bootstrap amd64 "$root" "systemd,systemd-sysv,udev,openssh-server,wpasupplicant,iproute2,procps" main
+  [ -x "$REPO/dist/mongars-edge" ] || { step "no dist/mongars-edge yet"; build_onefile >/dev/null; }
   if chroot "$root" sh -c 'command -v python3' >/dev/null 2>&1; then
     die "python3 slipped into the test rootfs; the onefile must run without it"
   fi
@@ -216,17 +216,22 @@ build_pi() {
   # /boot/firmware; we set its options before the kernel is installed.
   bootstrap arm64 "$root" "systemd,systemd-sysv,udev,systemd-timesyncd,openssh-server,wpasupplicant,\
 iproute2,iputils-ping,procps,ca-certificates,python3,python3-venv,libgomp1,alsa-utils,\
-dosfstools,cloud-guest-utils,e2fsprogs,firmware-brcm80211,raspi-firmware,linux-image-arm64,initramfs-tools" \
+dosfstools,cloud-guest-utils,e2fsprogs,systemd-resolved,firmware-brcm80211,raspi-firmware,\
+linux-image-arm64,initramfs-tools" \
     "main,non-free-firmware"
   step "appliance files, boot configuration, network"
   install_app_venv "$root" "$llama_whl"
   install_appliance "$root"
   install -m 0644 "$REPO/firmware/pi/config.txt" "$root/etc/default/raspi-firmware-custom"
+  install -m 0644 "$REPO/firmware/pi/cmdline-extra.txt" "$root/etc/default/raspi-extra-cmdline"
+  install -d "$root/etc/systemd/resolved.conf.d"
+  install -m 0644 "$REPO/images/pi/resolved.conf.d/mongars-edge.conf" "$root/etc/systemd/resolved.conf.d/"
   printf 'ROOTPART=LABEL=mgsroot\nCONSOLES="ttyS1,115200 tty0"\n' > "$root/etc/default/raspi-firmware"
   install -m 0644 "$REPO/images/pi/fstab" "$root/etc/fstab"
   install -d "$root/etc/systemd/network"
   install -m 0644 "$REPO"/images/pi/network/*.network "$root/etc/systemd/network/"
-  systemctl --root="$root" enable systemd-networkd.service systemd-timesyncd.service ssh.service >&2
+  systemctl --root="$root" enable systemd-networkd.service systemd-resolved.service \
+    systemd-timesyncd.service ssh.service >&2
   install -m 0644 "$REPO/images/pi/hostname" "$root/etc/hostname"
   printf '127.0.0.1\tlocalhost\n127.0.1.1\tmongars-edge\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
   # The service listens on the LAN on a box (127.0.0.1 is the developer default).
@@ -271,11 +276,13 @@ build_jetson() {
   install -d "$stage/etc/systemd/system/mongars-edge.service.d" "$stage/usr/lib/mongars-edge/jetson"
   install -m 0644 "$REPO/systemd/jetson/mongars-edge.service.d/10-jetson.conf" \
     "$stage/etc/systemd/system/mongars-edge.service.d/"
-  install -m 0644 "$REPO"/firmware/jetson/* "$stage/usr/lib/mongars-edge/jetson/"
-  chmod 0755 "$stage/usr/lib/mongars-edge/jetson/"*.sh
-  install -m 0644 "$REPO/firmware/jetson/mongars-edge-power.service" "$stage/usr/lib/systemd/system/" 2>/dev/null \
-    || { install -d "$stage/usr/lib/systemd/system"; install -m 0644 "$REPO/firmware/jetson/mongars-edge-power.service" "$stage/usr/lib/systemd/system/"; }
+  install -m 0755 "$REPO/firmware/jetson/power-mode.sh" "$stage/usr/lib/mongars-edge/jetson/"
   install_appliance_files_only "$stage"
+  install -m 0644 "$REPO/firmware/jetson/mongars-edge-power.service" "$stage/usr/lib/systemd/system/"
+  step "the app wheel (llama-cpp-python is compiled on the board with CUDA by install-app.sh)"
+  install -d "$stage/usr/lib/mongars-edge/wheels"
+  "$VENV/bin/pip" wheel --quiet --no-deps --disable-pip-version-check "$REPO" \
+    -w "$stage/usr/lib/mongars-edge/wheels" >&2
   install -d "$stage/etc/mongars-edge/firstboot"
   install -m 0644 "$REPO"/images/pi/boot-examples/* "$stage/etc/mongars-edge/firstboot/"
   install -m 0644 "$REPO/images/jetson/README.overlay" "$stage/usr/share/doc/mongars-edge/"

@@ -1,0 +1,195 @@
+"""The amd64 test rootfs: the onefile serves /health under chroot with no Python installed.
+
+Builds the rootfs with ./build_image.sh rootfs-amd64 (mmdebstrap + the onefile). Slow: the
+first build takes minutes (see docs/operations.md for measured times).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.appliance.conftest import REPO, need_tool
+from tests.helpers import free_port, wait_json
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+
+@pytest.fixture(scope="module")
+def rootfs() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("building a rootfs needs root")
+    need_tool("mmdebstrap")
+    out = os.environ.get("MONGARS_IMAGE_OUT", str(REPO / "build/images"))
+    result = subprocess.run(
+        [str(REPO / "build_image.sh"), "rootfs-amd64"],
+        env={**os.environ, "OUT": out},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    root = Path(result.stdout.strip().splitlines()[-1])
+    assert (root / "usr/bin/mongars-edge").is_file()
+    return root
+
+
+def _in_root(root: Path, script: str, *, stderr: int | None) -> subprocess.Popen[str]:
+    """Run *script* in a private mount+UTS namespace (proc, dev, tmp, run), for a chroot.
+
+    The namespace keeps mounts and hostname changes away from the build machine and goes away
+    with the process; stopping unshare sends SIGTERM to what it runs.
+    """
+    setup = (
+        f"mount -t proc proc {root}/proc && mount --rbind /dev {root}/dev && "
+        f"mount -t tmpfs tmpfs {root}/tmp && mount -t tmpfs tmpfs {root}/run && "
+    )
+    return subprocess.Popen(
+        [
+            "unshare",
+            "--mount",
+            "--uts",
+            "--fork",
+            "--kill-child=SIGTERM",
+            "sh",
+            "-c",
+            setup + script,
+        ],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    )
+
+
+def _run_in_root(root: Path, script: str) -> subprocess.CompletedProcess[str]:
+    proc = _in_root(root, script, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_rootfs_has_no_python(rootfs: Path) -> None:
+    result = _run_in_root(rootfs, f"chroot {rootfs} sh -c 'command -v python3 python || true'")
+    assert result.stdout.strip() == ""
+    assert not list(rootfs.glob("usr/lib/*/libpython3*"))
+
+
+def test_units_users_and_no_secrets_in_the_rootfs(rootfs: Path) -> None:
+    tool = need_tool("systemd-analyze")
+    for path in (
+        "usr/lib/systemd/system/mongars-edge.service",
+        "usr/lib/systemd/system/mongars-edge-firstboot.service",
+        "etc/systemd/system/multi-user.target.wants/mongars-edge.service",
+        "usr/lib/sysusers.d/mongars-edge.conf",
+        "usr/lib/tmpfiles.d/mongars-edge.conf",
+        "usr/lib/mongars-edge/firstboot",
+        "etc/ssh/sshd_config.d/mongars-edge.conf",
+        "usr/lib/udev/rules.d/70-mongars-edge.rules",
+    ):
+        assert (rootfs / path).exists(), path
+    verify = subprocess.run(
+        [
+            tool,
+            "verify",
+            f"--root={rootfs}",
+            "mongars-edge.service",
+            "mongars-edge-firstboot.service",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert [line for line in verify.stderr.splitlines() if "mongars" in line] == []
+    security = subprocess.run(
+        [
+            tool,
+            "security",
+            "--offline=true",
+            f"--root={rootfs}",
+            "--no-pager",
+            "mongars-edge.service",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "Overall exposure level for mongars-edge.service: 1." in security.stdout
+    users = {line.split(":")[0] for line in (rootfs / "etc/passwd").read_text().splitlines()}
+    assert {"mongars-edge", "mongars"} <= users
+    for line in (rootfs / "etc/shadow").read_text().splitlines():
+        name, hashed = line.split(":")[:2]
+        assert hashed.startswith(("!", "*")), f"{name} can log in with a password"
+    assert not list(rootfs.glob("etc/ssh/ssh_host_*")), "images must not share SSH host keys"
+    assert (rootfs / "etc/machine-id").read_text() == ""
+
+
+def test_sshd_accepts_the_dropin_and_forces_the_tui(rootfs: Path) -> None:
+    script = (
+        f'chroot {rootfs} sh -c \'ssh-keygen -q -t ed25519 -N "" -f /tmp/hostkey && '
+        "mkdir -p /run/sshd && /usr/sbin/sshd -t -h /tmp/hostkey && "
+        "/usr/sbin/sshd -T -h /tmp/hostkey -C user=mongars,host=x,addr=127.0.0.1'"
+    )
+    result = _run_in_root(rootfs, script)
+    assert result.returncode == 0, result.stderr
+    config = result.stdout.lower()
+    assert "forcecommand /usr/bin/mongars-edge tui" in config
+    assert "passwordauthentication no" in config
+    assert "allowtcpforwarding no" in config
+
+
+@pytest.fixture
+def notify_in_root(rootfs: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A notify socket inside the rootfs, as systemd would put it in /run."""
+    inside = "/var/lib/mongars-edge-notify.sock"
+    path = rootfs / inside.lstrip("/")
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o666)
+    sock.settimeout(180)
+    try:
+        yield inside, sock
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)
+
+
+def test_onefile_serves_health_under_chroot_with_first_boot_problems(
+    rootfs: Path, notify_in_root: tuple[str, socket.socket]
+) -> None:
+    inside_sock, sock = notify_in_root
+    boot = rootfs / "boot/firmware/mongars-edge"
+    boot.mkdir(parents=True, exist_ok=True)
+    (boot / "hostname").write_text("chroot-box\n")
+    (boot / "wifi.txt").write_text("psk=no ssid here\n")  # a mistake the box must explain
+    first = _run_in_root(rootfs, f"chroot {rootfs} /usr/lib/mongars-edge/firstboot")
+    assert first.returncode == 0, first.stderr
+    assert "PROBLEM: wifi.txt" in first.stderr
+    assert (rootfs / "etc/hostname").read_text() == "chroot-box\n"
+
+    port = free_port()
+    serve = (
+        f"exec chroot --userspec=mongars-edge:mongars-edge {rootfs} env -i "
+        f"HOME=/var/lib/mongars-edge NOTIFY_SOCKET={inside_sock} WATCHDOG_USEC=2000000 "
+        f"/usr/bin/mongars-edge serve --data-dir /var/lib/mongars-edge "
+        f"--host 127.0.0.1 --port {port} --no-mesh --no-speech"
+    )
+    proc = _in_root(rootfs, serve, stderr=subprocess.STDOUT)
+    messages: list[bytes] = []
+    try:
+        while not any(b"READY=1" in m for m in messages):
+            messages.append(sock.recv(4096))
+        health = wait_json(f"http://127.0.0.1:{port}/health", proc, deadline_s=30)
+        while b"WATCHDOG=1" not in messages:
+            messages.append(sock.recv(4096))
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=120)
+    assert health["status"] == "degraded", health
+    assert any("wifi.txt" in p for p in health["problems"])
+    assert "Traceback" not in out
