@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -28,3 +29,13 @@ def need_tool(name: str) -> str:
     if found is None:
         pytest.skip(f"{name} is not installed (see Makefile TEST_APT_PACKAGES)")
     return found
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Image builds take many minutes: run them only when asked (`-m slow` or MONGARS_SLOW=1)."""
+    if "slow" in (config.option.markexpr or "") or os.environ.get("MONGARS_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="image build: run with `make test-images` or -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") and "tests/appliance" in str(item.path):
+            item.add_marker(skip)
