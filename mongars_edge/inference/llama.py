@@ -34,7 +34,7 @@ from mongars_edge.inference.templates import ChatTemplate
 if TYPE_CHECKING:
     from mongars_edge.hardware.tuning import TuningProfile
     from mongars_edge.inference.lowlevel import LoadedModel
-    from mongars_edge.inference.worker import Worker
+    from mongars_edge.inference.worker import Heartbeat, Worker
     from mongars_edge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,10 @@ class EngineConfig:
 
     model_path: Path
     model_id: str = ""
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # the most one sequence may hold (prompt + reply)
     n_parallel: int = 4
+    # KV cells shared by all sequences; 0: n_ctx * n_parallel, as the tuning profile budgets.
+    kv_cells: int = 0
     n_threads: int = 2
     n_threads_batch: int = 2
     n_batch: int = 512
@@ -159,7 +161,11 @@ class LlamaEngine:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, config: EngineConfig, *, adapters: AdapterResolver | None = None
+        cls,
+        config: EngineConfig,
+        *,
+        adapters: AdapterResolver | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> AsyncIterator[LlamaEngine]:
         """Load the model (in a thread), start the worker, and stop everything on exit."""
         from mongars_edge.inference import lowlevel
@@ -177,7 +183,7 @@ class LlamaEngine:
                 eos_token=model.piece(model.eos_id, special=True).decode("utf-8", "replace"),
             )
             engine = cls(config, model, template, adapters)
-            await engine._start()
+            await engine._start(heartbeat)
         except BaseException:
             await asyncio.to_thread(model.free)
             raise
@@ -186,12 +192,14 @@ class LlamaEngine:
         finally:
             await engine._stop()
 
-    async def _start(self) -> None:
+    async def _start(self, heartbeat: Heartbeat | None) -> None:
         from mongars_edge.inference.worker import Worker
 
         loop = asyncio.get_running_loop()
         self._scheduler.bind(loop)
-        self._worker = await asyncio.to_thread(Worker, self.config, self._model, self._scheduler)
+        self._worker = await asyncio.to_thread(
+            Worker, self.config, self._model, self._scheduler, heartbeat
+        )
         self._thread = threading.Thread(target=self._worker.run, name="mongars-llama", daemon=True)
         self._thread.start()
         log.info(

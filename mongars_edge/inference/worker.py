@@ -12,7 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import llama_cpp.llama_cpp as L
 
@@ -62,10 +62,25 @@ class _Batch:
         L.llama_batch_free(self.raw)
 
 
+class Heartbeat(Protocol):
+    """What the systemd watchdog wants to hear from the decoder (telemetry.Watchdog)."""
+
+    def beat_inference(self) -> None: ...
+
+    def inference_idle(self) -> None: ...
+
+
 class Worker:
     """Everything the inference thread owns. Built in a thread (context allocation is slow)."""
 
-    def __init__(self, config: EngineConfig, model: LoadedModel, scheduler: Scheduler[_Request]):
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: LoadedModel,
+        scheduler: Scheduler[_Request],
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
+        self.heartbeat = heartbeat
         self.config = config
         self.model = model
         self.scheduler = scheduler
@@ -73,7 +88,7 @@ class Worker:
         self.ctx = lowlevel.new_context(
             model,
             lowlevel.ContextParams(
-                n_ctx=config.n_ctx,
+                n_ctx=config.kv_cells or config.n_ctx * config.n_parallel,
                 n_batch=config.n_batch,
                 n_ubatch=config.n_ubatch,
                 n_seq_max=n_slots,
@@ -83,7 +98,7 @@ class Worker:
             ),
         )
         self.mem = L.llama_get_memory(self.ctx)
-        # llama.cpp rounds the context up; requests are held to what was asked for.
+        # llama.cpp rounds the context up; a sequence is held to what was asked for.
         self.n_ctx = min(config.n_ctx, int(L.llama_n_ctx(self.ctx)))
         self.batch = _Batch(config.n_batch)
         self.slots = [_Slot(seq_id=i) for i in range(n_slots)]
@@ -123,8 +138,12 @@ class Worker:
                 self._reap(out)
                 if self.active:
                     self._step(out)
+                    if self.heartbeat is not None:
+                        self.heartbeat.beat_inference()
                 self._deliver(out)
                 if not self.active:
+                    if self.heartbeat is not None:
+                        self.heartbeat.inference_idle()
                     self.scheduler.wait_for_work(0.25)
         except BaseException:
             log.exception("inference worker crashed")

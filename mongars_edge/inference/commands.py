@@ -1,0 +1,163 @@
+"""`mongars-edge models …`, `adapters …` and `bench`: thin click commands over the inference core.
+
+Everything heavy (llama_cpp, httpx, gguf) is imported inside the commands, so that every other
+CLI call stays fast. The commands are built by `add_commands(main)`, called at the end of cli.py
+(cli imports this module, so this module must not import cli at its top).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n else "?"
+
+
+class _ProgressLine:
+    """A one-line progress display on stderr, redrawn at most 5 times a second."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.2 and done != total:
+            return
+        self._last = now
+        pct = f"{100 * done / total:5.1f}%" if total else "     "
+        click.echo(f"\r{self.label} {pct} {_mib(done)} / {_mib(total)}", nl=False, err=True)
+
+    def close(self) -> None:
+        click.echo("", err=True)
+
+
+def add_commands(main: click.Group) -> None:
+    """Register the inference commands on the CLI group."""
+    from mongars_edge.cli import _common_options, _settings
+
+    @click.group("models")
+    def models_group() -> None:
+        """List, download and remove chat models."""
+
+    @models_group.command("list")
+    @_common_options
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def models_list(config_path: Path | None, as_json: bool, **flags: Any) -> None:
+        """Show the catalog and what is on this box."""
+        from mongars_edge.inference.models import ModelStore, describe
+
+        settings = _settings(config_path, **flags)
+        store = ModelStore(settings.resolved_data_dir())
+        rows = store.list()
+        if as_json:
+            click.echo(json.dumps([describe(r) for r in rows], indent=2))
+            return
+        for row in rows:
+            e = row.entry
+            mark = "*" if row.id == settings.model else " "
+            state = "installed" if row.installed else "-"
+            if e is None:
+                click.echo(f"{mark} {row.id:<24} {'local':<7} {state:<10} {row.path}")
+                continue
+            click.echo(
+                f"{mark} {row.id:<24} {e.tier:<7} {state:<10} {_mib(e.size_bytes):>10}  {e.licence}"
+            )
+
+    @models_group.command("pull")
+    @_common_options
+    @click.argument("model_id")
+    def models_pull(config_path: Path | None, model_id: str, **flags: Any) -> None:
+        """Download a catalog model (resumes an interrupted download)."""
+        from mongars_edge.inference.models import ModelStore
+
+        settings = _settings(config_path, **flags)
+        store = ModelStore(settings.resolved_data_dir())
+        progress = _ProgressLine(model_id)
+        try:
+            path = store.pull(model_id, progress=progress)
+        finally:
+            progress.close()
+        click.echo(f"{model_id}: {path}")
+
+    @models_group.command("rm")
+    @_common_options
+    @click.argument("model_id")
+    def models_rm(config_path: Path | None, model_id: str, **flags: Any) -> None:
+        """Delete a downloaded model."""
+        from mongars_edge.inference.models import ModelStore
+
+        settings = _settings(config_path, **flags)
+        path = ModelStore(settings.resolved_data_dir()).remove(model_id)
+        click.echo(f"removed {path}")
+
+    @click.group("adapters")
+    def adapters_group() -> None:
+        """LoRA adapters a request may name."""
+
+    @adapters_group.command("list")
+    @_common_options
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def adapters_list(config_path: Path | None, as_json: bool, **flags: Any) -> None:
+        """Show stored adapters."""
+        from dataclasses import asdict
+
+        from mongars_edge.inference.adapters import AdapterStore
+
+        settings = _settings(config_path, **flags)
+        adapters = AdapterStore(settings.resolved_data_dir()).list()
+        if as_json:
+            click.echo(json.dumps([asdict(a) for a in adapters], indent=2))
+            return
+        for a in adapters:
+            click.echo(f"{a.id}  {a.name:<24} {a.architecture:<8} {a.base_model}")
+
+    @adapters_group.command("add")
+    @_common_options
+    @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+    @click.option("--name", help="Name requests use (default: from the file).")
+    @click.option("--model", help="Base model (catalog id or GGUF path); default: the setting.")
+    def adapters_add(config_path: Path | None, file: Path, name: str | None, **flags: Any) -> None:
+        """Check a LoRA GGUF against the base model and store it."""
+        from mongars_edge.inference.adapters import AdapterStore
+        from mongars_edge.inference.models import ModelStore
+
+        settings = _settings(config_path, **flags)
+        data_dir = settings.resolved_data_dir()
+        _, base = ModelStore(data_dir).resolve(settings.model)
+        adapter = AdapterStore(data_dir).add(file, base, name)
+        click.echo(f"added {adapter.name} ({adapter.id}) for {adapter.base_model}")
+
+    @adapters_group.command("rm")
+    @_common_options
+    @click.argument("ref")
+    def adapters_rm(config_path: Path | None, ref: str, **flags: Any) -> None:
+        """Delete a stored adapter (by name or id)."""
+        from mongars_edge.inference.adapters import AdapterStore
+
+        settings = _settings(config_path, **flags)
+        adapter = AdapterStore(settings.resolved_data_dir()).remove(ref)
+        click.echo(f"removed {adapter.name} ({adapter.id})")
+
+    @main.command("bench")
+    @_common_options
+    @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+    @click.option("--model", help="Model to measure (default: the setting).")
+    @click.option("--quick", is_flag=True, help="Fewer candidates and shorter runs.")
+    def bench_cmd(config_path: Path | None, as_json: bool, quick: bool, **flags: Any) -> None:
+        """Measure this box and write the tuning profile the engine will use."""
+        from mongars_edge.inference.autotune import run_autotune
+
+        settings = _settings(config_path, **flags)
+        report = run_autotune(settings, quick=quick, echo=None if as_json else click.echo)
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+
+    main.add_command(models_group)
+    main.add_command(adapters_group)
