@@ -1,0 +1,105 @@
+"""Runtime: the one owner of every service; opens them in order and closes them in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from mongars_edge import __version__
+from mongars_edge.errors import MongarsError
+from mongars_edge.hardware.probe import HardwareFacts, probe
+from mongars_edge.hardware.tuning import TuningProfile, profile_for
+from mongars_edge.settings import Settings
+from mongars_edge.telemetry import Watchdog, appliance_problems
+
+if TYPE_CHECKING:
+    from mongars_edge.inference.llama import LlamaEngine
+
+log = logging.getLogger(__name__)
+
+MEASURED_PROFILE_FILE = "tuning.json"
+
+
+class Runtime:
+    """Async context manager holding the box's services for one process lifetime."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.version = __version__
+        self.data_dir: Path = settings.resolved_data_dir()
+        self.started_at = time.monotonic()
+        self._facts: HardwareFacts | None = None
+        self._profile: TuningProfile | None = None
+        self._stack = contextlib.AsyncExitStack()
+        # Service-level problems shown on /health (probe warnings live in facts).
+        self.problems: list[str] = []
+        # systemd watchdog; the inference worker calls watchdog.beat_inference() per step.
+        self.watchdog = Watchdog.from_environ()
+        # The local llama.cpp engine (None when the `model` setting is "off").
+        self.engine: LlamaEngine | None = None
+
+    @property
+    def facts(self) -> HardwareFacts:
+        if self._facts is None:
+            raise RuntimeError("Runtime is not open")
+        return self._facts
+
+    @property
+    def profile(self) -> TuningProfile:
+        if self._profile is None:
+            raise RuntimeError("Runtime is not open")
+        return self._profile
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_at
+
+    async def __aenter__(self) -> Self:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MongarsError(
+                f"cannot create the data directory {self.data_dir}: {exc.strerror}; "
+                "choose another with --data-dir"
+            ) from None
+        # Pings start first so a slow model load is not mistaken for a hang.
+        await self._stack.enter_async_context(self.watchdog.running())
+        self.problems += await asyncio.to_thread(appliance_problems, self.data_dir)
+        self._facts = await asyncio.to_thread(probe, self.settings.sysroot, self.data_dir)
+        self._profile = load_profile(self._facts, self.data_dir)
+        log.info(
+            "hardware probed",
+            extra={"board": self._facts.board, "profile": json.dumps(self._profile.summary())},
+        )
+        from mongars_edge.inference import open_local_engine
+
+        self.engine = await self._stack.enter_async_context(
+            open_local_engine(self.settings, self._profile, self.data_dir, heartbeat=self.watchdog)
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+
+def load_profile(facts: HardwareFacts, data_dir: Path) -> TuningProfile:
+    """The measured profile from `mongars-edge bench` when present, else the heuristic one."""
+    heuristic = profile_for(facts)
+    path = data_dir / MEASURED_PROFILE_FILE
+    if not path.is_file():
+        return heuristic
+    try:
+        return TuningProfile.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable measured profile %s: %s", path, exc)
+        return heuristic

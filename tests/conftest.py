@@ -1,0 +1,65 @@
+"""Shared fixtures: a guard against blocking calls in the event loop, and small factories."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SYSROOTS = REPO / "tests" / "fixtures" / "sysroots"
+
+# asyncio's debug mode reports every callback that held the loop longer than this. A test in
+# which the loop was blocked that long did something blocking inside it (STYLE habit 3).
+_BLOCKING_THRESHOLD_S = 0.5
+_SLOW_CALLBACK = re.compile(r"^Executing .* took [0-9.]+ seconds$")
+
+
+def _debug_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = _BLOCKING_THRESHOLD_S
+    return loop
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on a debug loop that reports blocking callbacks."""
+    return {"debugloop": _debug_loop}
+
+
+class _SlowCallbackCatcher(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if _SLOW_CALLBACK.match(message):
+            self.hits.append(message)
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_in_loop() -> Iterator[None]:
+    """Fail a test whose event loop was blocked by a synchronous call."""
+    catcher = _SlowCallbackCatcher()
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(catcher)
+    try:
+        yield
+    finally:
+        asyncio_log.removeHandler(catcher)
+    if catcher.hits:
+        pytest.fail("blocking call inside the event loop: " + "; ".join(catcher.hits))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path

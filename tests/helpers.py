@@ -1,0 +1,78 @@
+"""Small helpers shared by tests that run the real command line and server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus any MONGARS_* a developer may have set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONGARS_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mongars_edge", *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else clean_env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_server(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mongars_edge",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--no-mesh",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(),
+    )
+
+
+def wait_json(url: str, proc: subprocess.Popen[str], deadline_s: float = 60) -> dict[str, Any]:
+    """Poll *url* until it answers JSON; fail early if the server process died."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"server exited with {proc.returncode}:\n{out}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                body: dict[str, Any] = json.loads(resp.read())
+                return body
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer")
