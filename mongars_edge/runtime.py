@@ -12,13 +12,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from mongars_edge import __version__
-from mongars_edge.errors import MongarsError
+from mongars_edge.errors import MongarsError, UnavailableError
 from mongars_edge.hardware.probe import HardwareFacts, probe
 from mongars_edge.hardware.tuning import TuningProfile, profile_for
 from mongars_edge.settings import Settings
 from mongars_edge.telemetry import Watchdog, appliance_problems
 
 if TYPE_CHECKING:
+    from mongars_edge.inference.engine import Engine
     from mongars_edge.inference.llama import LlamaEngine
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class Runtime:
         self.watchdog = Watchdog.from_environ()
         # The local llama.cpp engine (None when the `model` setting is "off").
         self.engine: LlamaEngine | None = None
+        # The mesh router (an Engine that may run a request on a peer); None without a mesh.
+        self.router: Engine | None = None
 
     @property
     def facts(self) -> HardwareFacts:
@@ -56,6 +59,13 @@ class Runtime:
             raise RuntimeError("Runtime is not open")
         return self._profile
 
+    def chat_engine(self) -> Engine:
+        """The engine chat requests go to: the mesh router when there is one, else local."""
+        engine: Engine | None = self.router or self.engine
+        if engine is None:
+            raise UnavailableError("no chat model is loaded on this box (the model setting is off)")
+        return engine
+
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_at
 
@@ -67,6 +77,15 @@ class Runtime:
                 f"cannot create the data directory {self.data_dir}: {exc.strerror}; "
                 "choose another with --data-dir"
             ) from None
+        try:
+            await self._open_services()
+        except BaseException:
+            # A service that fails to open must not leave the ones before it running.
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _open_services(self) -> None:
         # Pings start first so a slow model load is not mistaken for a hang.
         await self._stack.enter_async_context(self.watchdog.running())
         self.problems += await asyncio.to_thread(appliance_problems, self.data_dir)
@@ -81,7 +100,6 @@ class Runtime:
         self.engine = await self._stack.enter_async_context(
             open_local_engine(self.settings, self._profile, self.data_dir, heartbeat=self.watchdog)
         )
-        return self
 
     async def __aexit__(
         self,
