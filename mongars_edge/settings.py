@@ -107,6 +107,26 @@ class Settings:
     shutdown_timeout_s: float = _setting(
         4.0, "Seconds given to open requests when the box is told to stop.", minimum=0.0
     )
+    session_ttl_s: float = _setting(
+        604_800.0, "Lifetime of a web login session in seconds.", minimum=60.0
+    )
+    login_max_failures: int = _setting(
+        5,
+        "Failed logins allowed per account and per client address before a lockout.",
+        minimum=1,
+        maximum=1000,
+    )
+    login_lockout_s: float = _setting(
+        300.0,
+        "Seconds failed logins are remembered and an address or account is locked.",
+        minimum=1.0,
+    )
+    recall_limit: int = _setting(
+        6,
+        "Memories and past messages recalled into a chat prompt (0 turns recall off).",
+        minimum=0,
+        maximum=50,
+    )
 
     def resolved_data_dir(self) -> Path:
         """The data directory, with the empty default resolved for this user."""
