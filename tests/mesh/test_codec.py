@@ -1,0 +1,207 @@
+"""The pure codec and channel: round trips, bounds, fuzzing, tampering and replays."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mongars_edge.mesh import codec
+from mongars_edge.mesh.channel import Initiator, Responder, Session
+from mongars_edge.mesh.codec import (
+    MAX_FRAME,
+    FrameBuffer,
+    InferRequest,
+    Telemetry,
+    TokenChunk,
+)
+from mongars_edge.mesh.errors import AuthError, CodecError, FrameTooLargeError
+from mongars_edge.mesh.identity import Identity
+
+A = Identity.generate()
+B = Identity.generate()
+PINS = {A.node_id: A.verify_key, B.node_id: B.verify_key}
+
+
+def _pair() -> tuple[Session, Session]:
+    init = Initiator(A, PINS.get, expect=B.node_id)
+    resp = Responder(B, PINS.get)
+    hello = init.hello()
+    msg = codec.decode(hello)
+    assert isinstance(msg, codec.HsInit)
+    reply = resp.respond(msg, hello)
+    auth, s_a = init.finish(reply)
+    s_b = resp.finish(auth)
+    return s_a, s_b
+
+
+TEXT = st.text(max_size=50)
+INT64 = st.integers(-(2**63), 2**63 - 1)
+SAMPLES = st.one_of(
+    st.builds(TokenChunk, st.integers(0, 2**31), TEXT, st.none() | st.integers(0, 2**31)),
+    st.builds(
+        InferRequest,
+        st.integers(0, 2**31),
+        st.lists(st.lists(TEXT, min_size=2, max_size=2), max_size=4),
+        st.dictionaries(st.text(max_size=8), INT64 | st.floats(allow_nan=False)),
+        st.none() | TEXT,
+        st.none() | TEXT,
+        st.none(),
+        TEXT,
+        TEXT,
+    ),
+    st.builds(
+        Telemetry,
+        TEXT,
+        TEXT,
+        st.integers(0, 100),
+        st.integers(0, 100),
+        st.integers(1, 64),
+        st.floats(0, 1e4),
+        st.floats(0, 1e4),
+        st.floats(-40, 120),
+        st.booleans(),
+        st.lists(TEXT, max_size=3),
+        st.booleans(),
+    ),
+)
+
+
+@given(SAMPLES)
+def test_round_trip(msg: codec.Msg) -> None:
+    assert codec.decode(codec.encode(msg)) == msg
+
+
+@given(st.binary(max_size=2000))
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_garbage_never_raises_anything_but_codec_error(data: bytes) -> None:
+    with contextlib.suppress(CodecError):
+        codec.decode(data)
+
+
+@given(SAMPLES, st.data())
+def test_mutated_messages_decode_or_fail_cleanly(msg: codec.Msg, data: st.DataObject) -> None:
+    raw = bytearray(codec.encode(msg))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    try:
+        out = codec.decode(bytes(raw))
+    except CodecError:
+        return
+    assert isinstance(out, codec.Msg)  # well-typed by construction
+
+
+@given(st.lists(st.binary(max_size=300), max_size=8), st.data())
+def test_frame_buffer_reassembles_any_split(payloads: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(codec.frame(p) for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    buf = FrameBuffer()
+    out: list[bytes] = []
+    prev = 0
+    for cut in [*cuts, len(stream)]:
+        out += buf.feed(stream[prev:cut])
+        prev = cut
+    assert out == payloads
+    assert buf.pending == 0
+
+
+def test_oversized_frame_refused_from_header() -> None:
+    header = (MAX_FRAME + 1).to_bytes(4, "big")
+    with pytest.raises(FrameTooLargeError):
+        FrameBuffer().feed(header)
+    with pytest.raises(FrameTooLargeError):
+        codec.frame(b"x" * (MAX_FRAME + 1))
+    with pytest.raises(CodecError):
+        codec.frame_length(b"\x00\x01")
+
+
+def test_unknown_type_and_wrong_field_types() -> None:
+    import msgpack
+
+    with pytest.raises(CodecError):
+        codec.decode(msgpack.packb([999, []]))
+    with pytest.raises(CodecError):
+        codec.decode(msgpack.packb([23, [True, "x", None]]))  # bool is not a stream id
+    with pytest.raises(CodecError):
+        codec.decode(msgpack.packb([23, [1, "x"]]))  # missing field
+
+
+@given(SAMPLES)
+@settings(max_examples=30)
+def test_sessions_carry_messages_both_ways(msg: codec.Msg) -> None:
+    s_a, s_b = _pair()
+    assert s_b.open(s_a.seal(msg)) == msg
+    assert s_a.open(s_b.seal(msg)) == msg
+
+
+@given(st.data())
+@settings(max_examples=60)
+def test_tampered_frames_are_never_accepted(data: st.DataObject) -> None:
+    s_a, s_b = _pair()
+    sealed = bytearray(s_a.seal(TokenChunk(1, "bonjour", 5)))
+    i = data.draw(st.integers(0, len(sealed) - 1))
+    sealed[i] ^= data.draw(st.integers(1, 255))
+    with pytest.raises((AuthError, CodecError)):
+        s_b.open(bytes(sealed))
+
+
+def test_replays_and_reorders_are_rejected() -> None:
+    s_a, s_b = _pair()
+    first = s_a.seal(TokenChunk(1, "a", None))
+    second = s_a.seal(TokenChunk(1, "b", None))
+    assert s_b.open(second) == TokenChunk(1, "b", None)
+    with pytest.raises(AuthError, match="replayed"):
+        s_b.open(first)  # older counter
+    with pytest.raises(AuthError, match="replayed"):
+        s_b.open(second)  # same frame again
+    # a frame sealed for the other direction does not open
+    with pytest.raises(AuthError):
+        s_a.open(s_a.seal(TokenChunk(1, "c", None)))
+
+
+def test_unpaired_and_impostor_peers_get_no_session() -> None:
+    stranger = Identity.generate()
+    init = Initiator(stranger, {**PINS, stranger.node_id: stranger.verify_key}.get)
+    hello = init.hello()
+    msg = codec.decode(hello)
+    assert isinstance(msg, codec.HsInit)
+    with pytest.raises(AuthError, match="not paired"):
+        Responder(B, PINS.get).respond(msg, hello)
+    # an impostor claiming A's node id cannot sign as A
+    fake = Initiator(stranger, PINS.get, expect=B.node_id)
+    hello = fake.hello()
+    msg = codec.decode(hello)
+    assert isinstance(msg, codec.HsInit)
+    forged = codec.HsInit(msg.version, msg.purpose, A.node_id, msg.eph)
+    resp = Responder(B, PINS.get)
+    resp.respond(forged, codec.encode(forged))
+    with pytest.raises(AuthError):
+        resp.finish(codec.encode(codec.HsAuth(stranger.sign(b"auth" + b"x" * 32))))
+
+
+def test_wrong_protocol_version_is_refused() -> None:
+    init = Initiator(A, PINS.get)
+    hello = codec.decode(init.hello())
+    assert isinstance(hello, codec.HsInit)
+    other = codec.HsInit(99, "mesh", A.node_id, hello.eph)
+    with pytest.raises(AuthError, match="version mismatch"):
+        Responder(B, PINS.get).respond(other, codec.encode(other))
+
+
+def test_responder_impersonation_is_detected() -> None:
+    """A box answering for B without B's key fails at the initiator."""
+    init = Initiator(A, PINS.get, expect=B.node_id)
+    hello = init.hello()
+    msg = codec.decode(hello)
+    assert isinstance(msg, codec.HsInit)
+    mallory = Identity.generate()
+    pins = {**PINS, A.node_id: A.verify_key}
+    reply = bytearray(Responder(mallory, pins.get).respond(msg, hello))
+    resp = codec.decode(bytes(reply))
+    assert isinstance(resp, codec.HsResp)
+    lie = codec.HsResp(resp.version, B.node_id, resp.eph, resp.sig)
+    with pytest.raises(AuthError, match="bad signature"):
+        init.finish(codec.encode(lie))
