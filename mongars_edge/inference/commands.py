@@ -25,17 +25,20 @@ class _ProgressLine:
     def __init__(self, label: str) -> None:
         self.label = label
         self._last = 0.0
+        self._drawn = False
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         if now - self._last < 0.2 and done != total:
             return
         self._last = now
+        self._drawn = True
         pct = f"{100 * done / total:5.1f}%" if total else "     "
         click.echo(f"\r{self.label} {pct} {_mib(done)} / {_mib(total)}", nl=False, err=True)
 
     def close(self) -> None:
-        click.echo("", err=True)
+        if self._drawn:
+            click.echo("", err=True)
 
 
 def add_commands(main: click.Group) -> None:

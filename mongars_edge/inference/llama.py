@@ -248,6 +248,21 @@ class LlamaEngine:
         """Queue and idle signal (memory consolidation waits on `wait_idle`)."""
         return self._scheduler
 
+    async def drop_prefix_cache(self) -> int:
+        """Forget the KV prefixes of finished requests (benchmarks, memory pressure)."""
+        worker = self._worker
+        if worker is None:
+            return 0
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+
+        def command() -> None:
+            n = worker.drop_idle_prefixes()
+            loop.call_soon_threadsafe(done.set_result, n)
+
+        worker.call(command)
+        return await done
+
     def count_tokens(self, text: str) -> int:
         return len(self._model.tokenize(text, add_special=False))
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import queue
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -112,6 +114,19 @@ class Worker:
         self._per_token_s = 0.004
         self.gen_tok_s = 0.0
         self.prompt_tok_s = 0.0
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def call(self, command: Callable[[], None]) -> None:
+        """Run `command` on the worker thread before its next step."""
+        self._commands.put(command)
+        self.scheduler.wake()
+
+    def drop_idle_prefixes(self) -> int:
+        """Forget every idle KV prefix (worker thread); returns how many were dropped."""
+        n = 0
+        while self._evict_idle():
+            n += 1
+        return n
 
     def stop(self) -> None:
         self._stopping = True
@@ -132,6 +147,8 @@ class Worker:
     def run(self) -> None:
         try:
             while not self._stopping:
+                while not self._commands.empty():
+                    self._commands.get()()
                 out: _Delivery = []
                 self._expire(out)
                 self._admit(out)

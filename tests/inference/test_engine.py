@@ -256,3 +256,16 @@ async def test_engine_closed_refuses_requests(open_engine: EngineFactory) -> Non
 
     with pytest.raises(EngineClosedError):
         await complete(kept, ask("hi", 3))
+
+
+async def test_dropping_the_prefix_cache(open_engine: EngineFactory) -> None:
+    async with open_engine() as engine:
+        req = ask("Remember this sentence please.", 4, conversation_id="x")
+        await complete(engine, req)
+        warm = await complete(engine, req)
+        assert warm.usage is not None
+        assert warm.usage.cached_tokens > 0
+        assert await engine.drop_prefix_cache() >= 1
+        cold = await complete(engine, req)
+        assert cold.usage is not None
+        assert cold.usage.cached_tokens == 0
