@@ -71,7 +71,8 @@ $(STAMP_APT):
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "Installing Debian packages:$$missing"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+			apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
 		else \
 			echo "The tests need these Debian packages:$$missing"; \
 			echo "Install them with: sudo apt-get install$$missing"; exit 1; \
