@@ -1,0 +1,518 @@
+"""MeshService: the listening socket, links to paired peers, gossip, and serving peer requests.
+
+Opened by the Runtime when the `mesh` setting is on. Everything a peer can send is bounded;
+a misbehaving peer costs at most its own link, and each kind of trouble is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mongars_edge.mesh import codec
+from mongars_edge.mesh.codec import Msg
+from mongars_edge.mesh.errors import AuthError, CodecError, MeshError, PeerUnavailableError
+from mongars_edge.mesh.identity import Identity, mesh_dir
+from mongars_edge.mesh.members import MemberFile, MemberRecord, MeshState
+from mongars_edge.mesh.pairing import serve_pairing
+from mongars_edge.mesh.peers import Peer, explain, sanitize
+from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Backoff, Link, answer, dial, read_frame
+
+if TYPE_CHECKING:
+    from mongars_edge.inference.engine import Engine
+    from mongars_edge.mesh.share import Share
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+MAX_PENDING_HANDSHAKES = 32
+MAX_SERVED_PER_LINK = 16
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Timing knobs; tests shrink them instead of sleeping."""
+
+    host: str
+    port: int
+    static_peers: tuple[str, ...] = ()
+    mdns: bool = True
+    mdns_interfaces: tuple[str, ...] = ()
+    gossip_s: float = 1.0
+    idle_timeout_s: float = 5.0
+    stall_s: float = 5.0
+
+
+def mesh_hash(mesh_id: bytes) -> str:
+    """What the mesh id looks like on the network: a hash, never the id itself."""
+    return hashlib.sha256(b"mongars-mesh" + mesh_id).hexdigest()[:12]
+
+
+class MeshService:
+    """One per box; see the module docstring."""
+
+    def __init__(self, config: MeshConfig, data_dir: Path, engine: Engine | None) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.engine = engine
+        self.me = Identity.load_or_create(data_dir)
+        self.members = MemberFile(data_dir)
+        self.state: MeshState = self.members.read()
+        self._members_mtime = self.members.mtime()
+        self.peers: dict[str, Peer] = {}
+        self.links: dict[str, Link] = {}
+        self.port = 0
+        self.started_at = time.monotonic()
+        self.first_forward_at: float | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._streams: dict[tuple[int, int], asyncio.Queue[Any]] = {}
+        self._served: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._dialling: set[str] = set()
+        self._backoff: dict[str, tuple[Backoff, float]] = {}
+        self._static_ids: dict[str, str] = {}
+        self._handshakes = 0
+        self._warned: set[str] = set()
+        self._discovery: Any = None
+        self.share: Share | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, config: MeshConfig, data_dir: Path, engine: Engine | None
+    ) -> AsyncIterator[MeshService]:
+        service = await asyncio.to_thread(cls, config, data_dir, engine)
+        await service.start()
+        try:
+            yield service
+        finally:
+            await service.stop()
+
+    async def start(self) -> None:
+        from mongars_edge.mesh.share import Share
+
+        self.share = Share(self)
+        bind = None if self.config.host in ("0.0.0.0", "", "::") else self.config.host  # noqa: S104
+        self._server = await asyncio.start_server(self._on_connection, bind, self.config.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self.config.mdns and _advertise(self.config):
+            from mongars_edge.mesh.discovery import Discovery
+
+            self._discovery = Discovery(self)
+            await self._discovery.start()
+        self._spawn(self._gossip_loop())
+        log.info("mesh node %s listening on port %d", self.me.node_id, self.port)
+
+    async def stop(self) -> None:
+        if self._discovery is not None:
+            await self._discovery.stop()
+        if self._server is not None:
+            self._server.close()
+        for link in list(self.links.values()):
+            link.close("shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await self._server.wait_closed()
+        with contextlib.suppress(OSError):
+            (mesh_dir(self.data_dir) / STATE_FILE).unlink()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def warn_once(self, key: str, text: str, *args: object) -> None:
+        """Repeating trouble is logged once at warning, then at debug (STYLE habit 7)."""
+        if key in self._warned:
+            log.debug(text, *args)
+        else:
+            self._warned.add(key)
+            log.warning(text, *args)
+
+    # --- incoming connections -----------------------------------------------------------------
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername")
+        where = str(peer[0]) if isinstance(peer, tuple) else "?"
+        if self._handshakes >= MAX_PENDING_HANDSHAKES:
+            writer.close()
+            return
+        self._handshakes += 1
+        adopted = False
+        try:
+            first = await read_frame(reader, HANDSHAKE_TIMEOUT_S)
+            msg = codec.decode(first)
+            if isinstance(msg, codec.HsInit):
+                link = await answer(
+                    reader,
+                    writer,
+                    msg,
+                    first,
+                    self.me,
+                    self.state.key_of,
+                    self.config.idle_timeout_s,
+                )
+                adopted = True
+                self._handshakes -= 1
+                await self._run_link(link)
+                return
+            if isinstance(msg, codec.PairStart):
+                record = await serve_pairing(reader, writer, msg, self.me, self.data_dir)
+                self._reload_members(force=True)
+                self._broadcast(codec.Members([record.to_wire()]))
+                return
+            raise CodecError(f"unexpected first message {type(msg).__name__}")
+        except (MeshError, CodecError) as exc:
+            self.warn_once(f"in:{where}:{exc.kind}", "refused connection from %s: %s", where, exc)
+        except (ConnectionError, OSError) as exc:
+            log.debug("connection from %s failed: %s", where, exc)
+        finally:
+            if not adopted:
+                self._handshakes -= 1
+                writer.close()
+
+    # --- links ----------------------------------------------------------------------------------
+
+    async def _run_link(self, link: Link) -> None:
+        """Register `link`, read from it until it closes, then clean up."""
+        old = self.links.get(link.peer_id)
+        if old is not None and not old.closed.is_set():
+            # Both sides dialled: keep the link dialled by the smaller node id, on both ends.
+            dialler_new = self.me.node_id if link.dialled else link.peer_id
+            keep_new = dialler_new == min(self.me.node_id, link.peer_id)
+            if not keep_new:
+                link.close("duplicate link")
+                return
+            old.close("replaced by a newer link")
+        self.links[link.peer_id] = link
+        peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id, host=link.address))
+        peer.linked, peer.last_error = True, ""
+        try:
+            link.send(codec.Members([r.to_wire() for r in self.state.all_records()]))
+            link.send(self._telemetry())
+            await link.drain()
+            await link.run(self._handle)
+        except MeshError as exc:
+            link.close(str(exc))
+        finally:
+            if self.links.get(link.peer_id) is link:
+                del self.links[link.peer_id]
+                peer.linked = False
+                peer.last_error = link.close_reason
+            for key in [k for k in self._streams if k[0] == id(link)]:
+                self._streams[key].put_nowait(PeerUnavailableError(link.close_reason))
+            for key in [k for k in self._served if k[0] == id(link)]:
+                self._served.pop(key).cancel()
+
+    def _handle(self, link: Link, msg: Msg) -> None:
+        if isinstance(msg, codec.Telemetry):
+            peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id))
+            peer.telemetry, peer.telemetry_at = sanitize(msg), time.monotonic()
+        elif isinstance(msg, codec.TokenChunk | codec.End | codec.Error):
+            queue = self._streams.get((id(link), msg.stream_id))
+            if queue is not None:
+                queue.put_nowait(msg)
+        elif isinstance(msg, codec.InferRequest):
+            self._serve_request(link, msg)
+        elif isinstance(msg, codec.Cancel):
+            task = self._served.pop((id(link), msg.stream_id), None)
+            if task is not None:
+                task.cancel()
+        elif isinstance(msg, codec.Members):
+            self._accept_records(link.peer_id, msg.records)
+        elif isinstance(msg, codec.ChunkRequest | codec.Chunk) and self.share is not None:
+            self.share.handle(link, msg)
+        elif not isinstance(msg, codec.Ping):
+            self.warn_once(
+                f"odd:{link.peer_id}", "ignoring %s from %s", type(msg).__name__, link.peer_id
+            )
+
+    def open_stream(self, link: Link, stream_id: int) -> asyncio.Queue[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._streams[(id(link), stream_id)] = queue
+        return queue
+
+    def close_stream(self, link: Link, stream_id: int) -> None:
+        self._streams.pop((id(link), stream_id), None)
+
+    def _broadcast(self, msg: Msg) -> None:
+        for link in list(self.links.values()):
+            with contextlib.suppress(PeerUnavailableError):
+                link.send(msg)
+
+    # --- serving peers' requests ----------------------------------------------------------------
+
+    def _serve_request(self, link: Link, msg: codec.InferRequest) -> None:
+        key = (id(link), msg.stream_id)
+        served = sum(1 for k in self._served if k[0] == id(link))
+        if self.engine is None or key in self._served or served >= MAX_SERVED_PER_LINK:
+            with contextlib.suppress(PeerUnavailableError):
+                link.send(codec.Error(msg.stream_id, "busy", "not accepting this request"))
+            return
+        task = self._spawn(self._run_served(link, msg))
+        self._served[key] = task
+        task.add_done_callback(lambda _t: self._served.pop(key, None))
+
+    async def _run_served(self, link: Link, msg: codec.InferRequest) -> None:
+        from mongars_edge.inference.engine import ChatRequest, Message, Sampling
+
+        assert self.engine is not None
+        sid = msg.stream_id
+        try:
+            if msg.model != self.engine.info.id:
+                raise MeshError(f"model mismatch: this box runs {self.engine.info.id}")
+            sampling = dict(msg.sampling)
+            sampling["stop"] = tuple(sampling.get("stop") or ())
+            adapter = msg.adapter
+            if adapter and self.share is not None:
+                adapter = await self.share.ensure(link, adapter)
+            request = ChatRequest(
+                messages=tuple(Message(r, c) for r, c in (m[:2] for m in msg.messages)),
+                sampling=Sampling(**sampling),
+                adapter=adapter,
+                grammar=msg.grammar,
+                json_schema=msg.json_schema,
+                assistant_prefix=msg.assistant_prefix,
+            )
+            async for event in self.engine.stream(request):
+                if event.finish_reason is None:
+                    link.send(codec.TokenChunk(sid, event.text, event.token_id))
+                else:
+                    if event.text:
+                        link.send(codec.TokenChunk(sid, event.text, event.token_id))
+                    usage, timings = event.usage, event.timings
+                    link.send(
+                        codec.End(
+                            sid,
+                            event.finish_reason,
+                            usage.prompt_tokens if usage else 0,
+                            usage.completion_tokens if usage else 0,
+                            timings.generation_tok_s if timings else 0.0,
+                            event.error,
+                        )
+                    )
+                await link.drain()
+        except asyncio.CancelledError:
+            raise
+        except PeerUnavailableError:
+            return
+        except Exception as exc:  # any failure is the peer's answer, never ours to die of
+            kind = getattr(exc, "kind", type(exc).__name__)
+            log.debug("served request failed", exc_info=True)
+            with contextlib.suppress(PeerUnavailableError):
+                link.send(codec.Error(sid, str(kind), str(exc)[:500]))
+
+    # --- membership -------------------------------------------------------------------------------
+
+    def _accept_records(self, sender: str, raw: list[Any]) -> None:
+        changed = False
+        for item in raw[:1024]:
+            try:
+                changed |= self.state.accept(MemberRecord.from_wire(item), self.me)
+            except AuthError as exc:
+                self.warn_once(
+                    f"rec:{sender}", "ignoring membership record from %s: %s", sender, exc
+                )
+        if changed:
+            self._spawn(self._save_state())
+
+    async def _save_state(self) -> None:
+        snapshot = self.state
+
+        def merge() -> None:
+            with self.members.changing() as on_disk:
+                for rec in snapshot.all_records():
+                    with contextlib.suppress(AuthError):
+                        on_disk.accept(rec, self.me)
+
+        await asyncio.to_thread(merge)
+        self._reload_members(force=True)
+
+    def _reload_members(self, force: bool = False) -> None:
+        mtime = self.members.mtime()
+        if not force and mtime == self._members_mtime:
+            return
+        try:
+            state = self.members.read()
+        except MeshError as exc:
+            self.warn_once("members", "%s", exc)
+            return
+        self._members_mtime = mtime
+        new_records = [r for k, r in state.records.items() if self.state.records.get(k) != r]
+        self.state = state
+        for node_id, link in list(self.links.items()):
+            if state.key_of(node_id) is None:
+                link.close("revoked")
+        if new_records:
+            self._broadcast(codec.Members([r.to_wire() for r in new_records]))
+
+    # --- gossip, dialling, state for the CLI ---------------------------------------------------
+
+    def _telemetry(self) -> codec.Telemetry:
+        engine = self.engine
+        load = engine.load() if engine else None
+        adapters: list[str] = []
+        if self.share is not None:
+            adapters = self.share.held()
+        return codec.Telemetry(
+            node_id=self.me.node_id,
+            model=engine.info.id if engine else "",
+            queue_depth=load.queue_depth if load else 0,
+            active=load.active if load else 0,
+            n_parallel=load.n_parallel if load else 1,
+            gen_tok_s=float(load.generation_tok_s) if load else 0.0,
+            prompt_tok_s=float(load.prompt_tok_s) if load else 0.0,
+            temp_c=_temperature(),
+            throttled=False,
+            adapters=adapters,
+            accepting=engine is not None,
+        )
+
+    async def _gossip_loop(self) -> None:
+        while True:
+            try:
+                self._reload_members()
+                self._broadcast(self._telemetry())
+                for link in list(self.links.values()):
+                    with contextlib.suppress(PeerUnavailableError):
+                        await link.drain()
+                self._dial_targets()
+                await asyncio.to_thread(self._write_state)
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("mesh gossip tick failed")
+            await asyncio.sleep(self.config.gossip_s)
+
+    def targets(self) -> list[tuple[str, str, int]]:
+        """(key, host, port) of boxes we should hold a link to."""
+        out = []
+        for peer in self.peers.values():
+            if peer.host and peer.port and self.state.key_of(peer.node_id) is not None:
+                out.append((peer.node_id, peer.host, peer.port))
+        for addr in self.config.static_peers:
+            host, _, port = addr.rpartition(":")
+            if host and port.isdigit():
+                out.append((self._static_ids.get(addr, addr), host.strip("[]"), int(port)))
+        return out
+
+    def _dial_targets(self) -> None:
+        now = time.monotonic()
+        for key, host, port in self.targets():
+            if key in self.links or key in self._dialling or key == self.me.node_id:
+                continue
+            backoff, not_before = self._backoff.get(key, (Backoff(), 0.0))
+            if now < not_before:
+                continue
+            self._dialling.add(key)
+            self._spawn(self._dial(key, host, port, backoff))
+
+    async def _dial(self, key: str, host: str, port: int, backoff: Backoff) -> None:
+        expect = key if len(key) == 16 and ":" not in key else None
+        try:
+            link = await dial(
+                host,
+                port,
+                self.me,
+                self.state.key_of,
+                expect=expect,
+                idle_timeout=self.config.idle_timeout_s,
+            )
+        except (MeshError, CodecError) as exc:
+            self._backoff[key] = (backoff, time.monotonic() + backoff.next())
+            if key in self.peers:
+                self.peers[key].last_error = str(exc)
+            self.warn_once(f"dial:{key}:{exc.kind}", "cannot link to %s:%d: %s", host, port, exc)
+            return
+        finally:
+            self._dialling.discard(key)
+        backoff.reset()
+        self._backoff.pop(key, None)
+        if expect is None:
+            self._static_ids[key] = link.peer_id
+        peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id, source="static"))
+        peer.host, peer.port = host, port
+        self._spawn(self._run_link(link))
+
+    def seen(self, peer: Peer) -> None:
+        """Discovery found or refreshed a box."""
+        known = self.peers.get(peer.node_id)
+        if known is None:
+            self.peers[peer.node_id] = peer
+            return
+        known.host, known.port, known.version = peer.host, peer.port, peer.version
+        known.mesh_hash, known.capabilities, known.source = (
+            peer.mesh_hash,
+            peer.capabilities,
+            peer.source,
+        )
+        known.seen_at = peer.seen_at
+
+    def report(self) -> dict[str, Any]:
+        """What `mongars-edge peers` prints."""
+        model = self.engine.info.id if self.engine else ""
+        rows = []
+        for peer in sorted(self.peers.values(), key=lambda p: p.node_id):
+            rows.append(
+                {
+                    "node_id": peer.node_id,
+                    "address": f"{peer.host}:{peer.port}" if peer.host else "",
+                    "source": peer.source,
+                    "paired": self.state.key_of(peer.node_id) is not None,
+                    "linked": peer.linked,
+                    "why": explain(
+                        peer,
+                        paired=self.state.key_of(peer.node_id) is not None,
+                        revoked=peer.node_id in self.state.revoked,
+                        version=codec.PROTOCOL_VERSION,
+                        model=model,
+                    ),
+                }
+            )
+        return {
+            "node_id": self.me.node_id,
+            "mesh": mesh_hash(self.state.mesh_id),
+            "pid": os.getpid(),
+            "host": self.config.host,
+            "port": self.port,
+            "members": sorted(self.state.members),
+            "peers": rows,
+            "updated_at": time.time(),
+        }
+
+    def _write_state(self) -> None:
+        path = mesh_dir(self.data_dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.report(), indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _advertise(config: MeshConfig) -> bool:
+    """A box listening on loopback is not on the LAN: it must not advertise anywhere."""
+    if config.mdns_interfaces:
+        return True
+    return not (config.host.startswith("127.") or config.host in ("::1", "localhost"))
+
+
+def _temperature() -> float:
+    try:
+        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text()
+        return int(raw.strip()) / 1000
+    except (OSError, ValueError):
+        return 0.0
