@@ -179,6 +179,20 @@ def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
         click.echo(f"  {key:<16} {value!s:<24} {reason}")
 
 
+@click.command("tui")
+@_common_options
+@click.option("--url", help="Daemon URL (default: this box, from the host and port settings).")
+@click.option("--token", help="API bearer token (default: the local admin token in the data dir).")
+def tui_cmd(config_path: Path | None, url: str | None, token: str | None, **flags: Any) -> None:
+    """Open the terminal UI: chat, memories, hardware, mesh and logs."""
+    from mongars_edge.tui.app import run_tui  # Textual is heavy; other commands start fast
+
+    run_tui(_settings(config_path, **flags), url=url, token=token)
+
+
+main.add_command(tui_cmd)
+
+
 # models list|pull|rm, adapters list|add|rm, bench (imports nothing heavy until run).
 from mongars_edge.inference.commands import add_commands as _add_inference_commands  # noqa: E402
 

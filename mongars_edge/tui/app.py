@@ -1,0 +1,148 @@
+"""MongarsApp: the Textual TUI; one mode per screen, a health poll that drives reconnects."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+
+from mongars_edge.settings import Settings
+from mongars_edge.tui.client import DaemonClient, DaemonDown, DaemonError, LocalToken
+from mongars_edge.tui.screens.chat import ChatScreen
+from mongars_edge.tui.screens.hardware import HardwareScreen
+from mongars_edge.tui.screens.logs import LogsScreen
+from mongars_edge.tui.screens.memories import MemoriesScreen
+from mongars_edge.tui.screens.mesh import MeshScreen
+
+log = logging.getLogger(__name__)
+
+
+class MongarsApp(App[None]):
+    """Chat, memories, hardware, mesh and logs of one daemon, over its HTTP API."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "monGARS Edge"
+    ENABLE_COMMAND_PALETTE = False
+    MODES: ClassVar[dict[str, Any]] = {
+        "chat": ChatScreen,
+        "memories": MemoriesScreen,
+        "hardware": HardwareScreen,
+        "mesh": MeshScreen,
+        "logs": LogsScreen,
+    }
+    DEFAULT_MODE = "chat"
+    # Below 70 columns the conversation list hides; the chat keeps the width.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (70, "-wide")]  # noqa: RUF012
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f1", "switch_mode('chat')", "Chat"),
+        Binding("f2", "switch_mode('memories')", "Memories"),
+        Binding("f3", "switch_mode('hardware')", "Hardware"),
+        Binding("f4", "switch_mode('mesh')", "Mesh"),
+        Binding("f5", "switch_mode('logs')", "Logs"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    #: connecting | up | down | restarted
+    daemon_state: reactive[str] = reactive("connecting")
+    daemon_detail: reactive[str] = reactive("")
+    #: Bumped on every (re)connection; screens watch it to reload their data.
+    generation: reactive[int] = reactive(0)
+
+    def __init__(self, client: DaemonClient, *, poll_s: float = 2.0) -> None:
+        super().__init__()
+        self.client = client
+        self.poll_s = poll_s
+        self.health: dict[str, Any] = {}
+        self.events: deque[str] = deque(maxlen=500)
+        self._last_uptime: float | None = None
+
+    def note(self, text: str) -> None:
+        """Record something worth showing on the logs screen."""
+        self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
+
+    def on_mount(self) -> None:
+        self.note(f"connecting to {self.client.url}")
+        self.check_health()
+        self.set_interval(self.poll_s, self.check_health)
+
+    async def on_unmount(self) -> None:
+        await self.client.aclose()
+
+    def check_health(self) -> None:
+        self.run_worker(self._check_health(), group="health", exclusive=True, exit_on_error=False)
+
+    async def _check_health(self) -> None:
+        try:
+            health = await self.client.health()
+        except DaemonError as exc:
+            if self.daemon_state != "down":
+                self.note(f"daemon unreachable: {exc}")
+            self.daemon_detail = str(exc)
+            self.daemon_state = "down"
+            return
+        uptime = float(health.get("uptime_s") or 0.0)
+        restarted = self._last_uptime is not None and uptime + 1.0 < self._last_uptime
+        was = self.daemon_state
+        self._last_uptime = uptime
+        self.health = health
+        if restarted or was != "up":
+            if restarted:
+                self.note("the daemon restarted")
+            self.note(f"connected: {health.get('version', '?')} status {health.get('status')}")
+            self.daemon_detail = ""
+            self.daemon_state = "up"
+            self.generation += 1
+
+    def report(self, exc: Exception, what: str) -> None:
+        """Show a failed action to the user (no traceback), and maybe start reconnecting."""
+        self.note(f"{what}: {exc}")
+        self.notify(f"{what}: {exc}", severity="error", timeout=6)
+        if isinstance(exc, DaemonDown):
+            self.check_health()
+
+
+class _EventLogHandler(logging.Handler):
+    """Log records go to the logs screen while the TUI owns the terminal."""
+
+    def __init__(self, app: MongarsApp) -> None:
+        super().__init__(logging.WARNING)
+        self.app = app
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.app.events.append(f"{record.levelname.lower()} {record.name}: {record.getMessage()}")
+
+
+def default_url(host: str, port: int) -> str:
+    """The daemon URL on this box, from the serve settings."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a listen address, turned into loopback here
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def run_tui(settings: Settings, *, url: str | None, token: str | None) -> None:
+    """Open the TUI on this terminal against the daemon at *url* (default: this box)."""
+    source: str | LocalToken | None = token
+    if url is None:
+        url = default_url(settings.host, settings.port)
+        if token is None:
+            local = LocalToken(settings.resolved_data_dir())
+            local.check()  # a permission problem is said before the screen opens
+            source = local
+    app = MongarsApp(DaemonClient(url, source))
+    root = logging.getLogger()
+    # Nothing may write to the terminal behind Textual's back.
+    saved = root.handlers[:]
+    root.handlers = [_EventLogHandler(app)]
+    try:
+        app.run()
+    finally:
+        root.handlers = saved

@@ -1,0 +1,155 @@
+"""The hardware screen: profile, live tokens/s, queue, temperature and throttling."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.table import Table
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Sparkline, Static
+
+from mongars_edge.tui.client import DaemonError, NotAvailable
+from mongars_edge.tui.widgets import DaemonBanner
+
+if TYPE_CHECKING:
+    from mongars_edge.tui.app import MongarsApp
+
+_HISTORY = 60
+
+
+def pick(metrics: dict[str, float], *words: str, suffix: str = "") -> float | None:
+    """The first metric whose name holds every word (and ends with *suffix*)."""
+    for name in sorted(metrics):
+        if all(word in name for word in words) and name.endswith(suffix):
+            return metrics[name]
+    return None
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.1f}{unit}"
+    return f"{value}{unit}"
+
+
+class HardwareScreen(Screen[None]):
+    """How the box is doing right now."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+r", "refresh_now", "Refresh")]
+
+    def __init__(self, refresh_s: float = 1.0) -> None:
+        super().__init__()
+        self.refresh_s = refresh_s
+        self.rates: list[float] = []
+        self._last_tokens: tuple[float, float] | None = None
+        self.hardware: dict[str, Any] | None = None
+        self.hardware_note = ""
+
+    @property
+    def mapp(self) -> MongarsApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield DaemonBanner(id="banner")
+        with VerticalScroll(id="hardware-body"):
+            yield Static("", id="live")
+            yield Sparkline([], id="rate-spark", summary_function=max)
+            yield Static("", id="profile")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(self.refresh_s, self._tick)
+        self.action_refresh_now()
+
+    def _tick(self) -> None:
+        if self.is_current:
+            self.poll()
+
+    def action_refresh_now(self) -> None:
+        self.hardware = None
+        self.poll()
+
+    @work(group="hardware", exclusive=True, exit_on_error=False)
+    async def poll(self) -> None:
+        client = self.mapp.client
+        metrics: dict[str, float] = {}
+        metrics_note = ""
+        try:
+            metrics = await client.metrics()
+        except NotAvailable:
+            metrics_note = "/metrics is not available on this daemon"
+        except DaemonError as exc:
+            metrics_note = f"/metrics: {exc}"
+        if self.hardware is None:
+            try:
+                body = await client.get_json("/api/hardware")
+                self.hardware = body if isinstance(body, dict) else {}
+                self.hardware_note = ""
+            except NotAvailable:
+                self.hardware_note = "/api/hardware is not available on this daemon"
+            except DaemonError as exc:
+                self.hardware_note = f"/api/hardware: {exc}"
+        self._show(metrics, metrics_note)
+
+    def _rate(self, metrics: dict[str, float]) -> float | None:
+        total = pick(metrics, "token", "generat", suffix="_total")
+        if total is None:
+            total = pick(metrics, "tokens", suffix="_total")
+        if total is None:
+            return None
+        now = time.monotonic()
+        rate = None
+        if self._last_tokens is not None and now > self._last_tokens[1]:
+            rate = max(0.0, total - self._last_tokens[0]) / (now - self._last_tokens[1])
+        self._last_tokens = (total, now)
+        return rate
+
+    def _show(self, metrics: dict[str, float], metrics_note: str) -> None:
+        health = self.mapp.health
+        hw = self.hardware or {}
+        raw_facts = hw.get("facts")
+        facts: dict[str, Any] = raw_facts if isinstance(raw_facts, dict) else {}
+        rate = self._rate(metrics)
+        if rate is not None:
+            self.rates = [*self.rates, rate][-_HISTORY:]
+            self.query_one(Sparkline).data = self.rates
+        temp = pick(metrics, "temp") if metrics else None
+        if temp is None:
+            temp = facts.get("temperature_c") if facts else None
+        throttled = pick(metrics, "throttl") if metrics else None
+        if throttled is None and facts:
+            throttled = facts.get("throttled")
+        live = Table.grid(padding=(0, 2))
+        live.add_column(style="bold")
+        live.add_column()
+        live.add_row("status", _fmt(health.get("status")))
+        live.add_row("board", _fmt(health.get("board") or facts.get("board")))
+        live.add_row("model", _fmt(health.get("model")))
+        live.add_row("uptime", _fmt(health.get("uptime_s"), " s"))
+        live.add_row("tokens/s", _fmt(rate))
+        live.add_row("queue", _fmt(pick(metrics, "queue") if metrics else None))
+        live.add_row("active", _fmt(pick(metrics, "active") if metrics else None))
+        live.add_row("temperature", _fmt(temp, " °C"))
+        live.add_row("throttling", _fmt(throttled))
+        for problem in health.get("problems") or []:
+            live.add_row("problem", str(problem))
+        for note in (metrics_note, self.hardware_note):
+            if note:
+                live.add_row("note", note)
+        self.query_one("#live", Static).update(live)
+        profile = hw.get("profile") if isinstance(hw.get("profile"), dict) else None
+        if profile is None:
+            profile = health.get("profile") if isinstance(health.get("profile"), dict) else {}
+        table = Table(title="tuning profile", expand=True, show_edge=False)
+        table.add_column("setting")
+        table.add_column("value")
+        for key, value in (profile or {}).items():
+            if key != "reasons":
+                table.add_row(str(key), str(value))
+        self.query_one("#profile", Static).update(table)

@@ -1,0 +1,136 @@
+"""The mesh screen: peers, pairing state, load; pair and unpair."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from mongars_edge.tui.client import DaemonError, NotAvailable
+from mongars_edge.tui.screens.chat import items
+from mongars_edge.tui.widgets import ConfirmScreen, DaemonBanner
+
+if TYPE_CHECKING:
+    from mongars_edge.tui.app import MongarsApp
+
+NOT_AVAILABLE = "Mesh not available on this daemon (no /api/peers: built without it, or --no-mesh)."
+
+
+def _load(peer: dict[str, Any]) -> str:
+    load = peer.get("load", peer.get("queue"))
+    if isinstance(load, dict):
+        return ", ".join(f"{k}={v}" for k, v in load.items())
+    return "—" if load is None else str(load)
+
+
+class MeshScreen(Screen[None]):
+    """Neighbouring boxes that share load and adapters."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+p", "pair", "Pair"),
+        Binding("delete,ctrl+d", "unpair", "Unpair"),
+        Binding("ctrl+r", "reload", "Reload"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.available: bool | None = None
+
+    @property
+    def mapp(self) -> MongarsApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield DaemonBanner(id="banner")
+        yield Static("", id="mesh-status")
+        yield DataTable(id="peers", cursor_type="row", zebra_stripes=True)
+        yield Input(placeholder="Pairing code shown on the other box (Enter pairs)", id="pair-code")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label, key in (("peer", "name"), ("address", "addr"), ("state", "state")):
+            table.add_column(label, key=key)
+        table.add_column("load", key="load")
+        self.watch(self.mapp, "generation", self._on_connected, init=False)
+        self.load()
+
+    def _on_connected(self, _generation: int) -> None:
+        self.load()
+
+    def _status(self, text: str) -> None:
+        self.query_one("#mesh-status", Static).update(Text(text))
+
+    def action_reload(self) -> None:
+        self.load()
+
+    def action_pair(self) -> None:
+        self.query_one("#pair-code", Input).focus()
+
+    @work(group="mesh", exclusive=True, exit_on_error=False)
+    async def load(self) -> None:
+        table = self.query_one(DataTable)
+        try:
+            body = await self.mapp.client.get_json("/api/peers")
+        except NotAvailable:
+            self.available = False
+            table.clear()
+            self._status(NOT_AVAILABLE)
+            return
+        except DaemonError as exc:
+            self._status(f"Cannot list peers: {exc}")
+            return
+        self.available = True
+        table.clear()
+        peers = items(body, "peers")
+        for peer in peers:
+            key = str(peer.get("id") or peer.get("node_id") or peer.get("name", ""))
+            name = str(peer.get("name") or key)
+            addr = str(peer.get("address") or peer.get("host") or "—")
+            state = str(peer.get("state") or ("paired" if peer.get("paired") else "seen"))
+            table.add_row(name, addr, state, _load(peer), key=key)
+        pairing = body.get("pairing") if isinstance(body, dict) else None
+        extra = f" · pairing: {pairing}" if pairing else ""
+        self._status(f"{len(peers)} peers{extra} · ^p pairs with a code, Del unpairs")
+
+    @on(Input.Submitted, "#pair-code")
+    def _pair_submitted(self, event: Input.Submitted) -> None:
+        code = event.value.strip()
+        if code:
+            self.pair(code)
+
+    @work(group="mesh-change", exclusive=True, exit_on_error=False)
+    async def pair(self, code: str) -> None:
+        try:
+            await self.mapp.client.post_json("/api/peers/pair", {"code": code})
+        except NotAvailable:
+            self._status(NOT_AVAILABLE)
+            return
+        except DaemonError as exc:
+            self.mapp.report(exc, "pairing failed")
+            return
+        self.query_one("#pair-code", Input).value = ""
+        self.mapp.note("paired with a new peer")
+        self.notify("Paired.")
+        self.load()
+
+    @work(group="mesh-change", exclusive=True, exit_on_error=False)
+    async def action_unpair(self) -> None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        if not key or not await self.app.push_screen_wait(ConfirmScreen(f"Unpair {key}?")):
+            return
+        try:
+            await self.mapp.client.delete(f"/api/peers/{key}")
+        except DaemonError as exc:
+            self.mapp.report(exc, "unpairing failed")
+            return
+        self.mapp.note(f"unpaired {key}")
+        self.load()
