@@ -464,6 +464,12 @@ class MeshService:
         )
         known.seen_at = peer.seen_at
 
+    def resolve_adapter(self, ref: str) -> str:
+        """The full sha256 of a local adapter named by id, prefix or name (blocking: thread)."""
+        from mongars_edge.inference.adapters import AdapterStore
+
+        return AdapterStore(self.data_dir).get(ref).sha256
+
     def report(self) -> dict[str, Any]:
         """What `mongars-edge peers` prints."""
         model = self.engine.info.id if self.engine else ""

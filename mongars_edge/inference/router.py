@@ -1,0 +1,184 @@
+"""Router: an Engine that runs each request where it is predicted to finish first.
+
+Candidates are the local engine and every linked, paired peer with fresh telemetry and the
+same model. The prediction is queue wait + prompt time + generation time from measured rates
+(a peer's claimed rate is capped by what its past results measured). Tokens from a peer stream
+through here; if the peer dies or stalls mid-stream, the local engine continues from the text
+already received (`assistant_prefix`), so the caller sees one uninterrupted answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from mongars_edge.errors import MongarsError
+from mongars_edge.inference.engine import (
+    ChatRequest,
+    Engine,
+    EngineLoad,
+    Message,
+    ModelInfo,
+    TokenEvent,
+)
+
+if TYPE_CHECKING:
+    from mongars_edge.mesh.peers import Peer
+    from mongars_edge.mesh.service import MeshService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOK_S: Final = 30.0
+DEFAULT_PROMPT_TOK_S: Final = 150.0
+EXPECTED_GEN_TOKENS: Final = 200
+REMOTE_OVERHEAD_S: Final = 0.05
+ADAPTER_FETCH_S: Final = 1.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One candidate and its predicted finish time in seconds."""
+
+    node_id: str  # "" for this box
+    predicted_s: float
+
+
+def predict(
+    queue_depth: int,
+    active: int,
+    n_parallel: int,
+    gen_tok_s: float,
+    prompt_tok_s: float,
+    prompt_tokens: int,
+    gen_tokens: int,
+) -> float:
+    """Seconds until a new request would finish on a box with this load."""
+    rate = gen_tok_s if gen_tok_s > 0 else DEFAULT_TOK_S
+    prate = prompt_tok_s if prompt_tok_s > 0 else DEFAULT_PROMPT_TOK_S
+    slots = max(1, n_parallel)
+    n = queue_depth + active + 1
+    running = min(n, slots)
+    # Continuous batching: aggregate throughput grows sub-linearly with running sequences.
+    per_seq = rate * float(running) ** 0.6 / running
+    one = prompt_tokens / prate + gen_tokens / per_seq
+    waves = (n - 1) // slots
+    total: float = waves * one + one
+    return total
+
+
+class Router:
+    """Engine facade over the local engine and the mesh."""
+
+    def __init__(self, local: Engine, mesh: MeshService) -> None:
+        self.local = local
+        self.mesh = mesh
+        self._warned: set[str] = set()
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.local.info
+
+    def count_tokens(self, text: str) -> int:
+        return self.local.count_tokens(text)
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        return self.local.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def load(self) -> EngineLoad:
+        return self.local.load()
+
+    def rank(self, request: ChatRequest, prompt_tokens: int) -> list[Choice]:
+        """Every usable place for `request`, best first."""
+        gen = min(request.sampling.max_tokens, EXPECTED_GEN_TOKENS)
+        load = self.local.load()
+        choices = [
+            Choice(
+                "",
+                predict(
+                    load.queue_depth,
+                    load.active,
+                    load.n_parallel,
+                    load.generation_tok_s,
+                    load.prompt_tok_s,
+                    prompt_tokens,
+                    gen,
+                ),
+            )
+        ]
+        for peer in self._usable_peers():
+            t = peer.telemetry
+            assert t is not None
+            busy = max(t.active + t.queue_depth, peer.inflight)
+            rate = peer.trusted_tok_s() or (load.generation_tok_s if load.generation_tok_s else 0)
+            cost = predict(0, busy, t.n_parallel, rate, t.prompt_tok_s, prompt_tokens, gen)
+            cost += REMOTE_OVERHEAD_S + 0.5 * peer.failures
+            if request.adapter and request.adapter not in t.adapters:
+                cost += ADAPTER_FETCH_S
+            if t.throttled:
+                cost *= 1.5
+            choices.append(Choice(peer.node_id, cost))
+        return sorted(choices, key=lambda c: (c.predicted_s, c.node_id != ""))
+
+    def _usable_peers(self) -> list[Peer]:
+        model = self.local.info.id
+        out = []
+        for node_id, peer in self.mesh.peers.items():
+            if node_id not in self.mesh.links or self.mesh.state.key_of(node_id) is None:
+                continue
+            t = peer.telemetry
+            if peer.fresh() and t is not None and t.model == model and t.accepting:
+                out.append(peer)
+        return out
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+        if request.adapter:
+            adapter = await asyncio.to_thread(self.mesh.resolve_adapter, request.adapter)
+            request = dataclasses.replace(request, adapter=adapter)
+        prompt = self.local.render(request.messages) + request.assistant_prefix
+        ranked = self.rank(request, self.local.count_tokens(prompt))
+        target = ranked[0].node_id
+        if not target:
+            async for event in self.local.stream(request):
+                yield event
+            return
+        from mongars_edge.mesh.remote import RemoteEngine
+
+        if self.mesh.first_forward_at is None:
+            self.mesh.first_forward_at = time.monotonic()
+        remote = RemoteEngine(self.mesh, target, self.local, self.mesh.config.stall_s)
+        received: list[str] = []
+        try:
+            async for event in remote.stream(request):
+                if event.finish_reason is not None:
+                    yield event
+                    return
+                received.append(event.text)
+                yield event
+        except MongarsError as exc:
+            peer = self.mesh.peers.get(target)
+            if peer is not None:
+                peer.failures = min(peer.failures + 1, 10)
+            self._warn_once(target, f"peer {target} failed after {len(received)} tokens: {exc}")
+        left = request.sampling.max_tokens - len(received)
+        if left <= 0:
+            yield TokenEvent("", finish_reason="length")
+            return
+        rest = dataclasses.replace(
+            request,
+            assistant_prefix=request.assistant_prefix + "".join(received),
+            sampling=dataclasses.replace(request.sampling, max_tokens=left),
+        )
+        async for event in self.local.stream(rest):
+            yield event
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key in self._warned:
+            log.debug("%s; continuing locally", text)
+        else:
+            self._warned.add(key)
+            log.warning("%s; continuing locally", text)
