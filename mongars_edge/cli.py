@@ -197,3 +197,8 @@ main.add_command(tui_cmd)
 from mongars_edge.inference.commands import add_commands as _add_inference_commands  # noqa: E402
 
 _add_inference_commands(main)
+
+# users add|list, tokens create (accounts; offline on the data directory).
+from mongars_edge.web.commands import add_commands as _add_account_commands  # noqa: E402
+
+_add_account_commands(main, _common_options, _settings)

@@ -19,12 +19,16 @@ from mongars_edge.settings import Settings
 from mongars_edge.telemetry import Watchdog, appliance_problems
 
 if TYPE_CHECKING:
+    from mongars_edge.chat.pipeline import ChatPipeline
     from mongars_edge.inference.engine import Engine
     from mongars_edge.inference.llama import LlamaEngine
+    from mongars_edge.memory.store import MemoryStore
+    from mongars_edge.web.auth import Accounts
 
 log = logging.getLogger(__name__)
 
 MEASURED_PROFILE_FILE = "tuning.json"
+DATABASE_FILE = "mongars.db"
 
 
 class Runtime:
@@ -46,6 +50,10 @@ class Runtime:
         self.engine: LlamaEngine | None = None
         # The mesh router (an Engine that may run a request on a peer); None without a mesh.
         self.router: Engine | None = None
+        # Opened by _open_chat: the database, web accounts and the chat pipeline.
+        self.memory: MemoryStore
+        self.accounts: Accounts
+        self.chat: ChatPipeline
 
     @property
     def facts(self) -> HardwareFacts:
@@ -99,6 +107,26 @@ class Runtime:
 
         self.engine = await self._stack.enter_async_context(
             open_local_engine(self.settings, self._profile, self.data_dir, heartbeat=self.watchdog)
+        )
+        await self._open_chat()
+
+    async def _open_chat(self) -> None:
+        """Memory store, accounts (setup code, local admin token) and the chat pipeline."""
+        from mongars_edge.chat.pipeline import ChatPipeline
+        from mongars_edge.memory.embed import create_embedder
+        from mongars_edge.memory.store import MemoryStore
+        from mongars_edge.web.auth import Accounts
+
+        embedder = create_embedder(self.settings.embed_model)
+        self._stack.push_async_callback(embedder.close)
+        self.memory = await self._stack.enter_async_context(
+            MemoryStore.open(self.data_dir / DATABASE_FILE, embedder)
+        )
+        self.accounts = await self._stack.enter_async_context(
+            Accounts.open(self.memory, self.settings, self.data_dir)
+        )
+        self.chat = await self._stack.enter_async_context(
+            ChatPipeline.open(self.chat_engine, self.memory, self.settings, self.data_dir)
         )
 
     async def __aexit__(

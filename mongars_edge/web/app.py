@@ -1,13 +1,42 @@
-"""create_app(runtime) -> the Starlette application."""
+"""create_app(runtime) -> the Starlette application: page, OpenAI API, native API, metrics."""
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Final
 
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mongars_edge.errors import MongarsError
 from mongars_edge.runtime import Runtime
+from mongars_edge.web import api, openai
+from mongars_edge.web.http import BodyLimit, error_response
+from mongars_edge.web.metrics import CountRequests, Metrics, metrics_endpoint
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+# The page loads nothing from anywhere else, and nothing may frame it.
+_CSP: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS: Final = [
+    (b"content-security-policy", _CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
 
 
 async def health(request: Request) -> JSONResponse:
@@ -25,8 +54,91 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
+async def page(request: Request) -> Response:
+    """The chat page (the same document for /, /login and /setup; the script picks the view)."""
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def openapi_schema(request: Request) -> JSONResponse:
+    from mongars_edge.web.openapi import schema
+
+    runtime: Runtime = request.app.state.runtime
+    return JSONResponse(schema(runtime.version))
+
+
+class SecurityHeaders:
+    """ASGI middleware adding CSP and friends to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + _SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _audio_routes() -> list[BaseRoute]:
+    """/v1/audio/* from the speech issue's mongars_edge/web/audio.py, when it is there."""
+    if importlib.util.find_spec("mongars_edge.web.audio") is None:
+        return []
+    from mongars_edge.web import audio  # type: ignore[attr-defined,unused-ignore]
+
+    found: list[BaseRoute] = audio.routes()
+    return found
+
+
 def create_app(runtime: Runtime) -> Starlette:
     """Build the web app around an already-open Runtime."""
-    app = Starlette(routes=[Route("/health", health)])
+    metrics = Metrics(runtime)
+    chat = getattr(runtime, "chat", None)
+    if chat is not None:
+        chat.observer = metrics
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, MongarsError):
+            metrics.errors.labels(exc.kind).inc()
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        path = request.url.path
+        if path.startswith(("/v1/", "/api/")) or not isinstance(exc, HTTPException):
+            return error_response(exc)
+        return Response(f"{exc.status_code} {exc.detail}\n", status_code=exc.status_code)
+
+    routes: list[BaseRoute] = [
+        Route("/health", health),
+        Route("/metrics", metrics_endpoint),
+        Route("/openapi.json", openapi_schema),
+        Route("/", page),
+        Route("/login", page),
+        Route("/setup", page),
+        *openai.routes(),
+        *api.routes(),
+        *_audio_routes(),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
+    handlers: dict[Any, Any] = {
+        MongarsError: on_error,
+        HTTPException: on_http_error,
+        Exception: on_error,
+    }
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(CountRequests, metrics=metrics),
+            Middleware(SecurityHeaders),
+            Middleware(BodyLimit, limit=runtime.settings.max_body_bytes),
+        ],
+        exception_handlers=handlers,
+    )
     app.state.runtime = runtime
+    app.state.metrics = metrics
     return app

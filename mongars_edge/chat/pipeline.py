@@ -1,0 +1,375 @@
+"""The chat pipeline: request -> recall -> prompt -> route -> stream -> persist.
+
+`prepare` does everything that can fail with a clear status before a byte is streamed (unknown
+conversation, prompt too long); `stream` routes the prompt to `chat_engine()` (local llama.cpp
+or a peer: memory is recalled here, on the home box, and only the assembled prompt travels) and
+stores the turn when the stream ends, marked `partial` when the client went away mid-reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from mongars_edge.chat import prompts
+from mongars_edge.chat.lang import Lang, detect
+from mongars_edge.chat.style import StyleBook
+from mongars_edge.errors import InvalidRequestError
+from mongars_edge.inference.engine import ChatRequest, Engine, Message, Sampling, TokenEvent
+from mongars_edge.inference.errors import PromptTooLongError
+from mongars_edge.memory.conversations import NewMessage
+from mongars_edge.memory.errors import MemoryStoreError
+
+if TYPE_CHECKING:
+    from mongars_edge.memory.recall import Hit
+    from mongars_edge.memory.records import Message as StoredMessage
+    from mongars_edge.memory.store import MemoryStore
+    from mongars_edge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_MESSAGE_OVERHEAD: Final = 6  # template tokens around each message (role markers, newlines)
+_SAFETY: Final = 16
+_TITLE_CHARS: Final = 60
+_RECALLED_CHARS: Final = 300
+_DEFAULT_LANG: Final[Lang] = "fr"  # the home language of the box
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What a client asks for; `messages` are the new ones when a conversation is named."""
+
+    messages: tuple[Message, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+    conversation_id: int | None = None
+    new_conversation: bool = False
+    adapter: str | None = None
+    memory: bool = True
+    json_schema: Mapping[str, Any] | None = None
+    grammar: str | None = None
+    regenerate: bool = False
+    preferred_lang: Lang | None = None
+
+
+@dataclass
+class Prepared:
+    """A turn ready to stream: the assembled engine request and what to store afterwards."""
+
+    turn: Turn
+    user_id: int
+    conversation_id: int | None
+    request: ChatRequest
+    lang: Lang
+    to_store: list[NewMessage]
+    recalled: int
+    recall_s: float
+    trimmed: int
+    started: float = field(default_factory=time.perf_counter)
+
+
+class PipelineObserver(Protocol):
+    """Receives timings for /metrics (implemented by the web edge)."""
+
+    def recall_done(self, seconds: float) -> None: ...
+
+    def first_token(self, seconds: float) -> None: ...
+
+    def finished(self, event: TokenEvent | None, status: str) -> None: ...
+
+
+class ChatPipeline:
+    """Open with `async with ChatPipeline.open(...)`; pending writes finish on close."""
+
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        store: MemoryStore,
+        settings: Settings,
+        data_dir: Path,
+    ) -> None:
+        self._engine = engine
+        self.store = store
+        self.settings = settings
+        self.styles = StyleBook(data_dir / "chat")
+        self.observer: PipelineObserver | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._recall_failing = False
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, engine: Callable[[], Engine], store: MemoryStore, settings: Settings, data_dir: Path
+    ) -> AsyncIterator[ChatPipeline]:
+        pipeline = cls(engine, store, settings, data_dir)
+        try:
+            yield pipeline
+        finally:
+            await pipeline.drain()
+
+    async def drain(self) -> None:
+        """Wait for the turns still being written."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ---- before the first token ---------------------------------------------------------------
+
+    async def prepare(self, turn: Turn, user_id: int) -> Prepared:
+        """Recall, language, style and the prompt within the context budget."""
+        incoming = list(turn.messages)
+        if not turn.regenerate and not any(m.role == "user" for m in incoming):
+            raise InvalidRequestError("messages must contain at least one user message")
+        conversation_id = turn.conversation_id
+        history: list[Message] = []
+        if conversation_id is not None:
+            stored = await self.store.get_messages(user_id, conversation_id)
+            history = _history(stored)
+        if turn.regenerate:
+            if conversation_id is None:
+                raise InvalidRequestError("regenerate needs a conversation_id")
+            while history and history[-1].role == "assistant":
+                history.pop()
+            if not history or history[-1].role != "user":
+                raise InvalidRequestError("nothing to regenerate in this conversation")
+            incoming = []
+        client_system = "\n\n".join(m.content for m in incoming if m.role == "system")
+        dialogue = history + [m for m in incoming if m.role != "system"]
+        user_texts = [m.content for m in dialogue if m.role == "user"]
+        query = user_texts[-1] if user_texts else ""
+        lang = _language(user_texts, turn.preferred_lang)
+
+        style: list[str] = []
+        memories: list[str] = []
+        recall_s = 0.0
+        if turn.memory:
+            profile = await asyncio.to_thread(self.styles.get, user_id)
+            style = profile.directives(lang)
+            if self.settings.recall_limit > 0 and query.strip():
+                t0 = time.perf_counter()
+                hits = await self._recall(user_id, query, conversation_id)
+                recall_s = time.perf_counter() - t0
+                memories = [_recalled_line(h) for h in hits]
+                if self.observer is not None:
+                    self.observer.recall_done(recall_s)
+
+        engine = self._engine()
+        n_ctx = engine.info.n_ctx
+        messages, trimmed, max_tokens = await asyncio.to_thread(
+            _fit,
+            engine,
+            n_ctx,
+            turn.sampling.max_tokens,
+            lang,
+            style,
+            memories,
+            client_system,
+            dialogue,
+        )
+        if turn.new_conversation:
+            title = " ".join(query.split())[:_TITLE_CHARS]
+            conversation_id = (await self.store.create_conversation(user_id, title)).id
+        to_store: list[NewMessage] = []
+        if conversation_id is not None:
+            to_store = [NewMessage(m.role, m.content) for m in incoming if m.role != "system"]
+        request = ChatRequest(
+            messages=tuple(messages),
+            sampling=replace(turn.sampling, max_tokens=max_tokens),
+            adapter=turn.adapter,
+            grammar=turn.grammar,
+            json_schema=turn.json_schema,
+            conversation_id=None if conversation_id is None else str(conversation_id),
+            user_id=str(user_id),
+        )
+        return Prepared(
+            turn=turn,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            request=request,
+            lang=lang,
+            to_store=to_store,
+            recalled=len(memories),
+            recall_s=recall_s,
+            trimmed=trimmed,
+        )
+
+    async def _recall(self, user_id: int, query: str, conversation_id: int | None) -> list[Hit]:
+        from mongars_edge.memory.recall import recall
+
+        try:
+            hits = await recall(
+                self.store,
+                user_id,
+                query,
+                limit=self.settings.recall_limit,
+                exclude_conversation=conversation_id,
+            )
+        except MemoryStoreError as exc:
+            # A broken embedder must not stop the chat; logged once, then at debug.
+            level = logging.DEBUG if self._recall_failing else logging.WARNING
+            log.log(level, "answering without memory: %s", exc)
+            self._recall_failing = True
+            return []
+        self._recall_failing = False
+        return hits
+
+    # ---- streaming and after ------------------------------------------------------------------
+
+    async def stream(self, prepared: Prepared) -> AsyncGenerator[TokenEvent, None]:
+        """Route and stream; the turn is stored when the stream ends, however it ends."""
+        engine = self._engine()
+        parts: list[str] = []
+        final: TokenEvent | None = None
+        started = False
+        try:
+            events = engine.stream(prepared.request)
+            try:
+                async for event in events:
+                    if not started:
+                        started = True
+                        if self.observer is not None:
+                            self.observer.first_token(time.perf_counter() - prepared.started)
+                    parts.append(event.text)
+                    if event.finish_reason is not None:
+                        final = event
+                    yield event
+                    if final is not None:
+                        break
+            finally:
+                # Closing the engine's stream is what cancels the generation.
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        finally:
+            if started:
+                status = _status(final)
+                if self.observer is not None:
+                    self.observer.finished(final, status)
+                self._spawn(self._persist(prepared, "".join(parts), status, final, engine))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _persist(
+        self,
+        prepared: Prepared,
+        text: str,
+        status: str,
+        final: TokenEvent | None,
+        engine: Engine,
+    ) -> None:
+        try:
+            if prepared.conversation_id is not None:
+                usage = final.usage if final is not None else None
+                answer = NewMessage(
+                    "assistant",
+                    text,
+                    tokens=usage.completion_tokens if usage else None,
+                    model=engine.info.id,
+                    adapter=prepared.turn.adapter,
+                    latency_ms=int((time.perf_counter() - prepared.started) * 1000),
+                    status=status,
+                )
+                await self.store.add_messages(
+                    prepared.user_id, prepared.conversation_id, [*prepared.to_store, answer]
+                )
+            if prepared.turn.memory and not prepared.turn.regenerate:
+                for message in prepared.to_store or prepared.turn.messages:
+                    if message.role == "user":
+                        await asyncio.to_thread(
+                            self.styles.learn, prepared.user_id, message.content
+                        )
+        except Exception:
+            log.exception("could not store a chat turn (conversation %s)", prepared.conversation_id)
+
+
+def _status(final: TokenEvent | None) -> str:
+    if final is None or final.finish_reason == "cancelled":
+        return "partial"
+    if final.finish_reason == "error":
+        return "error"
+    return "complete"
+
+
+def _history(stored: Sequence[StoredMessage]) -> list[Message]:
+    """Stored messages as prompt history; of several answers to one question, the last counts."""
+    out: list[Message] = []
+    for m in stored:
+        if m.role not in ("user", "assistant"):
+            continue
+        if m.role == "assistant" and out and out[-1].role == "assistant":
+            out[-1] = Message("assistant", m.content)
+            continue
+        out.append(Message(m.role, m.content))
+    return out
+
+
+def _language(user_texts: Sequence[str], preferred: Lang | None) -> Lang:
+    """The newest user message decides; else the conversation so far; else the client's."""
+    for text in reversed(user_texts[-4:]):
+        found = detect(text).lang
+        if found is not None:
+            return found
+    return preferred or _DEFAULT_LANG
+
+
+def _recalled_line(hit: Hit) -> str:
+    text = " ".join(hit.text.split())
+    if len(text) > _RECALLED_CHARS:
+        text = text[: _RECALLED_CHARS - 1] + "…"
+    return text
+
+
+def _fit(
+    engine: Engine,
+    n_ctx: int,
+    max_tokens: int,
+    lang: Lang,
+    style: list[str],
+    memories: list[str],
+    client_system: str,
+    dialogue: list[Message],
+) -> tuple[list[Message], int, int]:
+    """Messages that fit the context with room for the reply: the newest turns are kept,
+    recalled memories go before history does, and a last message that cannot fit is an error.
+    Returns (messages, messages trimmed, max_tokens for the reply)."""
+    reserve = max(1, min(max_tokens, n_ctx // 2))
+    budget = n_ctx - reserve - _SAFETY
+
+    def cost(message: Message) -> int:
+        return engine.count_tokens(message.content) + _MESSAGE_OVERHEAD
+
+    last = dialogue[-1] if dialogue else None
+    while True:
+        system = Message(
+            "system",
+            prompts.system_prompt(
+                lang, style=style, memories=memories, client_system=client_system
+            ),
+        )
+        used = cost(system) + (cost(last) if last is not None else 0)
+        if used <= budget or not memories:
+            break
+        memories = memories[:-1]
+    if used > budget:
+        raise PromptTooLongError(used + reserve, n_ctx)
+    kept: list[Message] = [last] if last is not None else []
+    for message in reversed(dialogue[:-1]):
+        c = cost(message)
+        if used + c > budget:
+            break
+        kept.append(message)
+        used += c
+    kept.reverse()
+    # A history that starts with an answer confuses small models: start with a question.
+    while len(kept) > 1 and kept[0].role == "assistant":
+        used -= cost(kept.pop(0))
+    trimmed = len(dialogue) - len(kept)
+    reply = min(max_tokens, max(1, n_ctx - used - _SAFETY))
+    return [system, *kept], trimmed, reply

@@ -1,0 +1,351 @@
+"""The native API (/api/*): session, setup, conversations, memories, users, tokens, hardware.
+
+Every route works for the signed-in user's own data only; /api/users is for administrators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mongars_edge.errors import InvalidRequestError, NotFoundError
+from mongars_edge.memory.records import Memory, to_dict
+from mongars_edge.web.auth import (
+    SESSION_COOKIE,
+    ForbiddenError,
+    client_address,
+    require_user,
+)
+from mongars_edge.web.http import get_bool, get_str, read_json
+from mongars_edge.web.openai import model_cards
+
+if TYPE_CHECKING:
+    from mongars_edge.memory.records import Session, User
+    from mongars_edge.runtime import Runtime
+
+_MAX_PAGE: Final = 500
+
+
+def _rt(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _int_param(request: Request, name: str) -> int:
+    raw = request.path_params[name]
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFoundError(f"no {name.removesuffix('_id')} {raw!r}")
+    return int(raw)
+
+
+def _page(request: Request, default: int = 50) -> tuple[int, int]:
+    query = request.query_params
+    try:
+        limit = int(query.get("limit", default))
+        offset = int(query.get("offset", 0))
+    except ValueError:
+        raise InvalidRequestError("limit and offset are whole numbers") from None
+    if not 1 <= limit <= _MAX_PAGE or not 0 <= offset <= 2**62:
+        raise InvalidRequestError(f"limit is 1 to {_MAX_PAGE}; offset is 0 or more")
+    return limit, offset
+
+
+def _same_origin(request: Request) -> None:
+    """Login and setup carry no CSRF token yet: refuse posts another site's page made."""
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
+        raise ForbiddenError("cross-site request refused")
+
+
+# ---- session, setup, login -------------------------------------------------------------------
+
+
+def _session_body(user: User | None, session: Session | None, setup: bool) -> dict[str, Any]:
+    return {
+        "user": None if user is None else user.public(),
+        "csrf": None if session is None else session.csrf,
+        "setup_required": setup,
+    }
+
+
+async def session_info(request: Request) -> JSONResponse:
+    runtime = _rt(request)
+    principal = await runtime.accounts.authenticate(request)
+    setup = runtime.accounts.setup_code is not None
+    if principal is None:
+        return JSONResponse(_session_body(None, None, setup))
+    return JSONResponse(_session_body(principal.user, principal.session, setup))
+
+
+def _with_cookie(request: Request, body: dict[str, Any], raw: str, max_age: int) -> JSONResponse:
+    response = JSONResponse(body)
+    response.set_cookie(
+        SESSION_COOKIE,
+        raw,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def setup(request: Request) -> JSONResponse:
+    _same_origin(request)
+    runtime = _rt(request)
+    data = await read_json(request)
+    name = get_str(data, "name", required=True)
+    password = get_str(data, "password", required=True)
+    code = get_str(data, "code", required=True)
+    address = client_address(request)
+    await runtime.accounts.setup(code, name, password, address)
+    raw, session, user = await runtime.accounts.login(name, password, address)
+    body = _session_body(user, session, False)
+    return _with_cookie(request, body, raw, int(runtime.settings.session_ttl_s))
+
+
+async def login(request: Request) -> JSONResponse:
+    _same_origin(request)
+    runtime = _rt(request)
+    data = await read_json(request)
+    name = get_str(data, "name", required=True)
+    password = get_str(data, "password", required=True)
+    raw, session, user = await runtime.accounts.login(name, password, client_address(request))
+    body = _session_body(user, session, runtime.accounts.setup_code is not None)
+    return _with_cookie(request, body, raw, int(runtime.settings.session_ttl_s))
+
+
+async def logout(request: Request) -> JSONResponse:
+    principal = await require_user(request)
+    raw = request.cookies.get(SESSION_COOKIE)
+    if principal.via == "session" and raw:
+        await _rt(request).accounts.logout(raw)
+    response = JSONResponse({"ok": True})
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# ---- conversations ---------------------------------------------------------------------------
+
+
+async def conversations(request: Request) -> JSONResponse:
+    principal = await require_user(request)
+    store = _rt(request).memory
+    if request.method == "POST":
+        data = await read_json(request)
+        created = await store.create_conversation(principal.user_id, get_str(data, "title"))
+        return JSONResponse(to_dict(created), status_code=201)
+    limit, offset = _page(request)
+    found = await store.list_conversations(principal.user_id, limit=limit, offset=offset)
+    return JSONResponse({"data": [to_dict(c) for c in found]})
+
+
+async def conversation(request: Request) -> Response:
+    principal = await require_user(request)
+    store = _rt(request).memory
+    cid = _int_param(request, "conversation_id")
+    if request.method == "DELETE":
+        await store.delete_conversation(principal.user_id, cid)
+        return Response(status_code=204)
+    if request.method == "PATCH":
+        data = await read_json(request)
+        await store.rename_conversation(
+            principal.user_id, cid, get_str(data, "title", required=True)
+        )
+    return JSONResponse(await store.export_conversation(principal.user_id, cid))
+
+
+async def conversation_export(request: Request) -> JSONResponse:
+    principal = await require_user(request)
+    cid = _int_param(request, "conversation_id")
+    body = await _rt(request).memory.export_conversation(principal.user_id, cid)
+    return JSONResponse(
+        body, headers={"Content-Disposition": f'attachment; filename="conversation-{cid}.json"'}
+    )
+
+
+# ---- memories --------------------------------------------------------------------------------
+
+
+def _memory(m: Memory) -> dict[str, Any]:
+    return to_dict(m)
+
+
+async def memories(request: Request) -> JSONResponse:
+    principal = await require_user(request)
+    store = _rt(request).memory
+    if request.method == "POST":
+        data = await read_json(request)
+        kind = get_str(data, "kind", default="fact")
+        made = await store.add_memory(principal.user_id, get_str(data, "text", required=True), kind)
+        return JSONResponse(_memory(made), status_code=201)
+    limit, offset = _page(request, 100)
+    wanted = request.query_params.get("kind") or None
+    found = await store.list_memories(principal.user_id, kind=wanted, limit=limit, offset=offset)
+    return JSONResponse({"data": [_memory(m) for m in found]})
+
+
+async def memory_search(request: Request) -> JSONResponse:
+    principal = await require_user(request)
+    query = request.query_params.get("q", "")
+    limit, _offset = _page(request, 8)
+    hits = await _rt(request).memory.recall(principal.user_id, query, limit=min(limit, 100))
+    return JSONResponse(
+        {
+            "data": [
+                {
+                    "source": h.source,
+                    "id": h.id,
+                    "text": h.text,
+                    "kind": h.kind,
+                    "conversation_id": h.conversation_id,
+                    "score": h.score,
+                }
+                for h in hits
+            ]
+        }
+    )
+
+
+async def memory_item(request: Request) -> Response:
+    principal = await require_user(request)
+    await _rt(request).memory.delete_memory(principal.user_id, _int_param(request, "memory_id"))
+    return Response(status_code=204)
+
+
+async def export_me(request: Request) -> JSONResponse:
+    principal = await require_user(request)
+    return JSONResponse(await _rt(request).memory.export_user(principal.user_id))
+
+
+# ---- users and tokens ------------------------------------------------------------------------
+
+
+async def users(request: Request) -> JSONResponse:
+    await require_user(request, admin=True)
+    runtime = _rt(request)
+    if request.method == "POST":
+        data = await read_json(request)
+        user = await runtime.accounts.add_user(
+            get_str(data, "name", required=True),
+            get_str(data, "password", required=True),
+            is_admin=get_bool(data, "is_admin", False),
+        )
+        return JSONResponse(user.public(), status_code=201)
+    return JSONResponse({"data": [u.public() for u in await runtime.memory.list_users()]})
+
+
+async def user_item(request: Request) -> Response:
+    principal = await require_user(request, admin=True)
+    user_id = _int_param(request, "user_id")
+    if user_id == principal.user_id:
+        raise InvalidRequestError("you cannot delete your own account while signed in with it")
+    await _rt(request).memory.delete_user(user_id)
+    await asyncio.to_thread(_rt(request).chat.styles.forget, user_id)
+    return Response(status_code=204)
+
+
+def _token(t: Any) -> dict[str, Any]:
+    return to_dict(t)
+
+
+async def tokens(request: Request) -> JSONResponse:
+    principal = await require_user(request)
+    runtime = _rt(request)
+    if request.method == "POST":
+        data = await read_json(request)
+        name = get_str(data, "name", default="api")[:64]
+        raw = await runtime.accounts.create_token(principal.user, name)
+        listed = await runtime.memory.list_tokens(principal.user_id)
+        return JSONResponse(_token(listed[-1]) | {"token": raw}, status_code=201)
+    listed = await runtime.memory.list_tokens(principal.user_id)
+    return JSONResponse({"data": [_token(t) for t in listed]})
+
+
+async def token_item(request: Request) -> Response:
+    principal = await require_user(request)
+    await _rt(request).memory.revoke_token(principal.user_id, _int_param(request, "token_id"))
+    return Response(status_code=204)
+
+
+# ---- the box ---------------------------------------------------------------------------------
+
+
+async def hardware(request: Request) -> JSONResponse:
+    await require_user(request)
+    runtime = _rt(request)
+    return JSONResponse({"facts": runtime.facts.to_dict(), "profile": runtime.profile.to_dict()})
+
+
+async def models(request: Request) -> JSONResponse:
+    await require_user(request)
+    runtime = _rt(request)
+    body: dict[str, Any] = {"data": model_cards(runtime), "chat": None, "load": None}
+    engine = runtime.router or runtime.engine
+    if engine is not None:
+        info = engine.info
+        load = engine.load()
+        body["chat"] = {
+            "id": info.id,
+            "architecture": info.architecture,
+            "n_ctx": info.n_ctx,
+            "n_params": info.n_params,
+            "size_bytes": info.size_bytes,
+        }
+        body["load"] = {
+            "queue_depth": load.queue_depth,
+            "active": load.active,
+            "n_parallel": load.n_parallel,
+            "generation_tok_s": load.generation_tok_s,
+        }
+    return JSONResponse(body)
+
+
+async def adapters(request: Request) -> JSONResponse:
+    await require_user(request)
+    from mongars_edge.inference.adapters import AdapterStore
+
+    listed = await asyncio.to_thread(AdapterStore(_rt(request).data_dir).list)
+    return JSONResponse({"data": [to_dict(a) for a in listed]})
+
+
+async def peers(request: Request) -> JSONResponse:
+    await require_user(request)
+    # The mesh publishes its registry on the runtime when it runs (mesh issue).
+    registry = getattr(_rt(request), "peers", None)
+    listing = getattr(registry, "public", None)
+    return JSONResponse({"data": listing() if callable(listing) else []})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/session", session_info, methods=["GET"]),
+        Route("/api/setup", setup, methods=["POST"]),
+        Route("/api/login", login, methods=["POST"]),
+        Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/conversations", conversations, methods=["GET", "POST"]),
+        Route(
+            "/api/conversations/{conversation_id}",
+            conversation,
+            methods=["GET", "PATCH", "DELETE"],
+        ),
+        Route("/api/conversations/{conversation_id}/export", conversation_export, methods=["GET"]),
+        Route("/api/memories", memories, methods=["GET", "POST"]),
+        Route("/api/memories/search", memory_search, methods=["GET"]),
+        Route("/api/memories/{memory_id}", memory_item, methods=["DELETE"]),
+        Route("/api/me/export", export_me, methods=["GET"]),
+        Route("/api/users", users, methods=["GET", "POST"]),
+        Route("/api/users/{user_id}", user_item, methods=["DELETE"]),
+        Route("/api/tokens", tokens, methods=["GET", "POST"]),
+        Route("/api/tokens/{token_id}", token_item, methods=["DELETE"]),
+        Route("/api/hardware", hardware, methods=["GET"]),
+        Route("/api/models", models, methods=["GET"]),
+        Route("/api/adapters", adapters, methods=["GET"]),
+        Route("/api/peers", peers, methods=["GET"]),
+    ]
