@@ -78,6 +78,8 @@ class Router:
         self.local = local
         self.mesh = mesh
         self._warned: set[str] = set()
+        # Requests this router started locally; the engine's own figures lag behind a burst.
+        self._local_inflight = 0
 
     @property
     def info(self) -> ModelInfo:
@@ -100,8 +102,8 @@ class Router:
             Choice(
                 "",
                 predict(
-                    load.queue_depth,
-                    load.active,
+                    0,
+                    max(load.queue_depth + load.active, self._local_inflight),
                     load.n_parallel,
                     load.generation_tok_s,
                     load.prompt_tok_s,
@@ -143,8 +145,12 @@ class Router:
         ranked = self.rank(request, self.local.count_tokens(prompt))
         target = ranked[0].node_id
         if not target:
-            async for event in self.local.stream(request):
-                yield event
+            self._local_inflight += 1
+            try:
+                async for event in self.local.stream(request):
+                    yield event
+            finally:
+                self._local_inflight -= 1
             return
         from mongars_edge.mesh.remote import RemoteEngine
 
@@ -173,8 +179,12 @@ class Router:
             assistant_prefix=request.assistant_prefix + "".join(received),
             sampling=dataclasses.replace(request.sampling, max_tokens=left),
         )
-        async for event in self.local.stream(rest):
-            yield event
+        self._local_inflight += 1
+        try:
+            async for event in self.local.stream(rest):
+                yield event
+        finally:
+            self._local_inflight -= 1
 
     def _warn_once(self, key: str, text: str) -> None:
         if key in self._warned:
