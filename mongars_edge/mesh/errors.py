@@ -36,9 +36,10 @@ class PairingError(MeshError):
     exit_code = 3
 
 
-class PeerUnavailableError(UnavailableError):
+class PeerUnavailableError(MeshError, UnavailableError):
     """A peer is unreachable, stalled or closed the connection."""
 
+    http_status = 503
     kind = "peer_unavailable"
 
 

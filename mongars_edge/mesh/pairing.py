@@ -142,7 +142,12 @@ async def serve_pairing(
     j2m, m2j = _keys(key)
     write_frame(writer, codec.encode(PairReply(reply)))
     await writer.drain()
-    join = _open(j2m, await read_frame(reader, HANDSHAKE_TIMEOUT_S))
+    try:
+        join = _open(j2m, await read_frame(reader, HANDSHAKE_TIMEOUT_S))
+    except PairingError as exc:
+        write_frame(writer, codec.encode(codec.Error(0, "pairing_failed", str(exc))))
+        await writer.drain()
+        raise
     if not isinstance(join, PairJoin) or node_id_of(join.verify_key) != join.node_id:
         raise PairingError("the joiner sent an inconsistent identity")
     files = MemberFile(data_dir)

@@ -73,6 +73,7 @@ class MeshService:
         self.port = 0
         self.started_at = time.monotonic()
         self.first_forward_at: float | None = None
+        self.served = 0  # requests run here for peers
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._streams: dict[tuple[int, int], asyncio.Queue[Any]] = {}
@@ -81,6 +82,7 @@ class MeshService:
         self._backoff: dict[str, tuple[Backoff, float]] = {}
         self._static_ids: dict[str, str] = {}
         self._handshakes = 0
+        self._writers: set[asyncio.StreamWriter] = set()
         self._warned: set[str] = set()
         self._discovery: Any = None
         self.share: Share | None = None
@@ -121,6 +123,8 @@ class MeshService:
             self._server.close()
         for link in list(self.links.values()):
             link.close("shutting down")
+        for writer in list(self._writers):
+            writer.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -156,6 +160,7 @@ class MeshService:
             writer.close()
             return
         self._handshakes += 1
+        self._writers.add(writer)
         adopted = False
         try:
             first = await read_frame(reader, HANDSHAKE_TIMEOUT_S)
@@ -185,9 +190,10 @@ class MeshService:
         except (ConnectionError, OSError) as exc:
             log.debug("connection from %s failed: %s", where, exc)
         finally:
+            self._writers.discard(writer)
             if not adopted:
                 self._handshakes -= 1
-                writer.close()
+            writer.close()
 
     # --- links ----------------------------------------------------------------------------------
 
@@ -267,6 +273,7 @@ class MeshService:
             with contextlib.suppress(PeerUnavailableError):
                 link.send(codec.Error(msg.stream_id, "busy", "not accepting this request"))
             return
+        self.served += 1
         task = self._spawn(self._run_served(link, msg))
         self._served[key] = task
         task.add_done_callback(lambda _t: self._served.pop(key, None))

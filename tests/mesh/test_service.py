@@ -1,0 +1,134 @@
+"""Real services on loopback: pairing, links, routing under load, failover, bad peers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from mongars_edge.inference.engine import ChatRequest, Sampling, complete
+from mongars_edge.inference.router import Router
+from mongars_edge.mesh import codec, pairing
+from mongars_edge.mesh.errors import PairingError
+from mongars_edge.mesh.service import MeshService
+from tests.mesh.conftest import Boxes
+
+QUESTION = [("user", "Write three sentences about the sea.")]
+
+
+async def until(cond: object, limit_s: float = 15.0) -> None:
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        if callable(cond) and cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+async def pair(member: MeshService, joiner: MeshService) -> None:
+    code = pairing.open_window(member.data_dir)
+    await pairing.join("127.0.0.1", member.port, code, joiner.me, joiner.data_dir, "joiner")
+
+
+async def test_pairing_links_and_gossips_membership(boxes: Boxes) -> None:
+    async with boxes(3, engine=False) as (a, b, c):
+        await asyncio.sleep(0.3)
+        assert not a.links  # nobody is paired: nobody links
+        await pair(a, b)
+        await until(lambda: b.me.node_id in a.links and a.me.node_id in b.links)
+        await pair(a, c)
+        # B learns C from A's signed record (gossip) and they link directly
+        await until(lambda: c.me.node_id in b.links and b.me.node_id in c.links)
+        assert b.state.mesh_id == a.state.mesh_id == c.state.mesh_id
+
+
+async def test_wrong_code_burns_the_window(boxes: Boxes) -> None:
+    async with boxes(2, engine=False) as (a, b):
+        code = pairing.open_window(a.data_dir)
+        wrong = "0000-0000" if code != "0000-0000" else "1111-1111"
+        with pytest.raises(PairingError, match="did not match"):
+            await pairing.join("127.0.0.1", a.port, wrong, b.me, b.data_dir, "b")
+        with pytest.raises(PairingError, match="no pairing window"):
+            await pairing.join("127.0.0.1", a.port, code, b.me, b.data_dir, "b")
+        assert b.me.node_id not in a.state.members
+        with pytest.raises(PairingError, match="8 digits"):
+            await pairing.join("127.0.0.1", a.port, "12ab", b.me, b.data_dir, "b")
+
+
+async def test_revoked_peer_is_dropped(boxes: Boxes) -> None:
+    async with boxes(2, engine=False) as (a, b):
+        await pair(a, b)
+        await until(lambda: b.me.node_id in a.links)
+        with a.members.changing() as state:
+            state.issue(a.me, b.me.node_id, b.me.verify_key, "revoke")
+            state.members.pop(b.me.node_id)
+            state.revoked[b.me.node_id] = time.time()
+        await until(lambda: b.me.node_id not in a.links)
+        await asyncio.sleep(0.5)
+        assert b.me.node_id not in a.links  # B keeps dialling; A keeps refusing
+
+
+async def test_saturated_box_sends_work_to_its_peer(boxes: Boxes) -> None:
+    async with boxes(2, n_parallel=1) as (a, b):
+        assert a.engine is not None
+        await pair(a, b)
+        await until(lambda: b.me.node_id in a.links and a.peers[b.me.node_id].fresh())
+        router = Router(a.engine, a)
+        req = [ChatRequest.of(QUESTION, sampling=Sampling.greedy(24)) for _ in range(4)]
+        results = await asyncio.gather(*(complete(router, r) for r in req))
+        assert all(r.finish_reason in ("stop", "length") for r in results)
+        assert b.served > 0
+        local = await complete(a.engine, ChatRequest.of(QUESTION, sampling=Sampling.greedy(24)))
+        assert {r.text for r in results} == {local.text}
+
+
+async def test_peer_dying_mid_stream_is_continued_locally(boxes: Boxes) -> None:
+    async with boxes(2, n_parallel=1) as (a, b):
+        assert a.engine is not None
+        expected = await complete(a.engine, ChatRequest.of(QUESTION, sampling=Sampling.greedy(48)))
+        await pair(a, b)
+        await until(lambda: b.me.node_id in a.links and a.peers[b.me.node_id].fresh())
+        router = Router(a.engine, a)
+        # keep A busy so the request goes to B
+        blocker = asyncio.ensure_future(
+            complete(a.engine, ChatRequest.of(QUESTION, sampling=Sampling.greedy(200)))
+        )
+        await until(lambda: a.engine is not None and a.engine.load().active > 0)
+        await asyncio.sleep(0.3)
+        parts: list[str] = []
+        finish = None
+        async for event in router.stream(ChatRequest.of(QUESTION, sampling=Sampling.greedy(48))):
+            parts.append(event.text)
+            if len(parts) == 6:
+                assert b.served == 1
+                for link in list(b.links.values()):
+                    link.close("killed by the test")
+            finish = event.finish_reason or finish
+        await blocker
+        assert finish in ("stop", "length")
+        assert "".join(parts) == expected.text
+
+
+async def test_garbage_and_strangers_do_not_hurt(boxes: Boxes) -> None:
+    async with boxes(1, engine=False) as (a,):
+        for payload in (
+            b"\xff\xff\xff\xff",  # oversized header
+            codec.frame(b"garbage"),
+            codec.frame(codec.encode(codec.Ping(1.0))),  # not a handshake
+            b"\x00\x00",  # truncated
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+            await reader.read()  # the box closes the connection
+            writer.close()
+        from mongars_edge.mesh.identity import Identity
+        from mongars_edge.mesh.transport import dial
+
+        stranger = Identity.generate()
+        with pytest.raises(Exception, match="not paired"):
+            await dial("127.0.0.1", a.port, stranger, lambda _n: None)
+        assert not a.links
+        assert a._server is not None and a._server.is_serving()
