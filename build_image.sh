@@ -325,14 +325,19 @@ install_appliance_files_only() {
   ln -sf /usr/lib/systemd/system/mongars-edge-firstboot.service "$root/etc/systemd/system/sysinit.target.wants/"
 }
 
-target="${1:-}"
-case "$target" in
-  onefile) build_onefile ;;
-  rootfs-amd64) build_rootfs_amd64 ;;
-  pi) build_pi ;;
-  jetson) build_jetson ;;
-  llama-arm64) build_llama_arm64 ;;
-  *)
-    echo "usage: ./build_image.sh onefile|rootfs-amd64|pi|jetson" >&2
-    exit 2 ;;
-esac
+# Everything runs from this function, parsed whole before it starts: editing the script while
+# a long build runs cannot change what that build does.
+main() {
+  case "${1:-}" in
+    onefile) build_onefile ;;
+    rootfs-amd64) build_rootfs_amd64 ;;
+    pi) build_pi ;;
+    jetson) build_jetson ;;
+    llama-arm64) build_llama_arm64 ;;
+    *)
+      echo "usage: ./build_image.sh onefile|rootfs-amd64|pi|jetson" >&2
+      exit 2 ;;
+  esac
+}
+main "$@"
+exit $?
