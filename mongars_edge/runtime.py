@@ -112,6 +112,8 @@ class Runtime:
 
     async def _open_chat(self) -> None:
         """Memory store, accounts (setup code, local admin token) and the chat pipeline."""
+        # First imports take ~0.5 s (numpy, starlette): not on the event loop.
+        await asyncio.to_thread(_import_chat_modules)
         from mongars_edge.chat.pipeline import ChatPipeline
         from mongars_edge.memory.embed import create_embedder
         from mongars_edge.memory.store import MemoryStore
@@ -136,6 +138,13 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
+
+
+def _import_chat_modules() -> None:
+    import mongars_edge.chat.pipeline
+    import mongars_edge.memory.embed
+    import mongars_edge.memory.store
+    import mongars_edge.web.auth  # noqa: F401
 
 
 def load_profile(facts: HardwareFacts, data_dir: Path) -> TuningProfile:
