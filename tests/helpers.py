@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,6 @@ def wait_json(url: str, proc: subprocess.Popen[str], deadline_s: float = 60) -> 
             with urllib.request.urlopen(url, timeout=2) as resp:
                 body: dict[str, Any] = json.loads(resp.read())
                 return body
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # refused, reset, or timed out while the model loads
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer")
