@@ -185,8 +185,12 @@ install_app_venv() {
   rm -rf "$REPO/build/wheel" && mkdir -p "$REPO/build/wheel"
   "$VENV/bin/pip" wheel --quiet --no-deps --disable-pip-version-check "$REPO" -w "$REPO/build/wheel" >&2
   local app; app="$(ls "$REPO"/build/wheel/mongars_edge-*.whl)"
+  # With --platform, pip accepts only the tags listed: name every manylinux level bookworm's
+  # glibc (2.36) can run, or wheels tagged e.g. manylinux_2_28 are missed.
+  local plats=() v
+  for v in $(seq 36 -1 17); do plats+=(--platform "manylinux_2_${v}_aarch64"); done
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-compile \
-    --platform manylinux_2_36_aarch64 --platform manylinux2014_aarch64 --platform linux_aarch64 \
+    "${plats[@]}" --platform manylinux2014_aarch64 --platform linux_aarch64 \
     --implementation cp --python-version 3.11 --only-binary=:all: --target "$site" \
     "$llama_whl" "$app[$PI_EXTRAS]" >&2
   # The model package would pull the `llm` CLI; we only need its GGUF (see the Makefile).
