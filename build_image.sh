@@ -86,6 +86,8 @@ install_appliance() {
   install -m 0644 "$REPO/systemd/tmpfiles.d/mongars-edge.conf" "$root/usr/lib/tmpfiles.d/"
   install -m 0755 "$REPO/images/common/firstboot" "$root/usr/lib/mongars-edge/firstboot"
   install -m 0644 "$REPO/images/common/sshd_config.d/mongars-edge.conf" "$root/etc/ssh/sshd_config.d/"
+  install -d "$root/etc/systemd/system/ssh.service.d"
+  install -m 0644 "$REPO/images/common/ssh.service.d/10-mongars-hostkeys.conf" "$root/etc/systemd/system/ssh.service.d/"
   install -m 0644 "$REPO"/firmware/udev/*.rules "$root/usr/lib/udev/rules.d/"
   for doc in install-pi.md install-jetson.md first-boot.md operations.md hardware-matrix.md settings.md; do
     [ -f "$REPO/docs/$doc" ] && install -m 0644 "$REPO/docs/$doc" "$root/usr/share/doc/mongars-edge/"
@@ -320,6 +322,8 @@ install_appliance_files_only() {
   install -m 0644 "$REPO/systemd/tmpfiles.d/mongars-edge.conf" "$root/usr/lib/tmpfiles.d/"
   install -m 0755 "$REPO/images/common/firstboot" "$root/usr/lib/mongars-edge/firstboot"
   install -m 0644 "$REPO/images/common/sshd_config.d/mongars-edge.conf" "$root/etc/ssh/sshd_config.d/"
+  install -d "$root/etc/systemd/system/ssh.service.d"
+  install -m 0644 "$REPO/images/common/ssh.service.d/10-mongars-hostkeys.conf" "$root/etc/systemd/system/ssh.service.d/"
   install -m 0644 "$REPO"/firmware/udev/*.rules "$root/usr/lib/udev/rules.d/"
   for doc in install-jetson.md first-boot.md operations.md hardware-matrix.md settings.md; do
     [ -f "$REPO/docs/$doc" ] && install -m 0644 "$REPO/docs/$doc" "$root/usr/share/doc/mongars-edge/"
@@ -343,5 +347,5 @@ main() {
       exit 2 ;;
   esac
 }
-main "$@"
-exit $?
+# One line: bash parses it whole, so nothing after main is read from the (maybe edited) file.
+main "$@"; exit $?
