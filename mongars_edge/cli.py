@@ -193,6 +193,11 @@ def tui_cmd(config_path: Path | None, url: str | None, token: str | None, **flag
 main.add_command(tui_cmd)
 
 
+# pair, pair --join CODE, peers, peers remove ID (the mesh; imports nothing heavy until run).
+from mongars_edge.mesh.commands import add_commands as _add_mesh_commands  # noqa: E402
+
+_add_mesh_commands(main, _common_options, _settings)
+
 # models list|pull|rm, adapters list|add|rm, bench (imports nothing heavy until run).
 from mongars_edge.inference.commands import add_commands as _add_inference_commands  # noqa: E402
 

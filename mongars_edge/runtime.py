@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
     from mongars_edge.inference.llama import LlamaEngine
     from mongars_edge.memory.store import MemoryStore
+    from mongars_edge.mesh.service import MeshService
     from mongars_edge.web.auth import Accounts
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Runtime:
         self.engine: LlamaEngine | None = None
         # The mesh router (an Engine that may run a request on a peer); None without a mesh.
         self.router: Engine | None = None
+        # The peer mesh service (None without a mesh); `mongars-edge peers` reads its state.
+        self.mesh: MeshService | None = None
         # Opened by _open_chat: the database, web accounts and the chat pipeline.
         self.memory: MemoryStore
         self.accounts: Accounts
@@ -108,6 +111,12 @@ class Runtime:
         self.engine = await self._stack.enter_async_context(
             open_local_engine(self.settings, self._profile, self.data_dir, heartbeat=self.watchdog)
         )
+        if self.settings.mesh and self.engine is not None:
+            from mongars_edge.mesh.service import open_mesh
+
+            self.mesh, self.router = await self._stack.enter_async_context(
+                open_mesh(self.settings, self.data_dir, self.engine)
+            )
         await self._open_chat()
 
     async def _open_chat(self) -> None:

@@ -65,6 +65,17 @@ class Settings:
         (), "Peers to contact without mDNS, as host:port, comma separated."
     )
     speech: str = _setting(
+    mdns_interfaces: tuple[str, ...] = _setting(
+        (),
+        "IPv4 addresses mDNS advertises and browses on. Empty: the address in `host` (none when "
+        "host is loopback, all when it is 0.0.0.0).",
+    )
+    mesh_stall_s: float = _setting(
+        5.0,
+        "A peer streaming a reply that sends nothing for this many seconds is abandoned and "
+        "the reply is finished on this box.",
+        minimum=0.1,
+    )
         "auto",
         "Text-to-speech: auto (decided by the hardware profile), on or off.",
         choices=("auto", "on", "off"),

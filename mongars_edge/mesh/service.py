@@ -29,7 +29,9 @@ from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Backoff, Link, answ
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
+    from mongars_edge.inference.router import Router
     from mongars_edge.mesh.share import Share
+    from mongars_edge.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,12 @@ class MeshService:
 
         self.share = Share(self)
         bind = None if self.config.host in ("0.0.0.0", "", "::") else self.config.host  # noqa: S104
-        self._server = await asyncio.start_server(self._on_connection, bind, self.config.port)
+        try:
+            self._server = await asyncio.start_server(self._on_connection, bind, self.config.port)
+        except OSError as exc:
+            # Another program holds the mesh port: take any free one (mDNS says which).
+            log.warning("mesh port %d unavailable (%s); using a free port", self.config.port, exc)
+            self._server = await asyncio.start_server(self._on_connection, bind, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.config.mdns and _advertise(self.config):
             from mongars_edge.mesh.discovery import Discovery
@@ -529,3 +536,21 @@ def _temperature() -> float:
         return int(raw.strip()) / 1000
     except (OSError, ValueError):
         return 0.0
+
+
+@contextlib.asynccontextmanager
+async def open_mesh(
+    settings: Settings, data_dir: Path, engine: Engine
+) -> AsyncIterator[tuple[MeshService, Router]]:
+    """The Runtime's entry point: the mesh service and the router in front of `engine`."""
+    from mongars_edge.inference.router import Router
+
+    config = MeshConfig(
+        host=settings.host,
+        port=settings.mesh_port,
+        static_peers=settings.static_peers,
+        mdns_interfaces=settings.mdns_interfaces,
+        stall_s=settings.mesh_stall_s,
+    )
+    async with MeshService.open(config, data_dir, engine) as service:
+        yield service, Router(engine, service)

@@ -1,0 +1,163 @@
+"""`mongars-edge pair`, `pair --join CODE`, `peers`, `peers remove ID` (imports stay light)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import click
+
+from mongars_edge.mesh.errors import MeshError, PairingError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Decorator(Protocol):
+    def __call__(self, func: F, /) -> F: ...
+
+
+def _running_state(data_dir: Path) -> dict[str, Any] | None:
+    """What the running server last wrote, or None when no server runs on this data dir."""
+    from mongars_edge.mesh.identity import mesh_dir
+    from mongars_edge.mesh.service import STATE_FILE
+
+    try:
+        state: dict[str, Any] = json.loads((mesh_dir(data_dir) / STATE_FILE).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[..., Any]) -> None:
+    """Register the mesh commands on the CLI group."""
+
+    @main.command("pair")
+    @common
+    @click.option("--join", "code", help="Join a mesh with the code shown by a member.")
+    @click.option("--peer", help="Member address as HOST:PORT (default: boxes found by mDNS).")
+    @click.option("--ttl", type=float, default=300.0, show_default=True, help="Code lifetime (s).")
+    def pair_cmd(
+        config_path: Path | None, code: str | None, peer: str | None, ttl: float, **flags: Any
+    ) -> None:
+        """Show a one-time pairing code, or join a mesh with one."""
+        from mongars_edge.mesh import pairing
+        from mongars_edge.mesh.identity import Identity
+        from mongars_edge.mesh.members import MemberFile
+
+        settings = make_settings(config_path, **flags)
+        data_dir = settings.resolved_data_dir()
+        me = Identity.load_or_create(data_dir)
+        if code is None:
+            if _running_state(data_dir) is None:
+                raise PairingError(
+                    "this box is not serving; start it (`mongars-edge serve`) so peers can reach it"
+                )
+            before = set(MemberFile(data_dir).read().members)
+            shown = pairing.open_window(data_dir, ttl)
+            click.echo(f"pairing code: {shown}")
+            click.echo(f"on the new box: mongars-edge pair --join {shown}  (valid {ttl:.0f} s)")
+            end = time.monotonic() + ttl
+            while time.monotonic() < end and pairing.window_open(data_dir):
+                time.sleep(0.2)
+            time.sleep(0.3)
+            joined = set(MemberFile(data_dir).read().members) - before
+            if not joined:
+                raise PairingError("nobody joined with that code (wrong code, expired, or none)")
+            click.echo("paired: " + ", ".join(sorted(joined)))
+            return
+        targets: list[tuple[str, int]] = []
+        if peer:
+            host, _, port = peer.rpartition(":")
+            if not host or not port.isdigit():
+                raise PairingError(f"--peer wants HOST:PORT, not {peer!r}")
+            targets.append((host.strip("[]"), int(port)))
+        else:
+            state = _running_state(data_dir) or {}
+            for row in state.get("peers", []):
+                if not row.get("paired") and row.get("address"):
+                    where, _, number = str(row["address"]).rpartition(":")
+                    targets.append((where, int(number)))
+            if not targets:
+                raise PairingError(
+                    "no unpaired box seen on the network; is this box serving? "
+                    "Or give the member's address with --peer HOST:PORT"
+                )
+        errors = []
+        for target_host, target_port in targets:
+            try:
+                member = asyncio.run(
+                    pairing.join(target_host, target_port, code, me, data_dir, socket.gethostname())
+                )
+            except MeshError as exc:
+                errors.append(f"{target_host}:{target_port}: {exc}")
+                if "did not match" in str(exc):
+                    break
+                continue
+            click.echo(f"joined the mesh through {member}; this box is {me.node_id}")
+            return
+        raise PairingError("pairing failed: " + "; ".join(errors))
+
+    @main.group("peers", invoke_without_command=True)
+    @common
+    @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+    @click.pass_context
+    def peers_cmd(
+        ctx: click.Context, /, config_path: Path | None, as_json: bool, **flags: Any
+    ) -> None:
+        """Boxes seen on the network and why each is or is not used."""
+        ctx.obj = (config_path, flags)
+        if ctx.invoked_subcommand is not None:
+            return
+        from mongars_edge.mesh.identity import Identity
+        from mongars_edge.mesh.members import MemberFile
+
+        settings = make_settings(config_path, **flags)
+        data_dir = settings.resolved_data_dir()
+        state = _running_state(data_dir)
+        if state is None:
+            members = MemberFile(data_dir).read()
+            state = {
+                "node_id": Identity.load_or_create(data_dir).node_id,
+                "members": sorted(members.members),
+                "peers": [],
+                "note": "the box is not serving: only pinned members are listed",
+            }
+        if as_json:
+            click.echo(json.dumps(state, indent=2))
+            return
+        click.echo(f"this box  {state['node_id']}  mesh {state.get('mesh', '?')}")
+        click.echo(f"members   {', '.join(state['members']) or '(none: run `pair`)'}")
+        if "note" in state:
+            click.echo(state["note"])
+        for row in state["peers"]:
+            click.echo(f"{row['node_id']}  {row['address'] or '-':<21} {row['why']}")
+
+    @peers_cmd.command("remove")
+    @click.argument("node_id")
+    @click.pass_context
+    def peers_remove(ctx: click.Context, node_id: str) -> None:
+        """Revoke a member: its key is unpinned here and the revocation is signed and gossiped."""
+        from mongars_edge.errors import NotFoundError
+        from mongars_edge.mesh.identity import Identity
+        from mongars_edge.mesh.members import MemberFile
+
+        config_path, flags = ctx.obj
+        settings = make_settings(config_path, **flags)
+        data_dir = settings.resolved_data_dir()
+        me = Identity.load_or_create(data_dir)
+        with MemberFile(data_dir).changing() as state:
+            matches = [m for m in state.members.values() if m.node_id.startswith(node_id)]
+            if len(matches) != 1:
+                raise NotFoundError(f"no single member matches {node_id!r} (see `peers`)")
+            member = matches[0]
+            state.issue(me, member.node_id, member.verify_key, "revoke")
+            state.members.pop(member.node_id)
+            state.revoked[member.node_id] = time.time()
+        click.echo(f"revoked {member.node_id}; members will refuse it")
