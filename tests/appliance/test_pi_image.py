@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.appliance.conftest import REPO, need_tool
+from tests.helpers import free_port, wait_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]
 
@@ -165,3 +166,26 @@ def test_root_fs_carries_an_arm64_app_and_the_default_model(root_fs: Path, tmp_p
     assert header[:4] == b"\x7fELF"
     assert int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
     assert "Inode:" in _debugfs(root_fs, f"stat {site}/mongars_edge/cli.py")
+
+
+def test_image_boots_under_qemu_and_the_service_answers(image: Path, tmp_path: Path) -> None:
+    """Boots the image's kernel and root fs on qemu's `virt` machine (not Pi hardware)."""
+    need_tool("qemu-system-aarch64")
+    port = free_port()
+    serial = tmp_path / "serial.log"
+    proc = subprocess.Popen(
+        [str(REPO / "images/pi/qemu-boot.sh"), str(image), str(port), str(serial)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # Full-system emulation of an arm64 box on a busy x86 VM: allow it its time.
+        health = wait_json(f"http://127.0.0.1:{port}/health", proc, deadline_s=3000)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=120)
+    log = serial.read_text(errors="replace")
+    assert health["version"]
+    assert health["status"] in ("ok", "degraded"), health
+    assert "monGARS Edge first-boot" in log or "mongars-edge-firstboot" in log
