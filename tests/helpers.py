@@ -57,7 +57,8 @@ def start_server(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=clean_env(),
+        # Parallel test servers must not fight over the Wyoming port.
+        env=clean_env(MONGARS_WYOMING_PORT="0"),
     )
 
 
