@@ -207,3 +207,8 @@ _add_inference_commands(main)
 from mongars_edge.web.commands import add_commands as _add_account_commands  # noqa: E402
 
 _add_account_commands(main, _common_options, _settings)
+
+# say, listen (speech; models load only when run).
+from mongars_edge.speech.commands import add_commands as _add_speech_commands  # noqa: E402
+
+_add_speech_commands(main, _common_options, _settings)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from mongars_edge.inference.llama import LlamaEngine
     from mongars_edge.memory.store import MemoryStore
     from mongars_edge.mesh.service import MeshService
+    from mongars_edge.speech.stt import SpeechToText
+    from mongars_edge.speech.tts import TextToSpeech
+    from mongars_edge.speech.wyoming import WyomingServer
     from mongars_edge.web.auth import Accounts
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,10 @@ class Runtime:
         self.memory: MemoryStore
         self.accounts: Accounts
         self.chat: ChatPipeline
+        # Speech services (None when off or not installed); set by speech.service.open_speech.
+        self.speech: TextToSpeech | None = None
+        self.stt: SpeechToText | None = None
+        self.wyoming: WyomingServer | None = None
 
     @property
     def facts(self) -> HardwareFacts:
@@ -139,6 +146,9 @@ class Runtime:
         self.chat = await self._stack.enter_async_context(
             ChatPipeline.open(self.chat_engine, self.memory, self.settings, self.data_dir)
         )
+        from mongars_edge.speech.service import open_speech
+
+        await self._stack.enter_async_context(open_speech(self))
 
     async def __aexit__(
         self,

@@ -44,7 +44,8 @@ class Settings:
     )
     model: str = _setting(
         "smollm2-135m-instruct",
-        "Chat model: a catalog id (see `mongars-edge models list`) or a path to a GGUF file.",
+        "Chat model: a catalog id (see `mongars-edge models list`), a path to a GGUF file, "
+        "or off (no local inference).",
     )
     log_level: str = _setting(
         "info", "Logging threshold.", choices=("debug", "info", "warning", "error")
@@ -64,7 +65,6 @@ class Settings:
     static_peers: tuple[str, ...] = _setting(
         (), "Peers to contact without mDNS, as host:port, comma separated."
     )
-    speech: str = _setting(
     mdns_interfaces: tuple[str, ...] = _setting(
         (),
         "IPv4 addresses mDNS advertises and browses on. Empty: the address in `host` (none when "
@@ -76,6 +76,7 @@ class Settings:
         "the reply is finished on this box.",
         minimum=0.1,
     )
+    speech: str = _setting(
         "auto",
         "Text-to-speech: auto (decided by the hardware profile), on or off.",
         choices=("auto", "on", "off"),
@@ -87,6 +88,11 @@ class Settings:
     )
     wyoming_port: int = _setting(
         10200, "TCP port of the Wyoming voice server (0 disables it).", minimum=0, maximum=65535
+    )
+    stt_model: str = _setting(
+        "tiny.en",
+        "Speech-to-text model: tiny.en (bundled, English) or the directory of a faster-whisper "
+        "model, e.g. multilingual base for French.",
     )
     n_threads: int = _setting(
         0, "Inference threads; 0 takes the tuning profile's choice.", minimum=0, maximum=256

@@ -1,0 +1,1 @@
+"""On-device speech: Piper text-to-speech, Whisper speech-to-text, a Wyoming server."""

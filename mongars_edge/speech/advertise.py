@@ -1,0 +1,90 @@
+"""Zeroconf `_wyoming._tcp` advertisement so Home Assistant finds the box's voice."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from mongars_edge.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SERVICE_TYPE: Final = "_wyoming._tcp.local."
+
+
+def service_info(name: str, port: int, addresses: Sequence[str]) -> Any:
+    """The AsyncServiceInfo for our Wyoming server."""
+    from zeroconf.asyncio import AsyncServiceInfo
+
+    safe = "".join(ch if ch.isalnum() or ch in "-_ " else "-" for ch in name)[:60] or "mongars"
+    return AsyncServiceInfo(
+        SERVICE_TYPE,
+        f"{safe}.{SERVICE_TYPE}",
+        port=port,
+        parsed_addresses=list(addresses),
+        properties={"product": "monGARS Edge"},
+        server=f"{safe.replace(' ', '-')}.local.",
+    )
+
+
+@contextlib.asynccontextmanager
+async def advertise_on(
+    name: str,
+    port: int,
+    addresses: Sequence[str],
+    interfaces: Sequence[str] | None = None,
+    zeroconf: Any = None,
+) -> AsyncIterator[Any]:
+    """Register the service (on *zeroconf*, or our own restricted to *interfaces*)."""
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncZeroconf
+
+    own = zeroconf is None
+    azc = (
+        AsyncZeroconf(
+            interfaces=list(interfaces) if interfaces else "All", ip_version=IPVersion.V4Only
+        )
+        if own
+        else zeroconf
+    )
+    info = service_info(name, port, addresses)
+    try:
+        await azc.async_register_service(info)
+        log.info("advertising wyoming over mDNS", extra={"service": name, "port": port})
+        yield info
+    finally:
+        with contextlib.suppress(Exception):
+            await azc.async_unregister_service(info)
+        if own:
+            await azc.async_close()
+
+
+@contextlib.asynccontextmanager
+async def advertise(runtime: Runtime, port: int) -> AsyncIterator[None]:
+    """Advertise from the running box; failures only cost discovery, never the server."""
+    shared = getattr(runtime, "zeroconf", None)  # the mesh's AsyncZeroconf, when it has one
+    host = runtime.settings.host
+    anywhere = host in ("0.0.0.0", "::", "")  # noqa: S104 - reading the setting, not binding
+    addresses = [_lan_address()] if anywhere else [host]
+    interfaces = None if anywhere else [host]
+    name = f"monGARS {socket.gethostname()}"
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(advertise_on(name, port, addresses, interfaces, shared))
+        except (OSError, ValueError, RuntimeError) as exc:  # no multicast route, conflict...
+            log.warning("cannot advertise the Wyoming server over mDNS: %s", exc)
+        yield
+
+
+def _lan_address() -> str:
+    """The address of the interface that routes to the mDNS group (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("224.0.0.251", 5353))
+            return str(sock.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"

