@@ -34,6 +34,9 @@ _TYPES: Final[dict[int, str]] = {
 }
 
 
+_DRAIN_FACTOR: Final = 16  # bodies up to 16x the limit are read and dropped before the 413
+
+
 class PayloadTooLargeError(InvalidRequestError):
     http_status = 413
     kind = "request_too_large"
@@ -149,11 +152,11 @@ class BodyLimit:
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    too_big = int(value) > self.limit
+                    length = int(value)
                 except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._reject(scope, receive, send)
+                    length = 0
+                if length > self.limit:
+                    await self._reject(scope, receive, send, length)
                     return
         seen = 0
         response_started = False
@@ -183,7 +186,14 @@ class BodyLimit:
     def _message(self) -> str:
         return f"the request body is larger than {self.limit} bytes (max_body_bytes)"
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, length: int) -> None:
         response: Response = error_response(PayloadTooLargeError(self._message()))
-        response.headers["Connection"] = "close"
+        if length <= _DRAIN_FACTOR * self.limit:
+            # Read and drop the body so the client sees the 413 instead of a reset connection.
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
+        else:
+            response.headers["Connection"] = "close"
         await response(scope, receive, send)

@@ -141,6 +141,8 @@ def stop(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.proc.kill()
         server.proc.wait()
+    if server.proc.stdout is not None:
+        server.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
