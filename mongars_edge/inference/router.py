@@ -156,6 +156,7 @@ class Router:
 
         if self.mesh.first_forward_at is None:
             self.mesh.first_forward_at = time.monotonic()
+        self.mesh.forwarded += 1
         remote = RemoteEngine(self.mesh, target, self.local, self.mesh.config.stall_s)
         received: list[str] = []
         try:

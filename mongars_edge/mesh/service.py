@@ -76,6 +76,7 @@ class MeshService:
         self.started_at = time.monotonic()
         self.first_forward_at: float | None = None
         self.served = 0  # requests run here for peers
+        self.forwarded = 0  # requests this box sent to peers
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._streams: dict[tuple[int, int], asyncio.Queue[Any]] = {}
@@ -371,7 +372,10 @@ class MeshService:
             return
         self._members_mtime = mtime
         new_records = [r for k, r in state.records.items() if self.state.records.get(k) != r]
+        mesh_changed = state.mesh_id != self.state.mesh_id
         self.state = state
+        if mesh_changed and self._discovery is not None:
+            self._spawn(self._discovery.refresh())
         for node_id, link in list(self.links.items()):
             if state.key_of(node_id) is None:
                 link.close("revoked")
@@ -512,6 +516,8 @@ class MeshService:
             "host": self.config.host,
             "port": self.port,
             "members": sorted(self.state.members),
+            "served": self.served,
+            "forwarded": self.forwarded,
             "peers": rows,
             "updated_at": time.time(),
         }
