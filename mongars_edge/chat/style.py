@@ -144,7 +144,7 @@ class StyleProfile:
             return None
         if self.words < 8:
             return "short"
-        if self.words < 30:
+        if self.words < 20:
             return "medium"
         return "long"
 

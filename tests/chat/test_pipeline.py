@@ -1,0 +1,117 @@
+"""The chat pipeline on a real Runtime: recall into the prompt, budget, language, persistence."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mongars_edge.chat.pipeline import Turn
+from mongars_edge.inference.engine import Message, Sampling
+from mongars_edge.inference.errors import PromptTooLongError
+from mongars_edge.runtime import Runtime
+
+
+async def _user(runtime: Runtime, name: str = "ana") -> int:
+    return (await runtime.memory.create_user(name, None)).id
+
+
+def _turn(text: str, **kwargs: object) -> Turn:
+    return Turn(messages=(Message("user", text),), sampling=Sampling(max_tokens=8), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_recalled_memory_reaches_the_prompt_only_with_memory_on(runtime: Runtime) -> None:
+    uid = await _user(runtime)
+    other = await _user(runtime, "bob")
+    await runtime.memory.add_memory(uid, "Ana's cat is named Biscuit.")
+    await runtime.memory.add_memory(other, "Bob's cat is named Pixel.")
+    prepared = await runtime.chat.prepare(_turn("What is my cat's name?"), uid)
+    system = prepared.request.messages[0]
+    assert system.role == "system"
+    assert "Biscuit" in system.content
+    assert "Pixel" not in system.content
+    assert prepared.recalled >= 1
+    private = await runtime.chat.prepare(_turn("What is my cat's name?", memory=False), uid)
+    assert "Biscuit" not in private.request.messages[0].content
+
+
+async def test_language_follows_the_user(runtime: Runtime) -> None:
+    uid = await _user(runtime)
+    fr = await runtime.chat.prepare(_turn("Peux-tu m'expliquer les marées?"), uid)
+    en = await runtime.chat.prepare(_turn("Can you explain the tides?"), uid)
+    assert fr.lang == "fr" and "français" in fr.request.messages[0].content
+    assert en.lang == "en" and "English" in en.request.messages[0].content
+    unclear = await runtime.chat.prepare(_turn("ok", preferred_lang="en"), uid)
+    assert unclear.lang == "en"
+
+
+async def test_long_history_is_trimmed_from_the_oldest(runtime: Runtime) -> None:
+    uid = await _user(runtime)
+    history = []
+    for i in range(80):
+        history.append(Message("user", f"Question {i}: " + "tell me about rivers " * 10))
+        history.append(Message("assistant", f"Answer {i}: " + "rivers flow to the sea " * 10))
+    history.append(Message("user", "And the last question?"))
+    turn = Turn(messages=tuple(history), sampling=Sampling(max_tokens=64), memory=False)
+    prepared = await runtime.chat.prepare(turn, uid)
+    kept = prepared.request.messages
+    assert prepared.trimmed > 0
+    assert kept[-1].content == "And the last question?"
+    assert kept[1].role == "user"
+    engine = runtime.chat_engine()
+    prompt = engine.render(kept)
+    assert engine.count_tokens(prompt) + prepared.request.sampling.max_tokens <= engine.info.n_ctx
+
+
+async def test_a_message_larger_than_the_context_is_refused(runtime: Runtime) -> None:
+    uid = await _user(runtime)
+    with pytest.raises(PromptTooLongError):
+        await runtime.chat.prepare(_turn("word " * 5000), uid)
+
+
+async def test_turns_are_stored_complete_or_partial(runtime: Runtime) -> None:
+    uid = await _user(runtime)
+    done = await runtime.chat.prepare(_turn("Say hello.", new_conversation=True), uid)
+    assert done.conversation_id is not None
+    events = [e async for e in runtime.chat.stream(done)]
+    assert events[-1].finish_reason in ("stop", "length")
+    await runtime.chat.drain()
+    stored = await runtime.memory.get_messages(uid, done.conversation_id)
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "complete")]
+    assert stored[1].content == "".join(e.text for e in events)
+
+    long_turn = Turn(
+        messages=(Message("user", "Tell me a long story."),),
+        sampling=Sampling(max_tokens=300),
+        conversation_id=done.conversation_id,
+    )
+    cut = await runtime.chat.prepare(long_turn, uid)
+    stream = runtime.chat.stream(cut)
+    async for _event in stream:
+        break
+    await stream.aclose()
+    await runtime.chat.drain()
+    stored = await runtime.memory.get_messages(uid, done.conversation_id)
+    assert [m.status for m in stored] == ["complete", "complete", "complete", "partial"]
+
+    again = await runtime.chat.prepare(
+        Turn(messages=(), conversation_id=done.conversation_id, regenerate=True), uid
+    )
+    assert again.request.messages[-1].content == "Tell me a long story."
+    async for _event in runtime.chat.stream(again):
+        pass
+    await runtime.chat.drain()
+    stored = await runtime.memory.get_messages(uid, done.conversation_id)
+    assert [m.role for m in stored][-2:] == ["assistant", "assistant"]
+
+
+async def test_style_is_learned_from_turns(runtime: Runtime) -> None:
+    uid = await _user(runtime)
+    for text in ("salut tu vas bien?", "ok cool pis toi", "lol tu niaises"):
+        prepared = await runtime.chat.prepare(_turn(text), uid)
+        async for _event in runtime.chat.stream(prepared):
+            pass
+    await runtime.chat.drain()
+    await asyncio.sleep(0)
+    prepared = await runtime.chat.prepare(_turn("Tu connais une bonne recette?"), uid)
+    assert "Tutoie la personne." in prepared.request.messages[0].content
