@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Final
@@ -34,6 +35,41 @@ log = logging.getLogger(__name__)
 #: Samples per audio-chunk event sent to clients (~46 ms at 22 kHz).
 SAMPLES_PER_CHUNK: Final = 1024
 _ATTRIBUTION: Final = Attribution(name="monGARS Edge", url="https://github.com/mongars")
+# Frame limits: the wyoming package reads whatever length a client announces; a LAN client
+# must not make the box allocate gigabytes. 1 MiB of PCM is 30 s at 16 kHz in one chunk.
+MAX_DATA_BYTES: Final = 256 * 1024
+MAX_PAYLOAD_BYTES: Final = 1024 * 1024
+
+
+class FrameError(ValueError):
+    """A client sent a frame we refuse to read; the connection is closed."""
+
+
+async def read_event(reader: asyncio.StreamReader) -> Event | None:
+    """One Wyoming event (JSON header line, optional data, optional payload), size-bounded."""
+    line = await reader.readline()  # the stream limit bounds the header line
+    if not line:
+        return None
+    header = json.loads(line)
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise FrameError("a Wyoming header needs a type")
+    data = header.get("data") or {}
+    data_length = _length(header, "data_length", MAX_DATA_BYTES)
+    if data_length:
+        extra = json.loads(await reader.readexactly(data_length))
+        if not isinstance(extra, dict) or not isinstance(data, dict):
+            raise FrameError("Wyoming event data must be an object")
+        data.update(extra)
+    payload_length = _length(header, "payload_length", MAX_PAYLOAD_BYTES)
+    payload = await reader.readexactly(payload_length) if payload_length else None
+    return Event(type=header["type"], data=data, payload=payload)
+
+
+def _length(header: dict[str, object], key: str, limit: int) -> int:
+    value = header.get(key) or 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise FrameError(f"{key} {value!r} is not a length from 0 to {limit}")
+    return value
 
 
 def build_info(tts: TextToSpeech | None, stt: SpeechToText | None) -> Info:
@@ -102,6 +138,17 @@ class _Handler(AsyncEventHandler):
         self._language: str | None = None
         self._audio: bytearray | None = None
         self._format = (16_000, 2, 1)
+
+    async def run(self) -> None:
+        """Like the package's loop, with our bounded frame reader."""
+        try:
+            while True:
+                event = await read_event(self.reader)
+                if event is None or not await self.handle_event(event):
+                    break
+        finally:
+            await self.disconnect()
+            self.writer.close()
 
     async def handle_event(self, event: Event) -> bool:
         try:
