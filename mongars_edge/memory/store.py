@@ -53,8 +53,11 @@ def _blob(vector: Any) -> bytes:
 class MemoryStore(AccountsMixin, ConversationsMixin):
     """Open with `async with MemoryStore.open(path, embedder) as store`."""
 
-    def __init__(self, path: Path, embedder: Embedder | None, readers: int) -> None:
+    def __init__(
+        self, path: Path, embedder: Embedder | None, readers: int, background: bool = True
+    ) -> None:
         self.path = path
+        self._background = background
         self.embedder = embedder
         self._writer = Writer(path)
         self._readers = Readers(path, readers)
@@ -66,10 +69,19 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, path: Path, embedder: Embedder | None = None, *, readers: int = 2
+        cls,
+        path: Path,
+        embedder: Embedder | None = None,
+        *,
+        readers: int = 2,
+        background: bool = True,
     ) -> AsyncIterator[MemoryStore]:
-        """Open (creating or migrating) the database; close everything on exit."""
-        store = cls(path, embedder, readers)
+        """Open (creating or migrating) the database; close everything on exit.
+
+        With an embedder, a background task gives pending rows their vectors (`background`
+        False leaves that to `flush_vectors`, for short-lived command-line runs).
+        """
+        store = cls(path, embedder, readers, background)
         await store._start()
         try:
             yield store
@@ -91,7 +103,7 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
             await self._readers.stop()
             await self._writer.stop()
             raise
-        if self.embedder is not None:
+        if self.embedder is not None and self._background:
             self._vector_task = asyncio.create_task(self._vector_loop(), name="memory-vectors")
             self._wake.set()
 
