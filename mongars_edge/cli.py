@@ -208,7 +208,17 @@ from mongars_edge.web.commands import add_commands as _add_account_commands  # n
 
 _add_account_commands(main, _common_options, _settings)
 
+# memory search|list|forget|export (a user's memory; offline on the data directory).
+from mongars_edge.memory.commands import add_commands as _add_memory_commands  # noqa: E402
+
+_add_memory_commands(main, _common_options, _settings)
+
 # say, listen (speech; models load only when run).
 from mongars_edge.speech.commands import add_commands as _add_speech_commands  # noqa: E402
 
 _add_speech_commands(main, _common_options, _settings)
+
+# chat "text", doctor (clients of this box).
+from mongars_edge.local_commands import add_commands as _add_local_commands  # noqa: E402
+
+_add_local_commands(main, _common_options, _settings)
