@@ -284,7 +284,7 @@ class LlamaEngine:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
         """Stream the reply to `request`; see `engine.Engine.stream`."""
-        if self._closed:
+        if self._closed or (self._thread is not None and not self._thread.is_alive()):
             raise EngineClosedError("the inference engine is stopped")
         req = await asyncio.to_thread(self._prepare, request, asyncio.get_running_loop())
         req.deadline = time.perf_counter() + self.config.request_deadline_s

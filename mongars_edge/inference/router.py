@@ -144,6 +144,11 @@ class Router:
         prompt = self.local.render(request.messages) + request.assistant_prefix
         ranked = self.rank(request, self.local.count_tokens(prompt))
         target = ranked[0].node_id
+        log.debug(
+            "routing %s: %s",
+            request.request_id,
+            ", ".join(f"{c.node_id or 'local'}={c.predicted_s:.2f}s" for c in ranked),
+        )
         if not target:
             self._local_inflight += 1
             try:

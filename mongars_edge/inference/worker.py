@@ -11,7 +11,7 @@ import ctypes
 import logging
 import queue
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,7 +20,7 @@ import llama_cpp.llama_cpp as L
 
 from mongars_edge.inference import lowlevel
 from mongars_edge.inference.engine import FinishReason, TokenEvent
-from mongars_edge.inference.errors import AdapterError, DeadlineExceededError
+from mongars_edge.inference.errors import AdapterError, DeadlineExceededError, EngineClosedError
 from mongars_edge.inference.llama import _Active, _Request, _Slot, finish_event
 from mongars_edge.inference.textstream import TextStream
 
@@ -32,6 +32,34 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _Delivery = list[tuple[_Request, TokenEvent | BaseException]]
+
+
+class StepCost:
+    """Time of one decode step ~ base + per_token * tokens, fitted on recent steps."""
+
+    def __init__(self, base_s: float = 0.02, per_token_s: float = 0.004) -> None:
+        self.base_s = base_s
+        self.per_token_s = per_token_s
+        self._samples: deque[tuple[int, float]] = deque(maxlen=64)
+
+    def add(self, n_tokens: int, dt: float) -> None:
+        self._samples.append((n_tokens, dt))
+        k = len(self._samples)
+        if k < 4:
+            return
+        mean_n = sum(n for n, _ in self._samples) / k
+        mean_t = sum(t for _, t in self._samples) / k
+        var_n = sum((n - mean_n) ** 2 for n, _ in self._samples)
+        if var_n < 1.0:  # every step the same size: only the base can be learned
+            self.base_s = max(0.0, mean_t - self.per_token_s * mean_n)
+            return
+        cov = sum((n - mean_n) * (t - mean_t) for n, t in self._samples)
+        self.per_token_s = max(1e-5, cov / var_n)
+        self.base_s = max(0.0, mean_t - self.per_token_s * mean_n)
+
+    def tokens_within(self, seconds: float) -> int:
+        """How many tokens one step can hold and still take at most `seconds`."""
+        return int((seconds - self.base_s) / self.per_token_s)
 
 
 class _Batch:
@@ -109,9 +137,7 @@ class Worker:
         self.current_adapter: Path | None = None
         self._group_turn = 0
         self._stopping = False
-        # Step cost model: a step costs about base + per_token * n_tokens.
-        self._base_s = 0.02
-        self._per_token_s = 0.004
+        self.cost = StepCost()
         self.gen_tok_s = 0.0
         self.prompt_tok_s = 0.0
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -169,6 +195,12 @@ class Worker:
             out = []
             for a in list(self.active):
                 self._finish(a, "error", out, error="the engine stopped")
+            # Nobody will take what is still queued: tell the waiting streams now.
+            while (req := self.scheduler.pop()) is not None:
+                self.scheduler.finished()
+                req.done = True
+                lowlevel.free_sampler(req.sampler)
+                out.append((req, EngineClosedError("the inference engine stopped")))
             self._deliver(out)
 
     def _expire(self, out: _Delivery) -> None:
@@ -360,19 +392,16 @@ class Worker:
         cap = self.batch.capacity - n_decoders
         if n_decoders == 0:
             return cap
-        room = (self.config.stall_target_s - self._base_s) / max(self._per_token_s, 1e-5)
-        return max(8, min(cap, int(room)))
+        return max(8, min(cap, self.cost.tokens_within(self.config.stall_target_s)))
 
     def _learn_cost(self, dt: float, n_tokens: int, n_decoders: int) -> None:
-        if n_tokens <= 8:
-            self._base_s = 0.9 * self._base_s + 0.1 * dt
-            if n_decoders and dt > 0:
-                self.gen_tok_s = 0.9 * self.gen_tok_s + 0.1 * (n_decoders / dt)
-        elif n_tokens >= 32:
-            per = max(0.0, dt - self._base_s) / n_tokens
-            self._per_token_s = 0.7 * self._per_token_s + 0.3 * per
-            if dt > 0:
-                self.prompt_tok_s = 0.8 * self.prompt_tok_s + 0.2 * ((n_tokens - n_decoders) / dt)
+        self.cost.add(n_tokens, dt)
+        if dt <= 0:
+            return
+        if n_decoders:
+            self.gen_tok_s = 0.9 * self.gen_tok_s + 0.1 * (n_decoders / dt)
+        if n_tokens - n_decoders >= 32:
+            self.prompt_tok_s = 0.8 * self.prompt_tok_s + 0.2 * ((n_tokens - n_decoders) / dt)
 
     def _on_token(self, a: _Active, token: int, now: float, out: _Delivery) -> None:
         if not a.t_first:

@@ -70,3 +70,14 @@ async def test_idle_and_busy_signals() -> None:
     await idle
     assert s.is_idle()
     assert s.arrivals == 1
+
+
+def test_step_cost_fits_base_and_per_token() -> None:
+    from mongars_edge.inference.worker import StepCost
+
+    cost = StepCost()
+    for n in (1, 4, 40, 100, 3, 64, 200, 10):
+        cost.add(n, 0.01 + 0.002 * n)
+    assert abs(cost.base_s - 0.01) < 1e-6
+    assert abs(cost.per_token_s - 0.002) < 1e-6
+    assert cost.tokens_within(0.2) == 95
