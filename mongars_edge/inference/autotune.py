@@ -72,7 +72,7 @@ async def measure(
     prompt_by_threads: dict[int, float] = {}
     for t in threads:
         async with engine_with(n_threads=t, n_threads_batch=t, n_parallel=1) as engine:
-            await complete(engine, _request("warm up", 4))
+            await _gen_rate(engine, 1, 8)  # warm-up: first graphs are built and cached
             gen_by_threads[t] = await _gen_rate(engine, 1, n_gen)
             prompt_by_threads[t] = await _prompt_rate(engine)
         say(
@@ -87,7 +87,7 @@ async def measure(
     async with engine_with(
         n_threads=n_threads, n_threads_batch=n_threads_batch, n_parallel=max(parallel_candidates)
     ) as engine:
-        await complete(engine, _request("warm up", 4))
+        await _gen_rate(engine, max(parallel_candidates), 8)
         for n in parallel_candidates:
             agg[n] = await _gen_rate(engine, n, n_gen)
             say(f"parallel {n}: aggregate generation {agg[n]:.1f} tok/s")

@@ -6,6 +6,8 @@ callers decide which thread runs it.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import logging
 import threading
@@ -38,6 +40,19 @@ def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         _recent_errors.append(message)
     # llama.cpp is chatty; everything goes to debug, where `--log-level debug` shows it.
     _native_log.debug("%s", message)
+
+
+def _close_devnull() -> None:
+    # llama_cpp._utils opens /dev/null twice at import and never closes it: Python then warns
+    # (ResourceWarning) at every interpreter exit.
+    with contextlib.suppress(Exception):
+        from llama_cpp import _utils
+
+        _utils.outnull_file.close()
+        _utils.errnull_file.close()
+
+
+atexit.register(_close_devnull)
 
 
 def init_backend() -> None:

@@ -65,3 +65,20 @@ def test_adapters_for_another_model_are_refused(data_dir: Path, models: dict[str
     assert "not a LoRA adapter" in out
     stored = data_dir / "adapters"
     assert not stored.exists() or not list(stored.iterdir())
+
+
+def test_bench_writes_a_measured_profile(data_dir: Path, models: dict[str, Path]) -> None:
+    from mongars_edge.hardware.probe import probe
+    from mongars_edge.runtime import load_profile
+
+    code, out = run(
+        "bench", "--quick", "--json", "--data-dir", str(data_dir), "--model", str(models["tiny"])
+    )
+    assert code == 0, out
+    report = json.loads(out[out.index("{") :])
+    assert report["profile"]["source"] == "measured"
+    assert set(report["parallel"]["aggregate_tok_s"]) == {"1", "2", "4"}
+    profile = load_profile(probe(Path("/"), data_dir), data_dir)
+    assert profile.source == "measured"
+    assert profile.n_parallel == report["chosen"]["n_parallel"]
+    assert profile.reasons["n_parallel"].startswith("measured:")
