@@ -73,7 +73,7 @@ async def test_idle_and_busy_signals() -> None:
 
 
 def test_step_cost_fits_base_and_per_token() -> None:
-    from mongars_edge.inference.worker import StepCost
+    from mongars_edge.inference.batch import StepCost
 
     cost = StepCost()
     for n in (1, 4, 40, 100, 3, 64, 200, 10):
