@@ -46,3 +46,5 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # uvicorn's access log is noise on a box; errors still come through its error logger.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs every request at info; CLI clients (chat, tui) would print that to the user.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

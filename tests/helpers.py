@@ -40,7 +40,11 @@ def run_cli(
     )
 
 
-def start_server(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+def start_server(
+    data_dir: Path, port: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """A real `serve` on loopback; speech and Wyoming stay off unless *env* turns them on."""
+    quiet = {"MONGARS_WYOMING_PORT": "0", "MONGARS_SPEECH": "off", "MONGARS_STT": "off"}
     return subprocess.Popen(
         [
             sys.executable,
@@ -57,8 +61,8 @@ def start_server(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        # Parallel test servers must not fight over the Wyoming port.
-        env=clean_env(MONGARS_WYOMING_PORT="0"),
+        # Parallel test servers must not fight over the Wyoming port; voices load slowly.
+        env=clean_env(**{**quiet, **(env or {})}),
     )
 
 
