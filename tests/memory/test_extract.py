@@ -1,0 +1,158 @@
+"""Extraction (rules, then the real SmolLM2) and sleep-time consolidation that yields to users."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from mongars_edge.memory.consolidate import ActivityTracker, MemoryWorker, Yielded, yielding
+from mongars_edge.memory.extract import parse_model_output, rule_candidates
+from mongars_edge.memory.store import MemoryStore
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed in this venv")
+
+from tests.memory.smol import SmolGenerate
+
+
+@pytest.fixture(scope="module")
+def smol() -> Iterator[SmolGenerate]:
+    model = SmolGenerate(max_tokens=32)
+    yield model
+    model.llm.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Bonjour, je m'appelle Alice et j'aime le thé vert.",
+            [("Je m'appelle Alice.", "fact"), ("J'aime le thé vert.", "preference")],
+        ),
+        (
+            "My name is Bob. I prefer tea to coffee, but my wife likes coffee.",
+            [("My name is Bob.", "fact"), ("I prefer tea to coffee.", "preference")],
+        ),
+        ("Je suis allergique aux arachides.", [("Je suis allergique aux arachides.", "fact")]),
+        ("I live in Lyon", [("I live in Lyon.", "fact")]),
+        ("Mon plat préféré est la poutine!", [("Mon plat préféré est la poutine.", "preference")]),
+        ("Est-ce que j'aime le thé ?", []),
+        ("Quelle heure est-il?", []),
+        ("", []),
+    ],
+)
+def test_rules_catch_explicit_statements(text: str, expected: list[tuple[str, str]]) -> None:
+    assert [(c.text, c.kind) for c in rule_candidates(text)] == expected
+
+
+def test_model_lines_must_come_from_the_user_message() -> None:
+    output = "fact: I live in Lyon\npreference: I prefer tea\nfact: I am an astronaut\nnone\n"
+    found = parse_model_output(output, "I live in Lyon and I prefer tea to coffee.")
+    assert [c.text for c in found] == ["I live in Lyon.", "I prefer tea."]
+
+
+class _Switch:
+    """An IdleSignal driven by the test (the real one is ActivityTracker)."""
+
+    def __init__(self) -> None:
+        self.busy = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def is_idle(self) -> bool:
+        return self.idle.is_set()
+
+    async def wait_idle(self) -> None:
+        await self.idle.wait()
+
+    async def wait_busy(self) -> None:
+        await self.busy.wait()
+
+
+async def test_after_turn_rules_now_model_later_no_duplicates(
+    store: MemoryStore, smol: SmolGenerate
+) -> None:
+    alice = await store.create_user("alice")
+    conv = await store.create_conversation(alice.id)
+    worker = MemoryWorker(store, smol, _Switch())
+    text = "Bonjour, je m'appelle Alice et j'habite à Québec."
+    first, _ = await store.add_turn(alice.id, conv.id, text, "Enchanté !")
+    made = await worker.after_turn(alice.id, first)
+    assert [m.text for m in made] == ["Je m'appelle Alice.", "J'habite à Québec."]
+    again, _ = await store.add_turn(alice.id, conv.id, text, "Oui, je sais.")
+    await worker.after_turn(alice.id, again)
+    memories = await store.list_memories(alice.id)
+    assert len(memories) == 2  # the same statements merged, sources from both messages
+    assert all(m.source_message_ids == (first.id, again.id) for m in memories)
+    assert await worker.pending_jobs() == 2
+    assert await worker.step()  # the model reads one queued message
+    assert await worker.step()
+    assert await worker.pending_jobs() == 0
+    source_words = set(text.lower().replace(",", " ").replace(".", " ").split())
+    for memory in await store.list_memories(alice.id):
+        assert memory.user_id == alice.id
+        assert any(w in source_words for w in memory.text.lower().split())
+
+
+async def test_sleep_summarises_old_conversations(store: MemoryStore, smol: SmolGenerate) -> None:
+    alice = await store.create_user("alice")
+    conv = await store.create_conversation(alice.id, "vacances")
+    await store.add_turn(
+        alice.id, conv.id, "I am planning a trip to Japan in April with my sister.",
+        "That sounds lovely! Cherry blossoms bloom in early April.",
+    )  # fmt: skip
+    worker = MemoryWorker(store, smol, _Switch(), consolidate_after_s=3600)
+    assert not await worker.step()  # too recent to summarise
+    await store._writer.run(
+        lambda conn: conn.execute("UPDATE conversations SET updated = ?", (time.time() - 7200,))
+    )
+    assert await worker.step()
+    summaries = await store.list_memories(alice.id, kind="summary")
+    assert len(summaries) == 1
+    assert len(summaries[0].source_message_ids) == 2
+    assert not await worker.step()  # nothing left: the conversation is marked as done
+
+
+async def test_sleep_yields_the_moment_a_request_arrives(
+    store: MemoryStore, smol: SmolGenerate
+) -> None:
+    alice = await store.create_user("alice")
+    conv = await store.create_conversation(alice.id)
+    switch = _Switch()
+    worker = MemoryWorker(store, smol, switch)
+    user_msg, _ = await store.add_turn(alice.id, conv.id, "I prefer trains to planes.", "Noted.")
+    await worker.after_turn(alice.id, user_msg)
+    step = asyncio.create_task(worker.step())
+    await asyncio.sleep(0.3)  # the model is decoding in its thread now
+    started = time.monotonic()
+    switch.idle.clear()
+    switch.busy.set()
+    with pytest.raises(Yielded):
+        await step
+    assert time.monotonic() - started < 1.0  # did not wait for the generation to finish
+    assert smol.cancelled >= 1
+    assert await worker.pending_jobs() == 1  # still queued: it runs again when idle
+
+
+async def test_activity_tracker_is_an_idle_signal() -> None:
+    tracker = ActivityTracker(idle_after_s=0.05)
+    assert not tracker.is_idle()
+    await asyncio.wait_for(tracker.wait_idle(), 2)
+    assert tracker.is_idle()
+
+    async def slow() -> str:
+        await asyncio.sleep(10)
+        return "never"
+
+    async def arrive() -> None:
+        await asyncio.sleep(0.05)
+        with tracker.request():
+            await asyncio.sleep(0.05)
+
+    arrival = asyncio.create_task(arrive())
+    with pytest.raises(Yielded):
+        await yielding(tracker, slow())
+    await arrival
+    assert await yielding(tracker, asyncio.sleep(0, result="done")) == "done"
