@@ -138,6 +138,12 @@ class Settings:
         "Seconds failed logins are remembered and an address or account is locked.",
         minimum=1.0,
     )
+    reply_max_tokens: int = _setting(
+        512,
+        "Longest reply in tokens when a client does not say (max_tokens).",
+        minimum=1,
+        maximum=32768,
+    )
     recall_limit: int = _setting(
         6,
         "Memories and past messages recalled into a chat prompt (0 turns recall off).",

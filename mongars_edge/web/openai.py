@@ -268,7 +268,7 @@ async def chat_completions(request: Request) -> Response:
     runtime = _runtime(request)
     data = await read_json(request)
     model_id = check_model(runtime, get_str(data, "model", required=True))
-    turn = parse_turn(data, request, default_max=Sampling().max_tokens)
+    turn = parse_turn(data, request, default_max=runtime.settings.reply_max_tokens)
     stream = get_bool(data, "stream", False)
     options = data.get("stream_options") or {}
     if not isinstance(options, dict):
