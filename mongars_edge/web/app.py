@@ -89,7 +89,7 @@ def _audio_routes() -> list[BaseRoute]:
     """/v1/audio/* from the speech issue's mongars_edge/web/audio.py, when it is there."""
     if importlib.util.find_spec("mongars_edge.web.audio") is None:
         return []
-    from mongars_edge.web import audio  # type: ignore[attr-defined,unused-ignore]
+    import mongars_edge.web.audio as audio
 
     found: list[BaseRoute] = audio.routes()
     return found

@@ -1,0 +1,155 @@
+"""OpenAI-shaped speech routes: POST /v1/audio/speech, POST /v1/audio/transcriptions, and
+GET /api/speech (what the page needs to know to offer voice)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, Final
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from mongars_edge.errors import InvalidRequestError, UnavailableError
+from mongars_edge.web.auth import require_user
+from mongars_edge.web.http import BadFieldError, get_number, get_str, read_json
+
+if TYPE_CHECKING:
+    from mongars_edge.runtime import Runtime
+    from mongars_edge.speech.stt import SpeechToText
+    from mongars_edge.speech.tts import SpeechChunk, TextToSpeech
+
+#: OpenAI's `pcm` format is 24 kHz 16-bit mono; clients assume that rate.
+PCM_RATE: Final = 24_000
+_SPEECH_FORMATS: Final = ("wav", "pcm")
+_TEXT_FORMATS: Final = ("json", "text", "verbose_json")
+
+
+def _tts(request: Request) -> TextToSpeech:
+    runtime: Runtime = request.app.state.runtime
+    tts = runtime.speech
+    if tts is None:
+        raise UnavailableError("text-to-speech is off on this box (setting `speech`)")
+    return tts
+
+
+def _stt(request: Request) -> SpeechToText:
+    runtime: Runtime = request.app.state.runtime
+    stt = runtime.stt
+    if stt is None:
+        raise UnavailableError("speech-to-text is off on this box (setting `stt`)")
+    return stt
+
+
+async def status(request: Request) -> JSONResponse:
+    """Which voice features this box offers (the chat page shows its buttons from this)."""
+    await require_user(request)
+    runtime: Runtime = request.app.state.runtime
+    tts, stt, wyoming = runtime.speech, runtime.stt, runtime.wyoming
+    voices = [
+        {"name": v.name, "language": v.language, "locale": v.locale, "engine": v.engine}
+        for v in (tts.voices() if tts is not None else [])
+    ]
+    return JSONResponse(
+        {
+            "tts": tts is not None,
+            "stt": stt is not None,
+            "voices": voices,
+            "stt_languages": stt.languages() if stt is not None else [],
+            "wyoming_port": wyoming.port if wyoming is not None else None,
+        }
+    )
+
+
+async def speech(request: Request) -> Response:
+    """Text in, audio out (WAV or raw PCM), streamed sentence by sentence."""
+    await require_user(request)
+    tts = _tts(request)
+    data = await read_json(request)
+    text = get_str(data, "input", required=True)
+    get_str(data, "model")  # any model name is accepted: the box has its own voices
+    fmt = get_str(data, "response_format", default="wav").lower()
+    if fmt not in _SPEECH_FORMATS:
+        raise BadFieldError(
+            "response_format", f"must be one of {', '.join(_SPEECH_FORMATS)} on this box"
+        )
+    speed = get_number(data, "speed", 1.0, lo=0.25, hi=4.0)
+    voice_name = get_str(data, "voice") or None
+    language = get_str(data, "language") or None
+    from mongars_edge.speech.sentences import guess_language
+    from mongars_edge.speech.tts import check_request
+
+    check_request(text, speed or 1.0)
+    language = language or guess_language(text)
+    voice = tts.pick(voice_name, language, text)  # unknown voice: 400 before any audio
+    chunks = tts.stream(text, voice.info.name, language, speed or 1.0)
+    headers = {
+        "X-Voice": voice.info.name,
+        "X-Language": voice.info.language,
+        "Cache-Control": "no-store",
+    }
+    if fmt == "pcm":
+        headers["X-Sample-Rate"] = str(PCM_RATE)
+        return StreamingResponse(_pcm(chunks), media_type="audio/pcm", headers=headers)
+    headers["X-Sample-Rate"] = str(voice.sample_rate)
+    return StreamingResponse(
+        _wav(chunks, voice.sample_rate), media_type="audio/wav", headers=headers
+    )
+
+
+async def _wav(chunks: AsyncGenerator[SpeechChunk, None], rate: int) -> AsyncIterator[bytes]:
+    from mongars_edge.speech.audio import wav_header
+
+    yield wav_header(rate)
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            yield chunk.pcm
+
+
+async def _pcm(chunks: AsyncGenerator[SpeechChunk, None]) -> AsyncIterator[bytes]:
+    from mongars_edge.speech.audio import float_to_pcm16, pcm16_to_float, resample
+
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            yield float_to_pcm16(resample(pcm16_to_float(chunk.pcm), chunk.rate, PCM_RATE))
+
+
+async def transcriptions(request: Request) -> Response:
+    """Multipart upload (file, model, language, response_format) -> text."""
+    await require_user(request)
+    stt = _stt(request)
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise InvalidRequestError("send the audio as multipart/form-data with a `file` field")
+    async with request.form(max_files=1, max_fields=16) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadFieldError("file", "is required (an audio file)")
+        data = await upload.read()
+        fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+    fmt = get_str(fields, "response_format", default="json").lower()
+    if fmt not in _TEXT_FORMATS:
+        raise BadFieldError("response_format", f"must be one of {', '.join(_TEXT_FORMATS)}")
+    language = get_str(fields, "language") or None
+    result = await stt.transcribe_file(data, language)
+    if fmt == "text":
+        return PlainTextResponse(result.text + "\n")
+    body: dict[str, Any] = {"text": result.text}
+    if fmt == "verbose_json":
+        body |= {
+            "task": "transcribe",
+            "language": result.language,
+            "duration": round(result.duration_s, 3),
+        }
+    return JSONResponse(body)
+
+
+def routes() -> list[BaseRoute]:
+    """The speech routes (create_app includes them)."""
+    return [
+        Route("/v1/audio/speech", speech, methods=["POST"]),
+        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+        Route("/api/speech", status, methods=["GET"]),
+    ]
