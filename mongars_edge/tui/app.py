@@ -40,8 +40,8 @@ class MongarsApp(App[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (70, "-wide")]  # noqa: RUF012
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f1", "switch_mode('chat')", "Chat"),
-        Binding("f2", "switch_mode('memories')", "Memories"),
-        Binding("f3", "switch_mode('hardware')", "Hardware"),
+        Binding("f2", "switch_mode('memories')", "Memory"),
+        Binding("f3", "switch_mode('hardware')", "HW"),
         Binding("f4", "switch_mode('mesh')", "Mesh"),
         Binding("f5", "switch_mode('logs')", "Logs"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
@@ -53,10 +53,14 @@ class MongarsApp(App[None]):
     #: Bumped on every (re)connection; screens watch it to reload their data.
     generation: reactive[int] = reactive(0)
 
-    def __init__(self, client: DaemonClient, *, poll_s: float = 2.0) -> None:
+    def __init__(
+        self, client: DaemonClient, *, poll_s: float = 2.0, max_tokens: int | None = None
+    ) -> None:
         super().__init__()
         self.client = client
         self.poll_s = poll_s
+        #: Longest answer asked for (None: the daemon's default).
+        self.max_tokens = max_tokens
         self.health: dict[str, Any] = {}
         self.events: deque[str] = deque(maxlen=500)
         self._last_uptime: float | None = None

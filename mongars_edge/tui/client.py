@@ -182,6 +182,7 @@ class DaemonClient:
         model: str | None = None,
         conversation_id: str | None = None,
         adapter: str | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[ChatDelta]:
         """POST /v1/chat/completions with stream=true; yields deltas until [DONE]."""
         body: dict[str, Any] = {"messages": messages, "stream": True}
@@ -190,6 +191,8 @@ class DaemonClient:
             body["conversation_id"] = conversation_id
         if adapter:
             body["adapter"] = adapter
+        if max_tokens:
+            body["max_tokens"] = max_tokens
         # A long generation may pause between tokens; only the connect is short.
         timeout = httpx.Timeout(None, connect=3.0)
         try:

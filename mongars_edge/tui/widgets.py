@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from rich.markdown import Markdown as RichMarkdown
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -80,3 +81,34 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
+
+
+class Answer(Static):
+    """An answer rendered as Markdown while it streams.
+
+    One widget repainted at most every `_REPAINT_S`, rather than Textual's Markdown widget,
+    which mounts a widget per block: on a Pi that styling work would hold the loop.
+    """
+
+    _REPAINT_S = 0.1
+
+    def __init__(self, source: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self._pending = False
+        if source:
+            self.update(RichMarkdown(source))
+
+    def append(self, text: str) -> None:
+        self.source += text
+        if not self._pending:
+            self._pending = True
+            self.set_timer(self._REPAINT_S, self._repaint)
+
+    def _repaint(self) -> None:
+        self._pending = False
+        self.update(RichMarkdown(self.source))
+
+    def finish(self) -> None:
+        """Show the whole answer now."""
+        self._repaint()

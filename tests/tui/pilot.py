@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from textual.pilot import Pilot
@@ -11,10 +12,12 @@ from mongars_edge.tui.app import MongarsApp
 
 async def until(pilot: Pilot[None], predicate: Callable[[], object], rounds: int = 1200) -> None:
     """Let the app run until *predicate()* is true; fail after *rounds* short pauses."""
+    # asyncio.sleep, not pilot.pause: pause() also repaints the screen inside the test's own
+    # step; the app repaints on its own timer anyway.
     for _ in range(rounds):
         if predicate():
             return
-        await pilot.pause(0.05)
+        await asyncio.sleep(0.05)
     raise AssertionError("the app never reached the expected state")
 
 

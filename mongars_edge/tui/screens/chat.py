@@ -10,12 +10,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Markdown, OptionList, Static
+from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
 from mongars_edge.tui.client import DaemonError, NotAvailable
-from mongars_edge.tui.widgets import DaemonBanner, PromptArea
+from mongars_edge.tui.widgets import Answer, DaemonBanner, PromptArea
 
 if TYPE_CHECKING:
     from mongars_edge.tui.app import MongarsApp
@@ -71,6 +71,7 @@ class ChatScreen(Screen[None]):
         self.history: list[dict[str, str]] = []
         self.adapter = ""
         self._answer: Worker[None] | None = None
+        self._stopped = False
 
     @property
     def mapp(self) -> MongarsApp:
@@ -85,8 +86,13 @@ class ChatScreen(Screen[None]):
             with Vertical(id="chat"):
                 yield VerticalScroll(id="messages")
                 yield Static("", id="chat-status")
-                yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
-        yield Footer()
+                yield PromptArea(
+                    id="prompt",
+                    soft_wrap=True,
+                    show_line_numbers=False,
+                    placeholder="Type a message; Enter sends",
+                )
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#messages", VerticalScroll).anchor()
@@ -128,7 +134,7 @@ class ChatScreen(Screen[None]):
             conv_id = str(conv.get("id", ""))
             if not conv_id:
                 continue
-            title = str(conv.get("title") or conv_id)
+            title = str(conv.get("title") or f"#{conv_id}")
             options.add_option(Option(Text(title, overflow="ellipsis", no_wrap=True), id=conv_id))
 
     @on(OptionList.OptionSelected, "#conversations")
@@ -160,16 +166,16 @@ class ChatScreen(Screen[None]):
     async def _clear_messages(self) -> None:
         await self.query_one("#messages", VerticalScroll).remove_children()
 
-    async def _add_message(self, role: str, content: str) -> Markdown | Static:
+    async def _add_message(self, role: str, content: str) -> Static:
         box = self.query_one("#messages", VerticalScroll)
-        widget: Markdown | Static
+        widget: Static
         if role == "user":
             shown = content
             if len(shown) > _SHOWN_CHARS:
                 shown = f"{shown[:_SHOWN_CHARS]}… ({len(content) - _SHOWN_CHARS} more characters)"
             widget = Static(Text(shown), classes="message user")
         else:
-            widget = Markdown(content, classes="message assistant")
+            widget = Answer(content, classes="message assistant")
         await box.mount(widget)
         return widget
 
@@ -187,47 +193,51 @@ class ChatScreen(Screen[None]):
         self.history.append({"role": "user", "content": text})
         await self._add_message("user", text)
         answer = await self._add_message("assistant", "")
-        assert isinstance(answer, Markdown)
+        assert isinstance(answer, Answer)
         self._answer = self._stream_answer(answer)
 
     @work(group="answer", exclusive=True, exit_on_error=False)
-    async def _stream_answer(self, answer: Markdown) -> None:
-        stream = Markdown.get_stream(answer)
+    async def _stream_answer(self, answer: Answer) -> None:
         parts: list[str] = []
         outcome = ""
+        self._stopped = False
         self._show_status("answering… (Esc stops)")
         try:
+            # The daemon keeps the conversation: send only the new question, and "new" first.
             async for delta in self.mapp.client.stream_chat(
-                list(self.history),
-                conversation_id=self.conversation_id,
+                [self.history[-1]],
+                conversation_id=self.conversation_id or "new",
                 adapter=self.adapter or None,
+                max_tokens=self.mapp.max_tokens,
             ):
                 if delta.conversation_id and delta.conversation_id != self.conversation_id:
                     self.conversation_id = delta.conversation_id
                     self._show_status("answering… (Esc stops)")
                 if delta.text:
                     parts.append(delta.text)
-                    await stream.write(delta.text)
+                    answer.append(delta.text)
         except DaemonError as exc:
             outcome = f"error: {exc}"
             self.mapp.report(exc, "the answer failed")
         finally:
-            await stream.stop()
+            answer.finish()
             if parts:
                 self.history.append({"role": "assistant", "content": "".join(parts)})
-            elif not outcome:
-                outcome = "stopped" if self._answer and self._answer.is_cancelled else "empty"
+            if self._stopped:
+                outcome = "stopped"
+            elif not parts and not outcome:
+                outcome = "empty answer"
             if outcome:
                 answer.add_class("-failed")
                 answer.border_subtitle = outcome
             self._show_status(outcome)
-        self.load_conversations()
+            self.load_conversations()
 
     def action_stop(self) -> None:
         if self._answer is not None and self._answer.is_running:
+            self._stopped = True
             self._answer.cancel()
             self.mapp.note("answer stopped by the user")
-            self._show_status("stopped")
 
     async def action_new_conversation(self) -> None:
         self.action_stop()

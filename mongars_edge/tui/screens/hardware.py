@@ -20,14 +20,8 @@ if TYPE_CHECKING:
     from mongars_edge.tui.app import MongarsApp
 
 _HISTORY = 60
-
-
-def pick(metrics: dict[str, float], *words: str, suffix: str = "") -> float | None:
-    """The first metric whose name holds every word (and ends with *suffix*)."""
-    for name in sorted(metrics):
-        if all(word in name for word in words) and name.endswith(suffix):
-            return metrics[name]
-    return None
+#: Facts (temperature, throttling) are re-read every this many ticks.
+_FACTS_EVERY = 10
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -50,6 +44,7 @@ class HardwareScreen(Screen[None]):
         self._last_tokens: tuple[float, float] | None = None
         self.hardware: dict[str, Any] | None = None
         self.hardware_note = ""
+        self._ticks = 0
 
     @property
     def mapp(self) -> MongarsApp:
@@ -61,7 +56,7 @@ class HardwareScreen(Screen[None]):
             yield Static("", id="live")
             yield Sparkline([], id="rate-spark", summary_function=max)
             yield Static("", id="profile")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.set_interval(self.refresh_s, self._tick)
@@ -69,6 +64,9 @@ class HardwareScreen(Screen[None]):
 
     def _tick(self) -> None:
         if self.is_current:
+            self._ticks += 1
+            if self._ticks % _FACTS_EVERY == 0:
+                self.hardware = None
             self.poll()
 
     def action_refresh_now(self) -> None:
@@ -98,9 +96,11 @@ class HardwareScreen(Screen[None]):
         self._show(metrics, metrics_note)
 
     def _rate(self, metrics: dict[str, float]) -> float | None:
-        total = pick(metrics, "token", "generat", suffix="_total")
-        if total is None:
-            total = pick(metrics, "tokens", suffix="_total")
+        gauge = metrics.get("mongars_generation_tokens_per_second")
+        if gauge is not None:
+            return gauge
+        # An older daemon: derive the speed from the generated-tokens counter.
+        total = metrics.get("mongars_generated_tokens_total")
         if total is None:
             return None
         now = time.monotonic()
@@ -119,12 +119,6 @@ class HardwareScreen(Screen[None]):
         if rate is not None:
             self.rates = [*self.rates, rate][-_HISTORY:]
             self.query_one(Sparkline).data = self.rates
-        temp = pick(metrics, "temp") if metrics else None
-        if temp is None:
-            temp = facts.get("temperature_c") if facts else None
-        throttled = pick(metrics, "throttl") if metrics else None
-        if throttled is None and facts:
-            throttled = facts.get("throttled")
         live = Table.grid(padding=(0, 2))
         live.add_column(style="bold")
         live.add_column()
@@ -133,10 +127,17 @@ class HardwareScreen(Screen[None]):
         live.add_row("model", _fmt(health.get("model")))
         live.add_row("uptime", _fmt(health.get("uptime_s"), " s"))
         live.add_row("tokens/s", _fmt(rate))
-        live.add_row("queue", _fmt(pick(metrics, "queue") if metrics else None))
-        live.add_row("active", _fmt(pick(metrics, "active") if metrics else None))
-        live.add_row("temperature", _fmt(temp, " °C"))
-        live.add_row("throttling", _fmt(throttled))
+        queue = metrics.get("mongars_queue_depth")
+        slots = metrics.get("mongars_parallel_slots")
+        live.add_row("queue", _fmt(None if queue is None else int(queue)))
+        active = metrics.get("mongars_active_sequences")
+        in_use = None if active is None else f"{int(active)} of {_fmt(slots and int(slots))}"
+        live.add_row("active", _fmt(in_use))
+        live.add_row("temperature", _fmt(facts.get("max_temp_c"), " °C"))
+        throttled = facts.get("throttled")
+        live.add_row(
+            "throttling", _fmt("yes" if throttled is True else "no" if throttled is False else None)
+        )
         for problem in health.get("problems") or []:
             live.add_row("problem", str(problem))
         for note in (metrics_note, self.hardware_note):

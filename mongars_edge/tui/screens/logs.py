@@ -10,7 +10,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import Footer, RichLog, Static
+from textual.widgets import Footer, Log, Static
 
 from mongars_edge.tui.client import DaemonError, NotAvailable
 from mongars_edge.tui.screens.chat import items
@@ -57,8 +57,8 @@ class LogsScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield DaemonBanner(id="banner")
         yield Static("", id="logs-source")
-        yield RichLog(id="log", wrap=True, max_lines=2000, markup=False)
-        yield Footer()
+        yield Log(id="log", max_lines=2000)
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.load()
@@ -85,10 +85,6 @@ class LogsScreen(Screen[None]):
         if not source:
             source = "daemon log: not available on this daemon (no /api/logs, no journal access)"
         self.query_one("#logs-source", Static).update(f"{source} · then this TUI's events")
-        log = self.query_one(RichLog)
+        log = self.query_one(Log)
         log.clear()
-        for line in lines or []:
-            log.write(line)
-        log.write("── TUI events ──")
-        for event in list(self.mapp.events):
-            log.write(event)
+        log.write_lines([*(lines or []), "── TUI events ──", *self.mapp.events])

@@ -41,7 +41,7 @@ class MemoriesScreen(Screen[None]):
         yield Input(placeholder="Search memories (Enter)", id="memory-search")
         yield Static("", id="memories-status")
         yield DataTable(id="memories", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -83,7 +83,8 @@ class MemoriesScreen(Screen[None]):
             self._status(f"Cannot load memories: {exc}")
             return
         table.clear()
-        found = items(body, "memories")
+        # A search also finds past messages; only memories can be forgotten here.
+        found = [m for m in items(body, "memories") if m.get("source", "memory") == "memory"]
         for memory in found:
             key = str(memory.get("id", ""))
             table.add_row(key, Text(_text(memory), overflow="ellipsis", no_wrap=True), key=key)

@@ -18,11 +18,20 @@ from mongars_edge.tui.widgets import ConfirmScreen, DaemonBanner
 if TYPE_CHECKING:
     from mongars_edge.tui.app import MongarsApp
 
-NOT_AVAILABLE = "Mesh not available on this daemon (no /api/peers: built without it, or --no-mesh)."
+NOT_AVAILABLE = "Mesh not available on this daemon (started with --no-mesh, or no mesh API)."
+
+
+def _state(peer: dict[str, Any]) -> str:
+    if "state" in peer:
+        return str(peer["state"])
+    words = ["paired" if peer.get("paired") else "not paired"]
+    if peer.get("linked"):
+        words.append("linked")
+    return ", ".join(words)
 
 
 def _load(peer: dict[str, Any]) -> str:
-    load = peer.get("load", peer.get("queue"))
+    load = peer.get("load", peer.get("queue", peer.get("why")))
     if isinstance(load, dict):
         return ", ".join(f"{k}={v}" for k, v in load.items())
     return "—" if load is None else str(load)
@@ -50,7 +59,7 @@ class MeshScreen(Screen[None]):
         yield Static("", id="mesh-status")
         yield DataTable(id="peers", cursor_type="row", zebra_stripes=True)
         yield Input(placeholder="Pairing code shown on the other box (Enter pairs)", id="pair-code")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -85,18 +94,23 @@ class MeshScreen(Screen[None]):
         except DaemonError as exc:
             self._status(f"Cannot list peers: {exc}")
             return
-        self.available = True
-        table.clear()
+        info = body if isinstance(body, dict) else {}
         peers = items(body, "peers")
+        table.clear()
+        if not peers and not info.get("node_id"):
+            # An empty list from a daemon that says nothing about its own mesh: no mesh runs.
+            self.available = False
+            self._status(NOT_AVAILABLE)
+            return
+        self.available = True
         for peer in peers:
-            key = str(peer.get("id") or peer.get("node_id") or peer.get("name", ""))
+            key = str(peer.get("node_id") or peer.get("id") or peer.get("name", ""))
             name = str(peer.get("name") or key)
             addr = str(peer.get("address") or peer.get("host") or "—")
-            state = str(peer.get("state") or ("paired" if peer.get("paired") else "seen"))
-            table.add_row(name, addr, state, _load(peer), key=key)
-        pairing = body.get("pairing") if isinstance(body, dict) else None
-        extra = f" · pairing: {pairing}" if pairing else ""
-        self._status(f"{len(peers)} peers{extra} · ^p pairs with a code, Del unpairs")
+            table.add_row(name, addr, _state(peer), _load(peer), key=key)
+        me = f"this box {info['node_id']} · " if info.get("node_id") else ""
+        pairing = f" · pairing: {info['pairing']}" if info.get("pairing") else ""
+        self._status(f"{me}{len(peers)} peers{pairing} · ^p pairs with a code, Del unpairs")
 
     @on(Input.Submitted, "#pair-code")
     def _pair_submitted(self, event: Input.Submitted) -> None:
