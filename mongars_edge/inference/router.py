@@ -59,15 +59,19 @@ def predict(
 ) -> float:
     """Seconds until a new request would finish on a box with this load."""
     rate = gen_tok_s if gen_tok_s > 0 else DEFAULT_TOK_S
-    prate = prompt_tok_s if prompt_tok_s > 0 else DEFAULT_PROMPT_TOK_S
+    # Prompt processing is always several times faster than generation; a rate below that is
+    # an average still warming up from zero (few prefill samples), not a measurement.
+    prate = max(prompt_tok_s, 4 * rate) if prompt_tok_s > 0 else DEFAULT_PROMPT_TOK_S
     slots = max(1, n_parallel)
-    n = queue_depth + active + 1
-    running = min(n, slots)
+    ahead = queue_depth + active
+    running = min(ahead + 1, slots)
     # Continuous batching: aggregate throughput grows sub-linearly with running sequences.
     per_seq = rate * float(running) ** 0.6 / running
-    one = prompt_tokens / prate + gen_tokens / per_seq
-    waves = (n - 1) // slots
-    total: float = waves * one + one
+    mine = prompt_tokens / prate + gen_tokens / per_seq
+    # Requests beyond the slots wait for a typical request per slot ahead of them.
+    typical = prompt_tokens / prate + EXPECTED_GEN_TOKENS / per_seq
+    waves = max(0, ahead - slots + 1) / slots
+    total: float = waves * typical + mine
     return total
 
 

@@ -89,7 +89,7 @@ class RemoteEngine:
         peer = self._service.peers.get(self.node_id)
         if peer:
             peer.inflight += 1
-        started = time.monotonic()
+        started = first_at = time.monotonic()
         n = 0
         limit = request.sampling.max_tokens
         done = False
@@ -107,14 +107,18 @@ class RemoteEngine:
                     raise item
                 if isinstance(item, codec.TokenChunk):
                     n += 1
+                    if n == 1:
+                        first_at = time.monotonic()
                     if n > limit or len(item.text) > _MAX_CHARS_PER_TOKEN:
                         raise PeerUnavailableError(f"peer {self.node_id} streamed past the limit")
                     yield TokenEvent(item.text, item.token_id)
                 elif isinstance(item, codec.End):
                     done = True
-                    elapsed = time.monotonic() - started
-                    if peer:
-                        peer.record_result(item.completion_tokens, elapsed)
+                    now = time.monotonic()
+                    elapsed = now - started
+                    if peer and n > 1:
+                        # The decode rate seen here, token to token: what the claim is checked by.
+                        peer.record_result(n - 1, now - first_at)
                     reason = item.finish_reason if item.finish_reason in _FINISH else "error"
                     yield TokenEvent(
                         "",

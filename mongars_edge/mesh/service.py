@@ -500,6 +500,11 @@ class MeshService:
                     "source": peer.source,
                     "paired": self.state.key_of(peer.node_id) is not None,
                     "linked": peer.linked,
+                    "claimed_tok_s": round(peer.telemetry.gen_tok_s, 1) if peer.telemetry else 0,
+                    "measured_tok_s": round(peer.measured_tok_s, 1),
+                    "busy": (peer.telemetry.active + peer.telemetry.queue_depth)
+                    if peer.telemetry
+                    else 0,
                     "why": explain(
                         peer,
                         paired=self.state.key_of(peer.node_id) is not None,

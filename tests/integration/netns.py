@@ -45,6 +45,8 @@ class Box:
     address: str
     data_dir: Path
     log_path: Path
+    cpu: int = 0
+    stopped: bool = False
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -58,7 +60,7 @@ class Box:
             MONGARS_STT="off",
             MONGARS_SPEECH="off",
             MONGARS_WYOMING_PORT="0",
-            MONGARS_LOG_LEVEL="debug",
+            MONGARS_LOG_LEVEL=os.environ.get("MGS_LAB_LOG", "info"),
             **self.extra_env,
         )
         log = self.log_path.open("ab")
@@ -82,11 +84,13 @@ class Box:
         log.close()
 
     def kill(self) -> None:
+        self.stopped = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
 
     def stop(self) -> None:
+        self.stopped = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -134,11 +138,17 @@ class Lab(contextlib.AbstractContextManager["Lab"]):
         self.tag = secrets.token_hex(2)
         self.bridge = f"mgs-{self.tag}-br"
         self.boxes: dict[str, Box] = {}
+        cpus = sorted(os.sched_getaffinity(0))
         for i, name in enumerate(names, start=1):
             data = root / name
             data.mkdir(parents=True, exist_ok=True)
             self.boxes[name] = Box(
-                name, f"mgs-{self.tag}-{name}", f"{SUBNET}.{i}", data, root / f"{name}.log"
+                name,
+                f"mgs-{self.tag}-{name}",
+                f"{SUBNET}.{i}",
+                data,
+                root / f"{name}.log",
+                cpu=cpus[(i - 1) % len(cpus)],  # each box its own core where there are enough
             )
 
     def __enter__(self) -> Lab:
@@ -185,7 +195,7 @@ class Lab(contextlib.AbstractContextManager["Lab"]):
             if cond():
                 return
             for box in self.boxes.values():
-                if box.proc is not None and box.proc.poll() is not None:
+                if box.proc is not None and not box.stopped and box.proc.poll() is not None:
                     raise AssertionError(f"box {box.name} exited:\n{box.log()[-3000:]}")
             time.sleep(0.2)
         logs = "\n".join(f"--- {b.name}\n{b.log()[-2000:]}" for b in self.boxes.values())
