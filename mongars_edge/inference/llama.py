@@ -286,7 +286,14 @@ class LlamaEngine:
         """Stream the reply to `request`; see `engine.Engine.stream`."""
         if self._closed or (self._thread is not None and not self._thread.is_alive()):
             raise EngineClosedError("the inference engine is stopped")
-        req = await asyncio.to_thread(self._prepare, request, asyncio.get_running_loop())
+        prepared = asyncio.ensure_future(
+            asyncio.to_thread(self._prepare, request, asyncio.get_running_loop())
+        )
+        try:
+            req = await asyncio.shield(prepared)
+        except asyncio.CancelledError:
+            prepared.add_done_callback(_free_prepared)  # the thread still builds a sampler
+            raise
         req.deadline = time.perf_counter() + self.config.request_deadline_s
         try:
             self._scheduler.submit(
@@ -336,6 +343,11 @@ class LlamaEngine:
             grammar = lowlevel.json_schema_grammar(request.json_schema)
         sampler = lowlevel.build_sampler(self._model, request.sampling, grammar)
         return _Request(request, tokens, sampler, adapter, loop)
+
+
+def _free_prepared(done: asyncio.Future[_Request]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        _free_sampler(done.result().sampler)
 
 
 def _free_sampler(sampler: Any) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import llama_cpp.llama_cpp as L
 
 from mongars_edge.inference import lowlevel
-from mongars_edge.inference.batch import Batch, StepCost
+from mongars_edge.inference.batch import Batch, ChunkSize
 from mongars_edge.inference.engine import FinishReason, TokenEvent
 from mongars_edge.inference.errors import AdapterError, DeadlineExceededError, EngineClosedError
 from mongars_edge.inference.llama import _Active, _Request, _Slot, finish_event
@@ -80,7 +80,7 @@ class Worker:
         self.current_adapter: Path | None = None
         self._group_turn = 0
         self._stopping = False
-        self.cost = StepCost()
+        self.chunk = ChunkSize(config.stall_target_s)
         self.gen_tok_s = 0.0
         self.prompt_tok_s = 0.0
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -334,17 +334,19 @@ class Worker:
     def _prefill_budget(self, n_decoders: int) -> int:
         cap = self.batch.capacity - n_decoders
         if n_decoders == 0:
-            return cap
-        return max(8, min(cap, self.cost.tokens_within(self.config.stall_target_s)))
+            return cap  # nobody is waiting for a token: the whole batch goes to prompts
+        return self.chunk.budget(cap)
 
     def _learn_cost(self, dt: float, n_tokens: int, n_decoders: int) -> None:
-        self.cost.add(n_tokens, dt)
+        n_prefill = n_tokens - n_decoders
+        if n_decoders and n_prefill:
+            self.chunk.learn(dt, n_prefill)
         if dt <= 0:
             return
         if n_decoders:
             self.gen_tok_s = 0.9 * self.gen_tok_s + 0.1 * (n_decoders / dt)
-        if n_tokens - n_decoders >= 32:
-            self.prompt_tok_s = 0.8 * self.prompt_tok_s + 0.2 * ((n_tokens - n_decoders) / dt)
+        if n_prefill >= 32:
+            self.prompt_tok_s = 0.8 * self.prompt_tok_s + 0.2 * (n_prefill / dt)
 
     def _on_token(self, a: _Active, token: int, now: float, out: _Delivery) -> None:
         if not a.t_first:

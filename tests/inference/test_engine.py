@@ -269,3 +269,28 @@ async def test_dropping_the_prefix_cache(open_engine: EngineFactory) -> None:
         cold = await complete(engine, req)
         assert cold.usage is not None
         assert cold.usage.cached_tokens == 0
+
+
+class _Beats:
+    """Records what the watchdog would hear (telemetry.Watchdog has the same two methods)."""
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.idle = 0
+
+    def beat_inference(self) -> None:
+        self.busy += 1
+
+    def inference_idle(self) -> None:
+        self.idle += 1
+
+
+async def test_worker_beats_the_watchdog(models: dict[str, Path]) -> None:
+    from mongars_edge.inference.llama import EngineConfig
+
+    beats = _Beats()
+    config = EngineConfig(model_path=models["tiny"], n_ctx=512, n_threads=1, n_threads_batch=1)
+    async with LlamaEngine.open(config, heartbeat=beats) as engine:
+        await complete(engine, ask("hi", 6))
+        await until(lambda: beats.idle > 0, "an idle report")
+    assert beats.busy >= 6

@@ -72,12 +72,17 @@ async def test_idle_and_busy_signals() -> None:
     assert s.arrivals == 1
 
 
-def test_step_cost_fits_base_and_per_token() -> None:
-    from mongars_edge.inference.batch import StepCost
+def test_chunk_grows_while_fast_and_shrinks_when_slow() -> None:
+    from mongars_edge.inference.batch import ChunkSize
 
-    cost = StepCost()
-    for n in (1, 4, 40, 100, 3, 64, 200, 10):
-        cost.add(n, 0.01 + 0.002 * n)
-    assert abs(cost.base_s - 0.01) < 1e-6
-    assert abs(cost.per_token_s - 0.002) < 1e-6
-    assert cost.tokens_within(0.2) == 95
+    chunk = ChunkSize(0.2, start=32)
+    chunk.learn(0.05, 32)
+    assert chunk.tokens == 49
+    chunk.learn(0.05, 10)  # the prompt ended early: no lesson
+    assert chunk.tokens == 49
+    chunk.learn(0.4, 49)
+    assert chunk.tokens == 22
+    for _ in range(20):
+        chunk.learn(5.0, chunk.tokens)
+    assert chunk.budget(500) == 8
+    assert ChunkSize(0.2, start=900).budget(500) == 500
