@@ -111,7 +111,7 @@ def start(data_dir: Path, **env: str) -> Server:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=clean_env(**settings_env, **env),
+        env=clean_env(**(settings_env | env)),
     )
     server = Server(proc, f"http://127.0.0.1:{port}", data_dir)
 
