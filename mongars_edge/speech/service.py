@@ -27,8 +27,9 @@ def wanted(setting: str, profile_says: bool) -> bool:
 async def _load_tts(runtime: Runtime) -> TextToSpeech:
     from mongars_edge.speech.tts import TextToSpeech
 
+    threads = max(1, min(2, runtime.facts.cpu_count))
     return await asyncio.to_thread(
-        TextToSpeech.load, runtime.data_dir / "voices", runtime.profile.onnx_providers
+        TextToSpeech.load, runtime.data_dir / "voices", runtime.profile.onnx_providers, threads
     )
 
 

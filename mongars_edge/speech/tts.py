@@ -232,7 +232,7 @@ class SpeechStream:
         self._language = language
         self._voice: Voice | None = None
         self._speed = speed
-        self._splitter = SentenceSplitter()
+        self._splitter = SentenceSplitter(eager_first=True)
         self._pending: collections.deque[str] = collections.deque()
         self._inflight: collections.deque[asyncio.Future[SpeechChunk]] = collections.deque()
         self._wake = asyncio.Event()

@@ -65,3 +65,30 @@ def test_language_guess() -> None:
     assert guess_language("Il fait beau et je suis content.") == "fr"
     assert guess_language("Hello, how are you today?") == "en"
     assert guess_language("") == "en"
+
+
+def test_a_sentence_is_complete_with_its_last_token_not_one_later() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.feed("The door is open") == []
+    assert splitter.feed(".") == ["The door is open."]
+    assert splitter.feed(" Is it") == []
+    assert splitter.feed("?") == ["Is it?"]
+    # Not at abbreviations, initials, decimals or one-letter pieces of "e.g.".
+    for text in ("Ask Dr.", "Ask J.", "It costs 3.", "For e.", "For e.g."):
+        assert SentenceSplitter().feed(text) == [], text
+
+
+def test_eager_first_piece_at_a_clause_or_after_six_words() -> None:
+    splitter = SentenceSplitter(eager_first=True)
+    assert splitter.feed("Sure, ") == []  # one word: too short to speak alone
+    splitter = SentenceSplitter(eager_first=True)
+    assert splitter.feed("Of course, ") == ["Of course,"]
+    assert splitter.feed("I can help with that. ") == ["I can help with that."]
+    splitter = SentenceSplitter(eager_first=True)
+    got: list[str] = []
+    reply = "The capital of France is Paris and it is lovely."
+    for token in reply.split():
+        got += splitter.feed(token + " ")
+    assert got == ["The capital of France is Paris", "and it is lovely."]
+    # Only the first piece is eager.
+    assert splitter.feed("Then more words come here without any end ") == []
