@@ -1,0 +1,181 @@
+"""Voice in the chat page, in Debian's chromium driven by Playwright, against a real server with
+real Piper and Whisper: the speak toggle plays a streamed reply sentence by sentence; push-to-talk
+with Chromium's fake microphone (a WAV spoken by Piper) fills the input with the transcript;
+pressing push-to-talk while the box speaks silences it at once (barge-in)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from mongars_edge.speech.audio import float_to_pcm16, pcm16_to_float, resample, wav_bytes
+from tests.helpers import clean_env, free_port
+from tests.web.conftest import PASSWORD, TEST_SETTINGS, Server, stop
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+]
+SPOKEN = "Turn on the kitchen lights."
+
+pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs Debian chromium")
+
+
+def _start(data_dir: Path) -> Server:
+    """`mongars-edge serve` with speech and speech-to-text on (no Wyoming port, no mesh)."""
+    settings = TEST_SETTINGS | {"speech": "on", "stt": "on", "wyoming_port": 0, "mesh": False}
+    env = clean_env(**{f"MONGARS_{k.upper()}": str(v) for k, v in settings.items()})
+    port = free_port()
+    command = [sys.executable, "-m", "mongars_edge", "serve", "--data-dir", str(data_dir)]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), "--no-mesh"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    server = Server(proc, f"http://127.0.0.1:{port}", data_dir)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            server.lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError("server exited:\n" + "".join(server.lines))
+        try:
+            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    stop(server)
+    raise AssertionError("server did not answer /health:\n" + "".join(server.lines))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = _start(tmp_path_factory.mktemp("voice"))
+    yield running
+    stop(running)
+
+
+@pytest.fixture(scope="module")
+def mic_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the fake microphone says: Piper's voice, padded with silence, at 48 kHz."""
+    from mongars_edge.speech.tts import TextToSpeech
+
+    tts = TextToSpeech.load(None)
+    chunks = list(tts.iter_blocking(SPOKEN))
+    samples = resample(pcm16_to_float(b"".join(c.pcm for c in chunks)), chunks[0].rate, 48000)
+    pad = np.zeros(48000 // 2, np.float32)
+    tail = np.zeros(48000 * 6, np.float32)  # Chromium loops the file: keep the loop quiet
+    path = tmp_path_factory.mktemp("mic") / "mic.wav"
+    path.write_bytes(wav_bytes(float_to_pcm16(np.concatenate([pad, samples, tail])), 48000))
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(mic_file: Path) -> Iterator[Browser]:
+    with sync_playwright() as p:
+        launched = p.chromium.launch(
+            executable_path=CHROMIUM, args=[*ARGS, f"--use-file-for-fake-audio-capture={mic_file}"]
+        )
+        yield launched
+        launched.close()
+
+
+def _stats(page: Page) -> dict[str, Any]:
+    stats: dict[str, Any] = page.evaluate("() => ({...window.mongarsVoice.stats})")
+    return stats
+
+
+def _login(server: Server, page: Page) -> None:
+    made = httpx.post(
+        server.url + "/api/users",
+        json={"name": "vera", "password": PASSWORD},
+        headers={"Authorization": f"Bearer {server.admin_token()}"},
+    )
+    assert made.status_code == 201, made.text
+    page.goto(server.url + "/login")
+    page.fill("#name", "vera")
+    page.fill("#password", PASSWORD)
+    page.click("#auth-submit")
+    expect(page.locator("#app")).to_be_visible()
+
+
+def test_speak_toggle_push_to_talk_and_barge_in(server: Server, browser: Browser) -> None:
+    context = browser.new_context(locale="en-US", permissions=["microphone"])
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _login(server, page)
+
+    # The box offers speech: both buttons appear.
+    expect(page.locator("#speak-toggle")).to_be_visible()
+    expect(page.locator("#ptt")).to_be_visible()
+    page.click("#speak-toggle")
+    expect(page.locator("#speak-toggle")).to_have_attribute("aria-pressed", "true")
+
+    # A streamed reply is spoken sentence by sentence, and the audio plays to its end.
+    page.evaluate("window.mongars.send('Say hello and tell me one fact about the sun.')")
+    page.wait_for_function("() => window.mongarsVoice.stats.requested >= 1", timeout=90_000)
+    expect(page.locator("#send")).to_be_visible(timeout=90_000)
+    page.wait_for_function(
+        "() => window.mongarsVoice.stats.played >= window.mongarsVoice.stats.requested"
+        " && !window.mongarsVoice.speaking()",
+        timeout=120_000,
+    )
+    first = _stats(page)
+    assert first["seconds"] > 0.3, first
+    assert first["errors"] == [], first
+
+    # Barge-in: while the box speaks a long reply, pressing push-to-talk silences it at once.
+    page.evaluate("window.mongars.send('Tell me a long story about a lighthouse keeper.')")
+    page.wait_for_function(
+        "(n) => window.mongarsVoice.stats.requested > n && window.mongarsVoice.speaking()",
+        arg=first["requested"],
+        timeout=90_000,
+    )
+    silenced = _stats(page)["silenced"]
+    box = page.locator("#ptt").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.wait_for_function("(n) => window.mongarsVoice.stats.silenced > n", arg=silenced)
+    assert page.evaluate("window.mongarsVoice.speaking()") is False
+    expect(page.locator("#ptt")).to_have_attribute("aria-pressed", "true")
+    page.wait_for_timeout(3500)  # the fake microphone says its sentence
+    page.mouse.up()
+
+    # Push-to-talk: the transcript lands in the input for the user to send.
+    page.wait_for_function("() => window.mongarsVoice.stats.transcripts >= 1", timeout=60_000)
+    said = page.input_value("#input").lower()
+    assert "kitchen" in said and "light" in said, said
+    assert _stats(page)["errors"] == []
+    assert errors == []
+    context.close()
