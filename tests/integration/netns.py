@@ -54,15 +54,15 @@ class Box:
         return ["ip", "netns", "exec", self.ns, *cmd]
 
     def start(self) -> None:
-        env = clean_env(
-            MONGARS_N_THREADS="1",
-            MONGARS_N_PARALLEL="1",
-            MONGARS_STT="off",
-            MONGARS_SPEECH="off",
-            MONGARS_WYOMING_PORT="0",
-            MONGARS_LOG_LEVEL=os.environ.get("MGS_LAB_LOG", "info"),
-            **self.extra_env,
-        )
+        settings = {
+            "MONGARS_N_THREADS": "1",
+            "MONGARS_N_PARALLEL": "1",
+            "MONGARS_STT": "off",
+            "MONGARS_SPEECH": "off",
+            "MONGARS_WYOMING_PORT": "0",
+            "MONGARS_LOG_LEVEL": os.environ.get("MGS_LAB_LOG", "info"),
+        }
+        env = clean_env(**{**settings, **self.extra_env})
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.exec_args(

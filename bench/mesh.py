@@ -1,0 +1,255 @@
+"""Mesh benchmark in network namespaces: ratios against a 1-box baseline measured in the same run.
+
+    .venv/bin/python bench/mesh.py [--clients 8] [--tokens 64] [--json]     (root)
+
+Two namespaces on a bridge, each box pinned to its own core (taskset). Box B is a real
+`mongars-edge serve`; the origin A is this script re-executed inside its namespace with a real
+engine, MeshService and Router, so it can time what happens inside. Prints:
+ (a) aggregate tok/s of A+B (paired) with N concurrent clients / A alone, same run (target >= 1.8)
+ (b) added latency of a forwarded request at low load: p50 time to first token through the peer
+     minus p50 time to first token locally (target <= 10 ms)
+ (c) from A's process start to its first forwarded request, A already paired (target <= 3 s)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+_T0 = time.monotonic()
+# bench/ holds http.py, which would shadow the standard library's `http` for this script.
+_HERE = __file__.rsplit("/", 1)[0] or "."
+sys.path[:] = [p for p in sys.path if p not in (_HERE, "")]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MODEL_ID = "smollm2-135m-instruct"
+PROMPTS = [
+    "Explain why the sky is blue.",
+    "Give three tips for growing tomatoes.",
+    "What is a prime number? Answer briefly.",
+    "Describe a cat to someone who has never seen one.",
+    "Why do we have seasons?",
+    "Write a short poem about rain.",
+    "How does a bicycle stay upright?",
+    "What is the capital of France and why is it famous?",
+]
+
+
+# --- the origin, running inside namespace A --------------------------------------------------
+
+
+async def _origin(args: argparse.Namespace) -> dict[str, Any]:
+    from mongars_edge.inference.engine import ChatRequest, Sampling, complete
+    from mongars_edge.inference.llama import EngineConfig, LlamaEngine
+    from mongars_edge.inference.router import Router
+    from mongars_edge.mesh import pairing
+    from mongars_edge.mesh.remote import RemoteEngine
+    from mongars_edge.mesh.service import MeshConfig, MeshService
+    from tests.inference.gen_models import smollm2_path
+
+    data = Path(args.data)
+    config = EngineConfig(
+        model_path=smollm2_path(),
+        model_id=MODEL_ID,
+        n_ctx=2048,
+        n_parallel=4,
+        n_threads=1,
+        n_threads_batch=1,
+    )
+    mesh_config = MeshConfig(host=args.address, port=8765, gossip_s=1.0)
+    out: dict[str, Any] = {}
+
+    def requests(n: int) -> list[ChatRequest]:
+        return [
+            ChatRequest.of(
+                [("user", PROMPTS[i % len(PROMPTS)])], sampling=Sampling.greedy(args.tokens)
+            )
+            for i in range(n)
+        ]
+
+    async def throughput(router: Router) -> float:
+        start = time.monotonic()
+        results = await asyncio.gather(*(complete(router, r) for r in requests(args.clients * 2)))
+        tokens = sum(r.usage.completion_tokens if r.usage else 0 for r in results)
+        return tokens / (time.monotonic() - start)
+
+    async with (
+        LlamaEngine.open(config) as engine,
+        MeshService.open(mesh_config, data, engine) as mesh,
+    ):
+        router = Router(engine, mesh)
+        if args.phase == "restart":
+            # Keep N clients busy from the first moment until a request goes to the peer.
+            pending: set[asyncio.Task[Any]] = set()
+            end = time.monotonic() + 120
+            while mesh.first_forward_at is None and time.monotonic() < end:
+                while len(pending) < args.clients:
+                    req = requests(1)[0]
+                    pending.add(asyncio.ensure_future(complete(router, req)))
+                _done, pending = await asyncio.wait(pending, timeout=0.05)
+            out["start_to_first_forward_s"] = (
+                mesh.first_forward_at - _T0 if mesh.first_forward_at else None
+            )
+            await asyncio.gather(*pending)
+            return out
+        await complete(engine, requests(1)[0])  # warm up
+        out["one_box_tok_s"] = await throughput(router)
+        code = pairing.open_window(data)
+        joined = await asyncio.to_thread(
+            subprocess.run,
+            [
+                "ip",
+                "netns",
+                "exec",
+                args.peer_ns,
+                sys.executable,
+                "-m",
+                "mongars_edge",
+                "pair",
+                "--join",
+                code,
+                "--peer",
+                f"{args.address}:8765",
+                "--data-dir",
+                args.peer_data,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if joined.returncode:
+            raise SystemExit(f"pairing failed: {joined.stdout}{joined.stderr}")
+        end = time.monotonic() + 60
+        while not any(p.fresh() for n, p in mesh.peers.items() if n in mesh.links):
+            if time.monotonic() > end:
+                raise SystemExit("the peer never linked")
+            await asyncio.sleep(0.1)
+        peer_id = next(n for n in mesh.links)
+        out["two_box_tok_s"] = await throughput(router)
+        out["forwarded"] = mesh.forwarded
+        await asyncio.sleep(2)  # let the queues drain before measuring latency at low load
+        local_ttft: list[float] = []
+        remote_ttft: list[float] = []
+        remote = RemoteEngine(mesh, peer_id, engine, 10.0)
+        for _ in range(args.latency_rounds):
+            req = ChatRequest.of([("user", PROMPTS[0])], sampling=Sampling.greedy(1))
+            for target, sink in ((engine, local_ttft), (remote, remote_ttft)):
+                t = time.perf_counter()
+                async for _event in target.stream(req):
+                    sink.append(time.perf_counter() - t)
+                    break
+                await asyncio.sleep(0.05)
+        out["local_ttft_p50_ms"] = statistics.median(local_ttft) * 1000
+        out["remote_ttft_p50_ms"] = statistics.median(remote_ttft) * 1000
+    return out
+
+
+# --- the driver, in the host namespace ---------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--latency-rounds", type=int, default=15)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--origin", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--phase", default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-ns", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.origin:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps(asyncio.run(_origin(args))), flush=True)
+        return
+
+    from tests.integration.netns import Lab, can_use_netns
+
+    if why := can_use_netns():
+        raise SystemExit(f"bench/mesh.py: {why}")
+    cpus = sorted(os.sched_getaffinity(0))
+    root = Path(tempfile.mkdtemp(prefix="mgs-bench-"))
+    results: dict[str, Any] = {}
+    with Lab(root, ["a", "b"]) as lab:
+        a, b = lab.boxes["a"], lab.boxes["b"]
+        b.cpu = cpus[-1]
+        b.extra_env = {"MONGARS_N_PARALLEL": "4"}
+        b.start()
+        lab.wait("box B serving", lambda: bool(b.state()), 180)
+
+        def origin(phase: str) -> dict[str, Any]:
+            cmd = a.exec_args(
+                "taskset",
+                "-c",
+                str(cpus[0]),
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--origin",
+                "--phase",
+                phase,
+                "--data",
+                str(a.data_dir),
+                "--address",
+                a.address,
+                "--peer-ns",
+                b.ns,
+                "--peer-data",
+                str(b.data_dir),
+                "--clients",
+                str(args.clients),
+                "--tokens",
+                str(args.tokens),
+                "--latency-rounds",
+                str(args.latency_rounds),
+            )
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+            lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+            if done.returncode or not lines:
+                raise SystemExit(f"origin failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+            data: dict[str, Any] = json.loads(lines[-1])
+            return data
+
+        results.update(origin("main"))
+        results.update(origin("restart"))
+    results["throughput_ratio"] = results["two_box_tok_s"] / results["one_box_tok_s"]
+    results["added_latency_ms"] = results["remote_ttft_p50_ms"] - results["local_ttft_p50_ms"]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    first = results.get("start_to_first_forward_s")
+    print(
+        f"(a) 2 boxes / 1 box, {args.clients} clients: {results['throughput_ratio']:.2f}x "
+        f"({results['two_box_tok_s']:.1f} / {results['one_box_tok_s']:.1f} tok/s; "
+        f"{results['forwarded']} forwarded)   target >= 1.8"
+    )
+    print(
+        f"(b) added latency of a forwarded request, p50: {results['added_latency_ms']:.1f} ms "
+        f"(ttft {results['remote_ttft_p50_ms']:.1f} vs {results['local_ttft_p50_ms']:.1f} ms)"
+        "   target <= 10 ms"
+    )
+    print(
+        f"(c) start to first forwarded request: {first:.2f} s"
+        if first is not None
+        else "(c) no request was forwarded",
+        "  target <= 3 s",
+    )
+
+
+if __name__ == "__main__":
+    main()
