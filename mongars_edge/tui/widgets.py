@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.markdown import Markdown as RichMarkdown
+from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid
 from textual.message import Message
 from textual.screen import ModalScreen
+from textual.strip import Strip
 from textual.widgets import Button, Label, Static, TextArea
 
 if TYPE_CHECKING:
@@ -48,6 +50,12 @@ class PromptArea(TextArea):
             super().__init__()
             self.area = area
             self.text = text
+
+    def render_line(self, y: int) -> Strip:
+        # Textual 8.2.8 fails wrapping the placeholder into zero columns (a 1-column terminal).
+        if self.scrollable_content_region.width <= 0:
+            return Strip.blank(self.size.width)
+        return super().render_line(y)
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":
@@ -112,3 +120,11 @@ class Answer(Static):
     def finish(self) -> None:
         """Show the whole answer now."""
         self._repaint()
+
+    def fail(self, why: str) -> None:
+        """Say in the answer's place why there is none (or no more)."""
+        self.add_class("-failed")
+        if self.source:
+            self.border_subtitle = why
+        else:
+            self.update(Text(why))

@@ -228,8 +228,7 @@ class ChatScreen(Screen[None]):
             elif not parts and not outcome:
                 outcome = "empty answer"
             if outcome:
-                answer.add_class("-failed")
-                answer.border_subtitle = outcome
+                answer.fail(outcome)
             self._show_status(outcome)
             self.load_conversations()
 

@@ -118,7 +118,9 @@ class HardwareScreen(Screen[None]):
         rate = self._rate(metrics)
         if rate is not None:
             self.rates = [*self.rates, rate][-_HISTORY:]
-            self.query_one(Sparkline).data = self.rates
+            spark = self.query_one(Sparkline)
+            spark.data = self.rates
+            spark.display = True
         live = Table.grid(padding=(0, 2))
         live.add_column(style="bold")
         live.add_column()
