@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -37,36 +38,43 @@ async def advertise_on(
     port: int,
     addresses: Sequence[str],
     interfaces: Sequence[str] | None = None,
-    zeroconf: Any = None,
 ) -> AsyncIterator[Any]:
-    """Register the service (on *zeroconf*, or our own restricted to *interfaces*)."""
-    from zeroconf import IPVersion
+    """Register the service on our own AsyncZeroconf (on *interfaces*, else all) meanwhile.
+
+    Registration (probe + announce, ~2 s) runs in the background: the box does not wait for it.
+    """
+    from zeroconf import InterfaceChoice, IPVersion
     from zeroconf.asyncio import AsyncZeroconf
 
-    own = zeroconf is None
-    azc = (
-        AsyncZeroconf(
-            interfaces=list(interfaces) if interfaces else "All", ip_version=IPVersion.V4Only
-        )
-        if own
-        else zeroconf
+    azc = AsyncZeroconf(
+        interfaces=list(interfaces) if interfaces else InterfaceChoice.All,
+        ip_version=IPVersion.V4Only,
     )
     info = service_info(name, port, addresses)
+
+    async def register() -> None:
+        try:
+            await (await azc.async_register_service(info, allow_name_change=True))
+            log.info("advertising wyoming over mDNS", extra={"service": info.name, "port": port})
+        except Exception as exc:  # zeroconf errors cost discovery, never the server
+            log.warning("cannot advertise the Wyoming server over mDNS: %s", exc)
+
+    task = asyncio.create_task(register(), name="wyoming mdns")
     try:
-        await azc.async_register_service(info)
-        log.info("advertising wyoming over mDNS", extra={"service": name, "port": port})
         yield info
     finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         with contextlib.suppress(Exception):
-            await azc.async_unregister_service(info)
-        if own:
-            await azc.async_close()
+            await (await azc.async_unregister_service(info))
+        await azc.async_close()
 
 
 @contextlib.asynccontextmanager
 async def advertise(runtime: Runtime, port: int) -> AsyncIterator[None]:
-    """Advertise from the running box; failures only cost discovery, never the server."""
-    shared = getattr(runtime, "zeroconf", None)  # the mesh's AsyncZeroconf, when it has one
+    """Advertise from the running box (called only when it listens beyond loopback)."""
     host = runtime.settings.host
     anywhere = host in ("0.0.0.0", "::", "")  # noqa: S104 - reading the setting, not binding
     addresses = [_lan_address()] if anywhere else [host]
@@ -74,8 +82,8 @@ async def advertise(runtime: Runtime, port: int) -> AsyncIterator[None]:
     name = f"monGARS {socket.gethostname()}"
     async with contextlib.AsyncExitStack() as stack:
         try:
-            await stack.enter_async_context(advertise_on(name, port, addresses, interfaces, shared))
-        except (OSError, ValueError, RuntimeError) as exc:  # no multicast route, conflict...
+            await stack.enter_async_context(advertise_on(name, port, addresses, interfaces))
+        except (OSError, ValueError, RuntimeError) as exc:  # no multicast-capable interface
             log.warning("cannot advertise the Wyoming server over mDNS: %s", exc)
         yield
 

@@ -40,7 +40,9 @@ async def _load_stt(runtime: Runtime) -> SpeechToText:
     return await asyncio.to_thread(SpeechToText.load, runtime.settings.stt_model, threads)
 
 
-async def _maybe(name: str, setting: str, loader: asyncio.Future[T] | None) -> T | None:
+async def _maybe(
+    runtime: Runtime, name: str, setting: str, loader: asyncio.Future[T] | None
+) -> T | None:
     if loader is None:
         return None
     try:
@@ -49,6 +51,8 @@ async def _maybe(name: str, setting: str, loader: asyncio.Future[T] | None) -> T
         if setting == "on":
             raise UnavailableError(f"{name} is on but cannot start: {exc}") from None
         log.warning("%s is off: %s", name, exc)
+        if not isinstance(exc, ImportError):  # not installed is a choice; broken is a problem
+            runtime.problems.append(f"{name} cannot start: {exc}")
         return None
 
 
@@ -61,8 +65,8 @@ async def open_speech(runtime: Runtime) -> AsyncIterator[None]:
     tts_job = asyncio.ensure_future(_load_tts(runtime)) if want_tts else None
     stt_job = asyncio.ensure_future(_load_stt(runtime)) if want_stt else None
     try:
-        tts = await _maybe("text-to-speech", settings.speech, tts_job)
-        stt = await _maybe("speech-to-text", settings.stt, stt_job)
+        tts = await _maybe(runtime, "text-to-speech", settings.speech, tts_job)
+        stt = await _maybe(runtime, "speech-to-text", settings.stt, stt_job)
     except BaseException:
         for job in (tts_job, stt_job):
             if job is not None:
