@@ -94,7 +94,10 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
             # Keep N clients busy from the first moment until a request goes to the peer.
             pending: set[asyncio.Task[Any]] = set()
             end = time.monotonic() + 120
+            out["mesh_open_s"] = time.monotonic() - _T0
             while mesh.first_forward_at is None and time.monotonic() < end:
+                if "linked_s" not in out and mesh.links:
+                    out["linked_s"] = time.monotonic() - _T0
                 while len(pending) < args.clients:
                     req = requests(1)[0]
                     pending.add(asyncio.ensure_future(complete(router, req)))

@@ -108,6 +108,7 @@ class MeshService:
         from mongars_edge.mesh.share import Share
 
         self.share = Share(self)
+        self._remember_addresses()
         bind = None if self.config.host in ("0.0.0.0", "", "::") else self.config.host  # noqa: S104
         try:
             self._server = await asyncio.start_server(self._on_connection, bind, self.config.port)
@@ -140,8 +141,21 @@ class MeshService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1):
                     await self._server.wait_closed()
-        with contextlib.suppress(OSError):
-            (mesh_dir(self.data_dir) / STATE_FILE).unlink()
+
+    def _remember_addresses(self) -> None:
+        """Members' addresses from the last run: dial them at once instead of waiting for mDNS."""
+        try:
+            rows = json.loads((mesh_dir(self.data_dir) / STATE_FILE).read_text())["peers"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        for row in rows if isinstance(rows, list) else []:
+            try:
+                node_id, address = str(row["node_id"]), str(row["address"])
+                host, _, port = address.rpartition(":")
+                if self.state.key_of(node_id) is not None and host and port.isdigit():
+                    self.peers[node_id] = Peer(node_id, host, int(port), source="remembered")
+            except (KeyError, TypeError):
+                continue
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
