@@ -62,25 +62,6 @@ class SpeechChunk:
     voice: str
 
 
-def available_providers(wanted: tuple[str, ...]) -> tuple[str, ...]:
-    """The profile's ONNX execution providers that this onnxruntime build has, CPU last."""
-    try:  # the inference engineer's shared chooser, when present
-        from mongars_edge.inference import onnx as _onnx  # type: ignore[attr-defined,unused-ignore]
-
-        choose = getattr(_onnx, "choose_providers", None)
-        if callable(choose):
-            chosen = choose(wanted)
-            if isinstance(chosen, list | tuple) and chosen:
-                return tuple(str(p) for p in chosen)
-    except ImportError:
-        pass
-    import onnxruntime
-
-    have = set(onnxruntime.get_available_providers())
-    out = tuple(p for p in wanted if p in have and p != "CPUExecutionProvider")
-    return (*out, "CPUExecutionProvider")
-
-
 class TextToSpeech:
     """Owns the voices and the one thread that runs them."""
 
@@ -107,13 +88,13 @@ class TextToSpeech:
         threads: int = 0,
     ) -> TextToSpeech:
         """Load every installed voice (blocking: call from a thread)."""
-        providers = available_providers(providers)
         voices: list[Voice] = []
+        cache = voices_dir.parent / "onnx-cache" if voices_dir else None
         models = installed_models(voices_dir) if voices_dir else []
         joe = default_english_model()
         for model in [*models, *([joe] if joe else [])]:
             try:
-                voices.append(PiperVoice(model, providers, threads))
+                voices.append(PiperVoice(model, providers, threads, cache))
             except Exception as exc:  # a broken voice file must not stop the box
                 log.warning("skipping voice %s: %s", model, exc)
         languages = {v.info.language for v in voices}
@@ -125,7 +106,10 @@ class TextToSpeech:
                     log.warning("%s", exc)
         log.info(
             "speech voices loaded",
-            extra={"voices": [v.info.name for v in voices], "providers": list(providers)},
+            extra={
+                "voices": [v.info.name for v in voices],
+                "providers": sorted({p for v in voices for p in getattr(v, "providers", ())}),
+            },
         )
         return cls(voices)
 

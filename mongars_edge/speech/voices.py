@@ -45,10 +45,18 @@ class Voice(Protocol):
 class PiperVoice:
     """A Piper voice (.onnx + .onnx.json) on an ONNX Runtime session."""
 
-    def __init__(self, model: Path, providers: tuple[str, ...], threads: int = 0) -> None:
+    def __init__(
+        self,
+        model: Path,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        threads: int = 0,
+        cache_dir: Path | None = None,
+    ) -> None:
         import onnxruntime
         from piper import PiperVoice as _Piper
         from piper.config import PiperConfig
+
+        from mongars_edge.inference.onnx import open_session
 
         config_path = Path(f"{model}.json")
         try:
@@ -61,8 +69,9 @@ class PiperVoice:
         # Spinning worker threads fight llama.cpp for the same cores; measured here under load,
         # turning it off halves the time to a short sentence's audio (bench/speech.py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = onnxruntime.InferenceSession(
-            str(model), sess_options=options, providers=list(providers)
+        # TensorRT -> CUDA -> CPU as the hardware profile says, falling back when one fails.
+        session, active = open_session(
+            model, providers, cache_dir=cache_dir, session_options=options
         )
         self._voice = _Piper(config=PiperConfig.from_dict(config), session=session)
         self.sample_rate: int = self._voice.config.sample_rate
@@ -76,7 +85,7 @@ class PiperVoice:
             engine="piper",
             description=f"Piper {model.stem}",
         )
-        self.providers = tuple(session.get_providers())
+        self.providers = (active,)
 
     def synthesize(self, text: str, speed: float) -> bytes:
         from piper.config import SynthesisConfig

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 
 from mongars_edge.errors import InvalidRequestError
 from mongars_edge.speech.tts import PREFETCH, TextToSpeech
+from mongars_edge.speech.voices import PiperVoice, default_english_model
 
 
 def test_voices_joe_for_english_espeak_for_french(tts: TextToSpeech) -> None:
@@ -92,3 +94,12 @@ async def test_barge_in_cancels_everything_not_yet_heard(tts: TextToSpeech) -> N
     assert tts.synthesized - before <= 3
     stream.feed("Ignored after cancel. ")
     assert stream.backlog() == 0
+
+
+def test_jetson_providers_fall_back_to_cpu_where_there_is_no_gpu(tmp_path: Path) -> None:
+    jetson = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    model = default_english_model()
+    assert model is not None
+    voice = PiperVoice(model, jetson, threads=1, cache_dir=tmp_path / "trt")
+    assert voice.providers == ("CPUExecutionProvider",)
+    assert len(voice.synthesize("Hello.", 1.0)) > 2000
