@@ -132,3 +132,77 @@ async def test_garbage_and_strangers_do_not_hurt(boxes: Boxes) -> None:
             await dial("127.0.0.1", a.port, stranger, lambda _n: None)
         assert not a.links
         assert a._server is not None and a._server.is_serving()
+
+
+async def test_lying_peer_is_bounded_and_its_claims_are_checked(boxes: Boxes) -> None:
+    """A paired peer claims 5000 tok/s, then streams forever, then streams slowly."""
+    from mongars_edge.mesh.identity import Identity
+    from mongars_edge.mesh.transport import Link, dial
+
+    async with boxes(1, n_parallel=1) as (a,):
+        assert a.engine is not None
+        liar = Identity.generate()
+        with a.members.changing() as state:
+            state.pin(liar.node_id, liar.verify_key)
+        await until(lambda: a.state.key_of(liar.node_id) is not None)
+        keys = {a.me.node_id: a.me.verify_key}
+        link = await dial("127.0.0.1", a.port, liar, keys.get, idle_timeout=5)
+        mode = {"forever": True}
+
+        async def stream(lk: Link, sid: int) -> None:
+            n = 0
+            while not lk.closed.is_set():
+                n += 1
+                lk.send(codec.TokenChunk(sid, "x", 1))
+                await lk.drain()
+                await asyncio.sleep(0.001 if mode["forever"] else 0.05)
+                if not mode["forever"] and n == 10:
+                    lk.send(codec.End(sid, "length", 5, 10, 5000.0, None))
+                    return
+
+        tasks: set[asyncio.Task[None]] = set()
+
+        def handle(lk: Link, msg: codec.Msg) -> None:
+            if isinstance(msg, codec.InferRequest):
+                tasks.add(asyncio.ensure_future(stream(lk, msg.stream_id)))
+
+        async def lie() -> None:
+            while not link.closed.is_set():
+                link.send(
+                    codec.Telemetry(
+                        liar.node_id,
+                        a.engine.info.id if a.engine else "",
+                        0,
+                        0,
+                        8,
+                        5000.0,
+                        1e6,
+                        40.0,
+                        False,
+                        [],
+                        True,
+                    )
+                )
+                await asyncio.sleep(0.1)
+
+        reader = asyncio.ensure_future(link.run(handle))
+        liar_task = asyncio.ensure_future(lie())
+        try:
+            await until(lambda: liar.node_id in a.links and a.peers[liar.node_id].fresh())
+            router = Router(a.engine, a)
+            got = await complete(router, ChatRequest.of(QUESTION, sampling=Sampling.greedy(20)))
+            assert got.text == "x" * 20  # bounded at max_tokens, then cancelled
+            assert got.finish_reason == "length"
+            assert a.peers[liar.node_id].failures == 1
+            mode["forever"] = False
+            a.peers[liar.node_id].failures = 0
+            got = await complete(router, ChatRequest.of(QUESTION, sampling=Sampling.greedy(10)))
+            peer = a.peers[liar.node_id]
+            assert peer.measured_tok_s > 0
+            assert peer.trusted_tok_s() <= 1.5 * peer.measured_tok_s < 5000
+        finally:
+            liar_task.cancel()
+            link.close("test over")
+            for t in [reader, *tasks]:
+                t.cancel()
+            await asyncio.gather(reader, liar_task, *tasks, return_exceptions=True)
