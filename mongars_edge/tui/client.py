@@ -131,7 +131,10 @@ class DaemonClient:
         await self._http.aclose()
 
     def _headers(self) -> dict[str, str]:
-        token = self._token() if callable(self._token) else self._token
+        try:
+            token = self._token() if callable(self._token) else self._token
+        except LocalTokenError as exc:
+            raise AuthFailed(str(exc)) from None
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _check(self, response: httpx.Response) -> None:

@@ -5,67 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from mongars_edge.tui.app import MongarsApp
-from mongars_edge.tui.client import DaemonClient, LocalToken
-from tests.helpers import free_port, start_server
-
-
-@dataclass
-class Daemon:
-    url: str
-    data_dir: Path
-    proc: subprocess.Popen[str]
-
-    def token(self) -> LocalToken:
-        return LocalToken(self.data_dir)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[str], rounds: int = 600) -> None:
-    """Poll /health until it answers; the daemon accepts connections before it serves them."""
-    for _ in range(rounds):
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(f"daemon exited with {proc.returncode}:\n{out}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url}/health never answered")
-
-
-def start_daemon(data_dir: Path, port: int) -> Daemon:
-    proc = start_server(data_dir, port)
-    daemon = Daemon(f"http://127.0.0.1:{port}", data_dir, proc)
-    try:
-        wait_healthy(daemon.url, proc)
-    except BaseException:
-        stop_daemon(daemon)
-        raise
-    return daemon
-
-
-def stop_daemon(daemon: Daemon) -> None:
-    if daemon.proc.poll() is None:
-        daemon.proc.send_signal(signal.SIGTERM)
-        try:
-            daemon.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.proc.kill()
-            daemon.proc.wait()
-    if daemon.proc.stdout:
-        daemon.proc.stdout.close()
+from mongars_edge.tui.client import DaemonClient
+from tests.helpers import free_port
+from tests.tui.daemon import Daemon, start_daemon, stop_daemon
 
 
 @pytest.fixture(scope="session")

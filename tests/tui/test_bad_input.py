@@ -19,7 +19,8 @@ from mongars_edge.tui.client import DaemonClient, LocalToken
 from mongars_edge.tui.screens.chat import ChatScreen
 from mongars_edge.tui.widgets import DaemonBanner, PromptArea
 from tests.helpers import clean_env, free_port
-from tests.tui.conftest import AppFactory, Daemon, start_daemon, stop_daemon
+from tests.tui.conftest import AppFactory
+from tests.tui.daemon import Daemon, start_daemon, stop_daemon
 from tests.tui.pilot import screen_text, until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,3 +117,16 @@ def test_an_unreadable_token_file_says_why_and_what_to_do(tmp_path: Path) -> Non
     assert "permission denied" in result.stderr
     assert "'mongars' group" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_without_a_terminal_it_says_to_use_ssh_t(daemon: Daemon) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mongars_edge", "tui", "--url", daemon.url, "--token", "x"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "needs a terminal" in result.stderr and "ssh -t" in result.stderr

@@ -6,7 +6,8 @@ from textual.widgets import OptionList
 
 from mongars_edge.tui.screens.chat import AdapterPicker, ChatScreen
 from mongars_edge.tui.widgets import Answer, PromptArea
-from tests.tui.conftest import AppFactory, Daemon
+from tests.tui.conftest import AppFactory
+from tests.tui.daemon import Daemon
 from tests.tui.pilot import screen_text, until
 
 

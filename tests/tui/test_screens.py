@@ -8,7 +8,8 @@ from mongars_edge.tui.screens.hardware import HardwareScreen
 from mongars_edge.tui.screens.logs import LogsScreen
 from mongars_edge.tui.screens.memories import MemoriesScreen
 from mongars_edge.tui.screens.mesh import NOT_AVAILABLE, MeshScreen
-from tests.tui.conftest import AppFactory, Daemon
+from tests.tui.conftest import AppFactory
+from tests.tui.daemon import Daemon
 from tests.tui.pilot import screen_text, until
 
 
