@@ -81,9 +81,9 @@ class Discovery:
     def _service_info(self) -> AsyncServiceInfo:
         interfaces = self._interfaces()
         name = f"mongars-{self.service.me.node_id}.{SERVICE_TYPE}"
-        kwargs: dict[str, Any] = {}
-        if interfaces:
-            kwargs["addresses"] = [socket.inet_aton(a) for a in interfaces]
+        kwargs: dict[str, Any] = {
+            "addresses": [socket.inet_aton(a) for a in interfaces or _lan_addresses()]
+        }
         txt = txt_record(self.service)
         self._mesh = txt["mesh"]
         return AsyncServiceInfo(
@@ -166,6 +166,18 @@ class Discovery:
                 if self._info is not None:
                     await self._zc.async_unregister_service(self._info)
             await self._zc.async_close()
+
+
+def _lan_addresses() -> list[str]:
+    """Every non-loopback IPv4 address of this box (for a server bound to 0.0.0.0)."""
+    import ifaddr
+
+    out = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                out.append(ip.ip)
+    return out
 
 
 def _all() -> Any:
