@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 from textual.widgets import DataTable
 
 from mongars_edge.tui.screens.hardware import HardwareScreen
 from mongars_edge.tui.screens.logs import LogsScreen
 from mongars_edge.tui.screens.memories import MemoriesScreen
 from mongars_edge.tui.screens.mesh import NOT_AVAILABLE, MeshScreen
+from mongars_edge.tui.widgets import ConfirmScreen
 from tests.tui.conftest import AppFactory
 from tests.tui.daemon import Daemon
 from tests.tui.pilot import screen_text, until
@@ -47,20 +49,33 @@ async def test_mesh_screen_says_not_available_on_a_no_mesh_daemon(
             assert mesh.query_one(DataTable).row_count == 0
 
 
-async def test_memories_screen_lists_searches_or_says_not_available(
+async def test_memories_screen_lists_searches_and_forgets(
     daemon: Daemon, make_app: AppFactory
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: app.daemon_state == "up")
-        await pilot.press("f2")
-        await until(pilot, lambda: isinstance(app.screen, MemoriesScreen))
-        await until(pilot, lambda: "memories" in screen_text(app) or "Memories" in screen_text(app))
-        await pilot.press("ctrl+f", *"robot", "enter")
-        await until(
-            pilot,
-            lambda: "matching 'robot'" in screen_text(app) or "not available" in screen_text(app),
-        )
+    fact = "My violin teacher is called Odile Marchand."
+    headers = {"Authorization": f"Bearer {daemon.token()()}"}
+    async with httpx.AsyncClient(base_url=daemon.url, headers=headers) as http:
+        made = await http.post("/api/memories", json={"text": fact, "kind": "fact"})
+        assert made.status_code == 201, made.text
+        memory_id = str(made.json()["id"])
+        app = make_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.daemon_state == "up")
+            await pilot.press("f2")
+            await until(pilot, lambda: isinstance(app.screen, MemoriesScreen))
+            table = app.screen.query_one(DataTable)
+            await until(pilot, lambda: memory_id in [r.value for r in table.rows])
+            await pilot.press("ctrl+f", *"violin", "enter")
+            await until(pilot, lambda: "matching 'violin'" in screen_text(app))
+            assert "Odile Marchand" in screen_text(app)
+            table.focus()
+            table.move_cursor(row=table.get_row_index(memory_id))
+            await pilot.press("delete")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: memory_id not in [r.value for r in table.rows])
+        left = (await http.get("/api/memories")).json()["data"]
+        assert all(str(m["id"]) != memory_id for m in left)
 
 
 async def test_logs_screen_shows_connection_events(daemon: Daemon, make_app: AppFactory) -> None:
