@@ -1,0 +1,178 @@
+"""HTTP benchmark: the chat path through uvicorn + SSE + recall, against the engine called
+directly, in the same process and the same run.
+
+    .venv/bin/python bench/http.py [--rounds R] [--tokens N] [--threads T] [--json]
+
+Prints:
+ (a) generation tok/s seen by an HTTP streaming client / tok/s of engine.stream() called
+     directly with the very same assembled prompt (target >= 0.97);
+ (b) time to first token added by HTTP + the chat pipeline (auth, recall of the user's memories,
+     language, style, prompt budget), p50 over the rounds (target <= 20 ms).
+Both sides are greedy on the same prompt, with the prefix cache dropped before every run, and
+the runs alternate. Rates count tokens after the first over the time since the first.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named http.py: take its folder off the path before anything imports the
+# standard library's `http` package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+
+from mongars_edge.chat.pipeline import Turn  # noqa: E402
+from mongars_edge.inference.engine import Message, Sampling  # noqa: E402
+from mongars_edge.runtime import Runtime  # noqa: E402
+from mongars_edge.settings import load_settings  # noqa: E402
+from mongars_edge.web import create_app  # noqa: E402
+
+QUESTION = "Tell me a long story about a lighthouse keeper and her cat."
+MEMORIES = [
+    "The user lives in Rimouski.",
+    "The user's cat is named Biscuit.",
+    "The user prefers short answers in the morning.",
+    "The user works as a nurse at night.",
+    "The user is learning to sail.",
+    "The user's sister is called Maude.",
+    "The user is allergic to peanuts.",
+    "The user likes lighthouses and old maps.",
+]
+
+
+def _rate(times: list[float]) -> float:
+    if len(times) < 3 or times[-1] <= times[0]:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+async def _direct(runtime: Runtime, uid: int, n: int) -> tuple[float, float, int]:
+    turn = Turn(
+        messages=(Message("user", QUESTION),),
+        sampling=Sampling(temperature=0.0, max_tokens=n),
+    )
+    prepared = await runtime.chat.prepare(turn, uid)
+    engine = runtime.chat_engine()
+    t0 = time.perf_counter()
+    stamps: list[float] = []
+    async for event in engine.stream(prepared.request):
+        if event.text:
+            stamps.append(time.perf_counter())
+    return stamps[0] - t0, _rate(stamps), len(stamps)
+
+
+async def _http(
+    client: httpx.AsyncClient, headers: dict[str, str], n: int
+) -> tuple[float, float, int]:
+    body = {
+        "model": "mongars",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": n,
+        "temperature": 0,
+        "stream": True,
+    }
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                stamps.append(time.perf_counter())
+    return stamps[0] - t0, _rate(stamps), len(stamps)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    overrides: dict[str, Any] = {
+        "data_dir": data_dir,
+        "mesh": False,
+        "speech": "off",
+        "stt": "off",
+        "wyoming_port": 0,
+        "n_parallel": 2,
+    }
+    if args.threads:
+        overrides["n_threads"] = args.threads
+    settings = load_settings(environ={}, cli=overrides)
+    async with Runtime(settings) as runtime:
+        user = await runtime.accounts.add_user("bench", "bench-password-1")
+        token = await runtime.accounts.create_token(user)
+        for text in MEMORIES:
+            await runtime.memory.add_memory(user.id, text)
+        await runtime.memory.flush_vectors()
+        engine = runtime.engine
+        assert engine is not None
+        config = uvicorn.Config(
+            create_app(runtime), host="127.0.0.1", port=0, log_config=None, lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        serve = asyncio.create_task(server.serve())
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        headers = {"Authorization": f"Bearer {token}"}
+        direct: list[tuple[float, float, int]] = []
+        http: list[tuple[float, float, int]] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            await _http(client, headers, 8)  # warm-up: embedder, sockets, caches
+            await _direct(runtime, user.id, 8)
+            for _ in range(args.rounds):
+                await engine.drop_prefix_cache()
+                direct.append(await _direct(runtime, user.id, args.tokens))
+                await engine.drop_prefix_cache()
+                http.append(await _http(client, headers, args.tokens))
+        server.should_exit = True
+        await serve
+    direct_rate = statistics.median(r for _t, r, _n in direct)
+    http_rate = statistics.median(r for _t, r, _n in http)
+    ttft_direct = statistics.median(t for t, _r, _n in direct)
+    ttft_http = statistics.median(t for t, _r, _n in http)
+    added = [h[0] - d[0] for h, d in zip(http, direct, strict=True)]
+    return {
+        "rounds": args.rounds,
+        "tokens": args.tokens,
+        "direct_tok_s": round(direct_rate, 1),
+        "http_tok_s": round(http_rate, 1),
+        "http_over_direct": round(http_rate / direct_rate, 3),
+        "ttft_direct_ms": round(ttft_direct * 1000, 1),
+        "ttft_http_ms": round(ttft_http * 1000, 1),
+        "ttft_added_p50_ms": round(statistics.median(added) * 1000, 1),
+        "recall_memories": len(MEMORIES),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    result = asyncio.run(main(parser.parse_args()))
+    if parser.parse_args().json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"(a) tokens/s HTTP stream / engine direct: {result['http_over_direct']:.3f}"
+            f"  ({result['http_tok_s']} / {result['direct_tok_s']} tok/s; target >= 0.97)"
+        )
+        print(
+            f"(b) time to first token added by HTTP + recall, p50: "
+            f"{result['ttft_added_p50_ms']} ms  (HTTP {result['ttft_http_ms']} ms, direct "
+            f"{result['ttft_direct_ms']} ms; {result['recall_memories']} memories; target <= 20 ms)"
+        )
