@@ -144,7 +144,9 @@ class Runtime:
             Accounts.open(self.memory, self.settings, self.data_dir)
         )
         self.chat = await self._stack.enter_async_context(
-            ChatPipeline.open(self.chat_engine, self.memory, self.settings, self.data_dir)
+            ChatPipeline.open(
+                self.chat_engine, self.memory, self.settings, self.data_dir, local=self.engine
+            )
         )
         from mongars_edge.speech.service import open_speech
 

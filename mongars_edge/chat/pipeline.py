@@ -12,7 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -21,12 +28,21 @@ from mongars_edge.chat import prompts
 from mongars_edge.chat.lang import Lang, detect
 from mongars_edge.chat.style import StyleBook
 from mongars_edge.errors import InvalidRequestError
-from mongars_edge.inference.engine import ChatRequest, Engine, Message, Sampling, TokenEvent
+from mongars_edge.inference.engine import (
+    ChatRequest,
+    Engine,
+    Message,
+    Sampling,
+    TokenEvent,
+    complete,
+)
 from mongars_edge.inference.errors import PromptTooLongError
 from mongars_edge.memory.conversations import NewMessage
 from mongars_edge.memory.errors import MemoryStoreError
 
 if TYPE_CHECKING:
+    from mongars_edge.inference.llama import LlamaEngine
+    from mongars_edge.memory.consolidate import MemoryWorker
     from mongars_edge.memory.recall import Hit
     from mongars_edge.memory.records import Message as StoredMessage
     from mongars_edge.memory.store import MemoryStore
@@ -98,19 +114,35 @@ class ChatPipeline:
         self.settings = settings
         self.styles = StyleBook(data_dir / "chat")
         self.observer: PipelineObserver | None = None
+        # Memory extraction after each turn and idle-time consolidation (memory issue).
+        self.memory_worker: MemoryWorker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._recall_failing = False
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, engine: Callable[[], Engine], store: MemoryStore, settings: Settings, data_dir: Path
+        cls,
+        engine: Callable[[], Engine],
+        store: MemoryStore,
+        settings: Settings,
+        data_dir: Path,
+        *,
+        local: LlamaEngine | None = None,
     ) -> AsyncIterator[ChatPipeline]:
+        """`local` (the box's own engine) reads turns for memories while the box is idle:
+        memory work never goes to a peer."""
         pipeline = cls(engine, store, settings, data_dir)
-        try:
-            yield pipeline
-        finally:
-            await pipeline.drain()
+        async with contextlib.AsyncExitStack() as stack:
+            if local is not None:
+                from mongars_edge.memory.consolidate import MemoryWorker
+
+                worker = MemoryWorker(store, _generator(local), local.scheduler)
+                pipeline.memory_worker = await stack.enter_async_context(worker.running())
+            try:
+                yield pipeline
+            finally:
+                await pipeline.drain()
 
     async def drain(self) -> None:
         """Wait for the turns still being written."""
@@ -276,9 +308,13 @@ class ChatPipeline:
                     latency_ms=int((time.perf_counter() - prepared.started) * 1000),
                     status=status,
                 )
-                await self.store.add_messages(
+                stored = await self.store.add_messages(
                     prepared.user_id, prepared.conversation_id, [*prepared.to_store, answer]
                 )
+                if self.memory_worker is not None and prepared.turn.memory:
+                    for saved in stored:
+                        if saved.role == "user":
+                            await self.memory_worker.after_turn(prepared.user_id, saved)
             if prepared.turn.memory and not prepared.turn.regenerate:
                 for message in prepared.to_store or prepared.turn.messages:
                     if message.role == "user":
@@ -287,6 +323,16 @@ class ChatPipeline:
                         )
         except Exception:
             log.exception("could not store a chat turn (conversation %s)", prepared.conversation_id)
+
+
+def _generator(engine: Engine) -> Callable[[str], Awaitable[str]]:
+    """Prompt in, text out, greedy, on the local engine (memory extraction, summaries)."""
+
+    async def generate(prompt: str) -> str:
+        request = ChatRequest.of([("user", prompt)], sampling=Sampling.greedy(max_tokens=160))
+        return (await complete(engine, request)).text
+
+    return generate
 
 
 def _status(final: TokenEvent | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -115,3 +116,18 @@ async def test_style_is_learned_from_turns(runtime: Runtime) -> None:
     await asyncio.sleep(0)
     prepared = await runtime.chat.prepare(_turn("Tu connais une bonne recette?"), uid)
     assert "Tutoie la personne." in prepared.request.messages[0].content
+
+
+async def test_statements_become_memories_after_the_turn(runtime: Runtime) -> None:
+    uid = await _user(runtime)
+    turn = _turn("Salut! J'habite à Rimouski et je suis allergique aux arachides.")
+    prepared = await runtime.chat.prepare(replace(turn, new_conversation=True), uid)
+    async for _event in runtime.chat.stream(prepared):
+        pass
+    await runtime.chat.drain()
+    texts = [m.text for m in await runtime.memory.list_memories(uid)]
+    assert "J'habite à Rimouski." in texts
+    assert any("arachides" in t for t in texts)
+    # The next question recalls it into the prompt.
+    later = await runtime.chat.prepare(_turn("Où est-ce que j'habite?"), uid)
+    assert "Rimouski" in later.request.messages[0].content
