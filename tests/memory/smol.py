@@ -31,6 +31,7 @@ class SmolGenerate:
         self.max_tokens = max_tokens
         self.calls = 0
         self.cancelled = 0
+        self.completed = 0
         self._lock = threading.Lock()
 
     def _run(self, prompt: str, stop: threading.Event) -> str:
@@ -46,6 +47,8 @@ class SmolGenerate:
                 if stop.is_set():
                     break
                 parts.append(chunk["choices"][0]["delta"].get("content") or "")
+            else:
+                self.completed += 1
             return "".join(parts)
 
     async def __call__(self, prompt: str) -> str:
