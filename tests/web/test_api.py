@@ -1,0 +1,113 @@
+"""The native API, /metrics, /openapi.json and the page's static routes, in-process."""
+
+from __future__ import annotations
+
+import httpx
+
+from mongars_edge.runtime import Runtime
+from mongars_edge.web.openapi import schema
+from tests.web.conftest import bearer
+
+
+async def test_conversations_crud_and_export(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    headers = await bearer(runtime, "ana")
+    made = await client.post("/api/conversations", json={"title": "Recettes"}, headers=headers)
+    cid = made.json()["id"]
+    uid = made.json()["user_id"]
+    await runtime.memory.add_turn(uid, cid, "Une recette de tourtière?", "Voici…")
+    renamed = await client.patch(
+        f"/api/conversations/{cid}", json={"title": "Tourtière"}, headers=headers
+    )
+    assert renamed.status_code == 200
+    assert renamed.json()["title"] == "Tourtière"
+    listed = (await client.get("/api/conversations?limit=5", headers=headers)).json()["data"]
+    assert [c["title"] for c in listed] == ["Tourtière"]
+    export = await client.get(f"/api/conversations/{cid}/export", headers=headers)
+    assert "attachment" in export.headers["content-disposition"]
+    assert [m["role"] for m in export.json()["messages"]] == ["user", "assistant"]
+    assert (await client.delete(f"/api/conversations/{cid}", headers=headers)).status_code == 204
+    assert (await client.get(f"/api/conversations/{cid}", headers=headers)).status_code == 404
+    for bad in ("/api/conversations/abc", "/api/conversations/-1", "/api/conversations/9" * 3):
+        assert (await client.get(bad, headers=headers)).status_code == 404
+    assert (await client.get("/api/conversations?limit=0", headers=headers)).status_code == 400
+    assert (await client.get("/api/conversations?limit=x", headers=headers)).status_code == 400
+
+
+async def test_memories_search_and_export(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    headers = await bearer(runtime, "ana")
+    for text in ("I live in Rimouski.", "My cat is named Biscuit.", "I love sailing."):
+        response = await client.post("/api/memories", json={"text": text}, headers=headers)
+        assert response.status_code == 201
+    found = await client.get("/api/memories/search?q=what is my cat called", headers=headers)
+    assert found.json()["data"][0]["text"] == "My cat is named Biscuit."
+    assert len((await client.get("/api/memories", headers=headers)).json()["data"]) == 3
+    bad_kind = await client.post(
+        "/api/memories", json={"text": "x", "kind": "gossip"}, headers=headers
+    )
+    assert bad_kind.status_code == 400
+    everything = (await client.get("/api/me/export", headers=headers)).json()
+    assert "memories" in str(everything.keys()) or everything
+
+
+async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    headers = await bearer(runtime, "ana")
+    hardware = (await client.get("/api/hardware", headers=headers)).json()
+    assert hardware["facts"]["cpu_count"] >= 1 and "n_threads" in hardware["profile"]
+    models = (await client.get("/api/models", headers=headers)).json()
+    assert models["chat"]["id"] == "smollm2-135m-instruct"
+    assert models["load"]["n_parallel"] >= 1
+    assert (await client.get("/api/adapters", headers=headers)).json() == {"data": []}
+    assert (await client.get("/api/peers", headers=headers)).status_code == 200
+    health = (await client.get("/health")).json()
+    assert set(health) == {"status", "version", "model", "uptime_s", "board", "profile", "problems"}
+
+
+async def test_metrics_for_admins(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    admin = await bearer(runtime, "root", admin=True)
+    reply = await client.post(
+        "/v1/chat/completions",
+        json={"model": "mongars", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3},
+        headers=admin,
+    )
+    assert reply.status_code == 200
+    await client.get("/v1/models", headers={"Authorization": "Bearer nope"})
+    text = (await client.get("/metrics", headers=admin)).text
+    for name in (
+        "mongars_http_requests_total",
+        'route="/v1/chat/completions"',
+        "mongars_time_to_first_token_seconds_bucket",
+        "mongars_recall_seconds_count",
+        "mongars_queue_depth",
+        "mongars_active_sequences",
+        "mongars_generation_tokens_per_second",
+        'mongars_errors_total{kind="invalid_api_key"}',
+        'mongars_chat_turns_total{status="complete"}',
+    ):
+        assert name in text, name
+    assert (await client.get("/metrics")).status_code == 401
+
+
+async def test_openapi_and_page(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    assert doc == schema(doc["info"]["version"])
+    assert "/v1/chat/completions" in doc["paths"]
+    routes = {r.path for r in client._transport.app.routes}  # type: ignore[attr-defined]
+    documented = set(doc["paths"])
+    assert {p for p in routes if p.startswith(("/api/", "/v1/")) and "audio" not in p} <= (
+        documented | {"/v1/models/{model:path}"} | {p for p in routes if "speech" in p}
+    )
+    page = await client.get("/")
+    assert page.status_code == 200
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert '<script src="/static/voice.js" defer></script>' in page.text
+    assert '<button id="speak-toggle" hidden' in page.text
+    assert '<button id="ptt" hidden' in page.text
+    assert (await client.get("/setup")).text == page.text
+    assert (await client.get("/static/app.js")).status_code == 200
+    for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py"):
+        assert (await client.get(path)).status_code == 404
+    missing = await client.get("/nope")
+    assert missing.status_code == 404
+    api_missing = await client.get("/api/nope")
+    assert api_missing.json()["error"]["code"] == "not_found"
