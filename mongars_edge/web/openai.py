@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -40,6 +41,7 @@ from mongars_edge.web.http import (
 if TYPE_CHECKING:
     from mongars_edge.runtime import Runtime
 
+log = logging.getLogger(__name__)
 OWNER: Final = "mongars-edge"
 ALIASES: Final = ("mongars", "default")
 _MAX_STOP: Final = 4
@@ -401,7 +403,7 @@ async def _sse(
 
     try:
         yield chunk({"role": "assistant", "content": ""})
-        async for event in all_events():
+        async for event in _guarded(all_events()):
             if event.text:
                 yield chunk({"content": event.text})
             if event.finish_reason is None:
@@ -428,6 +430,17 @@ async def _sse(
     finally:
         # Runs on a client disconnect too (the task is cancelled): the engine stops.
         await events.aclose()
+
+
+async def _guarded(events: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
+    """A failure after the stream started (deadline, engine stopping) ends it with an error
+    event instead of a cut connection."""
+    try:
+        async for event in events:
+            yield event
+    except MongarsError as exc:
+        log.warning("stream ended early: %s", exc)
+        yield TokenEvent(text="", finish_reason="error", error=str(exc))
 
 
 # ---- /v1/embeddings ----------------------------------------------------------------------------

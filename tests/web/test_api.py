@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from mongars_edge.runtime import Runtime
+from mongars_edge.settings import load_settings
+from mongars_edge.web import create_app
 from mongars_edge.web.openapi import schema
-from tests.web.conftest import bearer
+from tests.web.conftest import TEST_SETTINGS, bearer
 
 
 async def test_conversations_crud_and_export(client: httpx.AsyncClient, runtime: Runtime) -> None:
@@ -111,3 +115,19 @@ async def test_openapi_and_page(client: httpx.AsyncClient) -> None:
     assert missing.status_code == 404
     api_missing = await client.get("/api/nope")
     assert api_missing.json()["error"]["code"] == "not_found"
+
+
+async def test_no_model_is_503(data_dir: Path) -> None:
+    settings = load_settings(
+        environ={}, cli={"data_dir": data_dir, **TEST_SETTINGS, "model": "off"}
+    )
+    async with Runtime(settings) as runtime:
+        headers = await bearer(runtime, "ana")
+        transport = httpx.ASGITransport(app=create_app(runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {"model": "mongars", "messages": [{"role": "user", "content": "hi"}]}
+            reply = await client.post("/v1/chat/completions", json=body, headers=headers)
+            assert reply.status_code == 503
+            assert reply.json()["error"]["type"] == "server_error"
+            models = (await client.get("/v1/models", headers=headers)).json()["data"]
+            assert all("e5" in m["id"] for m in models)
