@@ -39,6 +39,7 @@ ARGS = [
     "--use-fake-device-for-media-stream",
 ]
 SPOKEN = "Turn on the kitchen lights."
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs Debian chromium")
 
@@ -129,6 +130,7 @@ def _login(server: Server, page: Page) -> None:
 
 
 def test_speak_toggle_push_to_talk_and_barge_in(server: Server, browser: Browser) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
     context = browser.new_context(locale="en-US", permissions=["microphone"])
     page = context.new_page()
     errors: list[str] = []
@@ -162,11 +164,13 @@ def test_speak_toggle_push_to_talk_and_barge_in(server: Server, browser: Browser
         timeout=90_000,
     )
     silenced = _stats(page)["silenced"]
-    box = page.locator("#ptt").bounding_box()
-    assert box is not None
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.locator("#ptt").hover()  # waits until the button is visible and stable
     page.mouse.down()
-    page.wait_for_function("(n) => window.mongarsVoice.stats.silenced > n", arg=silenced)
+    try:
+        page.wait_for_function("(n) => window.mongarsVoice.stats.silenced > n", arg=silenced)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "voice-barge-in-failed.png"))
+        raise AssertionError(f"not silenced: {_stats(page)}") from None
     assert page.evaluate("window.mongarsVoice.speaking()") is False
     expect(page.locator("#ptt")).to_have_attribute("aria-pressed", "true")
     page.wait_for_timeout(3500)  # the fake microphone says its sentence

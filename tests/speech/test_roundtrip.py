@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mongars_edge.speech.audio import pcm_to_stt
-from mongars_edge.speech.stt import SpeechToText
-from mongars_edge.speech.tts import TextToSpeech
 from tests.helpers import run_cli
 
 from .conftest import SENTENCES, wer
@@ -27,18 +24,6 @@ def test_say_then_listen_on_the_command_line(tmp_path: Path) -> None:
     print(f"CLI round trip WER over {len(SENTENCES)} sentences: {error:.3f}")
     assert error <= 0.1, result["text"]
     assert result["language"] == "en"
-
-
-def test_each_sentence_round_trips_in_process(tts: TextToSpeech, stt: SpeechToText) -> None:
-    refs, hyps = [], []
-    for sentence in SENTENCES:
-        chunks = list(tts.iter_blocking(sentence))
-        pcm = b"".join(c.pcm for c in chunks)
-        hyps.append(stt.transcribe_blocking(pcm_to_stt(pcm, chunks[0].rate)).text)
-        refs.append(sentence)
-    error = wer(" ".join(refs), " ".join(hyps))
-    print(f"per-sentence round trip WER: {error:.3f}")
-    assert error <= 0.1, hyps
 
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
