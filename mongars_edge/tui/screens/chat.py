@@ -108,7 +108,9 @@ class ChatScreen(Screen[None]):
         return self._answer is not None and self._answer.is_running
 
     def _show_status(self, extra: str = "") -> None:
-        conv = self.conversation_id or "new conversation"
+        conv = (
+            f"conversation #{self.conversation_id}" if self.conversation_id else "new conversation"
+        )
         adapter = self.adapter or "none"
         text = f"{conv} · adapter: {adapter}"
         if extra:
@@ -136,6 +138,9 @@ class ChatScreen(Screen[None]):
                 continue
             title = str(conv.get("title") or f"#{conv_id}")
             options.add_option(Option(Text(title, overflow="ellipsis", no_wrap=True), id=conv_id))
+        listed = {option.id for option in options.options}
+        if self.conversation_id is not None and self.conversation_id in listed:
+            options.highlighted = options.get_option_index(self.conversation_id)
 
     @on(OptionList.OptionSelected, "#conversations")
     def _open_selected(self, event: OptionList.OptionSelected) -> None:
