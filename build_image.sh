@@ -72,6 +72,19 @@ PY
   echo "$REPO/dist/mongars-edge"
 }
 
+# build_app_wheel DEST: the app's wheel, built from a copy holding only what the wheel needs.
+# (setuptools' package discovery walks the whole project directory, which holds image trees
+# with /proc and /sys mounted while a build runs.)
+build_app_wheel() {
+  local dest="$1" src
+  src="$(mktemp -d)"
+  cp -a "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/LICENSE" "$REPO/mongars_edge" "$src/"
+  find "$src" -name __pycache__ -prune -exec rm -rf {} +
+  mkdir -p "$dest"
+  "$VENV/bin/pip" wheel --quiet --no-deps --disable-pip-version-check "$src" -w "$dest" >&2
+  rm -rf "$src"
+}
+
 # --- files every image carries -----------------------------------------------------------
 
 # install_appliance ROOT: units, sysusers/tmpfiles, first boot, sshd policy, udev, docs.
@@ -184,8 +197,8 @@ install_app_venv() {
   step "app venv for arm64 from PyPI wheels (+ cross-built llama-cpp-python)"
   chroot "$root" python3 -m venv --without-pip /opt/mongars-edge/venv
   local site; site="$(echo "$root"/opt/mongars-edge/venv/lib/python3.*/site-packages)"
-  rm -rf "$REPO/build/wheel" && mkdir -p "$REPO/build/wheel"
-  "$VENV/bin/pip" wheel --quiet --no-deps --disable-pip-version-check "$REPO" -w "$REPO/build/wheel" >&2
+  rm -rf "$REPO/build/wheel"
+  build_app_wheel "$REPO/build/wheel"
   local app; app="$(ls "$REPO"/build/wheel/mongars_edge-*.whl)"
   # With --platform, pip accepts only the tags listed: name every manylinux level bookworm's
   # glibc (2.36) can run, or wheels tagged e.g. manylinux_2_28 are missed.
@@ -294,9 +307,7 @@ build_jetson() {
   install_appliance_files_only "$stage"
   install -m 0644 "$REPO/firmware/jetson/mongars-edge-power.service" "$stage/usr/lib/systemd/system/"
   step "the app wheel (llama-cpp-python is compiled on the board with CUDA by install-app.sh)"
-  install -d "$stage/usr/lib/mongars-edge/wheels"
-  "$VENV/bin/pip" wheel --quiet --no-deps --disable-pip-version-check "$REPO" \
-    -w "$stage/usr/lib/mongars-edge/wheels" >&2
+  build_app_wheel "$stage/usr/lib/mongars-edge/wheels"
   install -d "$stage/etc/mongars-edge/firstboot"
   install -m 0644 "$REPO"/images/pi/boot-examples/* "$stage/etc/mongars-edge/firstboot/"
   install -m 0644 "$REPO/images/jetson/README.overlay" "$stage/usr/share/doc/mongars-edge/"
