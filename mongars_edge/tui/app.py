@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
+from textual.worker import Worker
 
 from mongars_edge.errors import MongarsError
 from mongars_edge.settings import Settings
@@ -76,6 +77,7 @@ class MongarsApp(App[None]):
         self.health: dict[str, Any] = {}
         self.events: deque[str] = deque(maxlen=500)
         self._last_uptime: float | None = None
+        self._health: Worker[None] | None = None
 
     def note(self, text: str) -> None:
         """Record something worth showing on the logs screen."""
@@ -90,7 +92,10 @@ class MongarsApp(App[None]):
         await self.client.aclose()
 
     def check_health(self) -> None:
-        self.run_worker(self._check_health(), group="health", exclusive=True, exit_on_error=False)
+        # A slow answer is never cancelled by the next tick: it is the answer that says so.
+        if self._health is not None and self._health.is_running:
+            return
+        self._health = self.run_worker(self._check_health(), group="health", exit_on_error=False)
 
     async def _check_health(self) -> None:
         try:

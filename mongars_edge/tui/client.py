@@ -168,8 +168,10 @@ class DaemonClient:
     async def delete(self, path: str) -> None:
         await self.request("DELETE", path)
 
-    async def health(self) -> dict[str, Any]:
-        body = await self.get_json("/health")
+    async def health(self, timeout_s: float = 3.0) -> dict[str, Any]:
+        # Short: a daemon that accepts but does not answer (loading its model) is not "up".
+        response = await self.request("GET", "/health", timeout=timeout_s)
+        body = _json(response)
         if not isinstance(body, dict):
             raise DaemonError("/health did not answer a JSON object")
         return body
@@ -254,8 +256,10 @@ def _json(response: httpx.Response) -> Any:
 def _transport_reason(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.ConnectError):
         return "connection refused (is the daemon running?)"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "timed out connecting (wrong address, or the box is off the network?)"
     if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
+        return "no answer in time (the daemon may be starting and loading its model)"
     return str(exc) or type(exc).__name__
 
 

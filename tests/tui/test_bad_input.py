@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,16 @@ def test_without_a_terminal_it_says_to_use_ssh_t(daemon: Daemon) -> None:
     )
     assert result.returncode == 1
     assert "needs a terminal" in result.stderr and "ssh -t" in result.stderr
+
+
+async def test_a_daemon_that_accepts_but_never_answers_is_not_up() -> None:
+    # What a daemon loading its model looks like: the port is bound, nothing answers yet.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        app = MongarsApp(DaemonClient(f"http://127.0.0.1:{port}"), poll_s=0.2)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.daemon_state == "down")
+            assert "may be starting" in app.daemon_detail
+            await until(pilot, lambda: "may be starting" in " ".join(screen_text(app).split()))
