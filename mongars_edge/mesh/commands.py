@@ -25,7 +25,7 @@ class _Decorator(Protocol):
 def _running_state(data_dir: Path) -> dict[str, Any] | None:
     """What the running server last wrote, or None when no server runs on this data dir."""
     from mongars_edge.mesh.identity import mesh_dir
-    from mongars_edge.mesh.service import STATE_FILE
+    from mongars_edge.mesh.state import STATE_FILE
 
     try:
         state: dict[str, Any] = json.loads((mesh_dir(data_dir) / STATE_FILE).read_text())

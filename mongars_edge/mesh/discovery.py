@@ -30,7 +30,7 @@ _RESOLVE_MS: Final = 3000
 
 
 def txt_record(service: MeshService) -> dict[str, str]:
-    from mongars_edge.mesh.service import mesh_hash
+    from mongars_edge.mesh.members import mesh_hash
 
     caps = ["infer"] if service.engine is not None else []
     caps.append("adapters")
@@ -105,7 +105,7 @@ class Discovery:
 
     async def refresh(self) -> None:
         """Re-announce when the mesh id changed (after pairing)."""
-        from mongars_edge.mesh.service import mesh_hash
+        from mongars_edge.mesh.members import mesh_hash
 
         if self._zc is None or self._info is None:
             return

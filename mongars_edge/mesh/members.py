@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -192,6 +193,11 @@ class MeshState:
             rec = [bytes.fromhex(mesh_id), subject, bytes.fromhex(key), action, issued, signer]
             state.records[subject] = MemberRecord.from_wire([*rec, bytes.fromhex(sig)])
         return state
+
+
+def mesh_hash(mesh_id: bytes) -> str:
+    """What the mesh id looks like on the network: a hash, never the id itself."""
+    return hashlib.sha256(b"mongars-mesh" + mesh_id).hexdigest()[:12]
 
 
 class MemberFile:

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.codec import Msg
 from mongars_edge.mesh.errors import AuthError, CodecError, MeshError, PeerUnavailableError
-from mongars_edge.mesh.identity import Identity, mesh_dir
+from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.members import MemberFile, MemberRecord, MeshState
 from mongars_edge.mesh.pairing import serve_pairing
-from mongars_edge.mesh.peers import Peer, explain, sanitize
+from mongars_edge.mesh.peers import Peer, sanitize
+from mongars_edge.mesh.serving import Serving
+from mongars_edge.mesh.state import remember_addresses, write_state
 from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Backoff, Link, answer, dial, read_frame
 
 if TYPE_CHECKING:
@@ -35,9 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
 MAX_PENDING_HANDSHAKES = 32
-MAX_SERVED_PER_LINK = 16
 
 
 @dataclass(frozen=True)
@@ -52,11 +49,6 @@ class MeshConfig:
     gossip_s: float = 1.0
     idle_timeout_s: float = 5.0
     stall_s: float = 5.0
-
-
-def mesh_hash(mesh_id: bytes) -> str:
-    """What the mesh id looks like on the network: a hash, never the id itself."""
-    return hashlib.sha256(b"mongars-mesh" + mesh_id).hexdigest()[:12]
 
 
 class MeshService:
@@ -75,12 +67,10 @@ class MeshService:
         self.port = 0
         self.started_at = time.monotonic()
         self.first_forward_at: float | None = None
-        self.served = 0  # requests run here for peers
         self.forwarded = 0  # requests this box sent to peers
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._streams: dict[tuple[int, int], asyncio.Queue[Any]] = {}
-        self._served: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._dialling: set[str] = set()
         self._backoff: dict[str, tuple[Backoff, float]] = {}
         self._static_ids: dict[str, str] = {}
@@ -89,6 +79,7 @@ class MeshService:
         self._warned: set[str] = set()
         self._discovery: Any = None
         self.share: Share | None = None
+        self.serving = Serving(self)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -108,7 +99,7 @@ class MeshService:
         from mongars_edge.mesh.share import Share
 
         self.share = Share(self)
-        self._remember_addresses()
+        remember_addresses(self)
         bind = None if self.config.host in ("0.0.0.0", "", "::") else self.config.host  # noqa: S104
         try:
             self._server = await asyncio.start_server(self._on_connection, bind, self.config.port)
@@ -141,21 +132,6 @@ class MeshService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1):
                     await self._server.wait_closed()
-
-    def _remember_addresses(self) -> None:
-        """Members' addresses from the last run: dial them at once instead of waiting for mDNS."""
-        try:
-            rows = json.loads((mesh_dir(self.data_dir) / STATE_FILE).read_text())["peers"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        for row in rows if isinstance(rows, list) else []:
-            try:
-                node_id, address = str(row["node_id"]), str(row["address"])
-                host, _, port = address.rpartition(":")
-                if self.state.key_of(node_id) is not None and host and port.isdigit():
-                    self.peers[node_id] = Peer(node_id, host, int(port), source="remembered")
-            except (KeyError, TypeError):
-                continue
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -247,8 +223,7 @@ class MeshService:
                 peer.last_error = link.close_reason
             for key in [k for k in self._streams if k[0] == id(link)]:
                 self._streams[key].put_nowait(PeerUnavailableError(link.close_reason))
-            for key in [k for k in self._served if k[0] == id(link)]:
-                self._served.pop(key).cancel()
+            self.serving.drop(link)
 
     def _handle(self, link: Link, msg: Msg) -> None:
         if isinstance(msg, codec.Telemetry):
@@ -259,11 +234,9 @@ class MeshService:
             if queue is not None:
                 queue.put_nowait(msg)
         elif isinstance(msg, codec.InferRequest):
-            self._serve_request(link, msg)
+            self.serving.start(link, msg)
         elif isinstance(msg, codec.Cancel):
-            task = self._served.pop((id(link), msg.stream_id), None)
-            if task is not None:
-                task.cancel()
+            self.serving.cancel(link, msg.stream_id)
         elif isinstance(msg, codec.Members):
             self._accept_records(link.peer_id, msg.records)
         elif isinstance(msg, codec.ChunkRequest | codec.Chunk) and self.share is not None:
@@ -285,69 +258,6 @@ class MeshService:
         for link in list(self.links.values()):
             with contextlib.suppress(PeerUnavailableError):
                 link.send(msg)
-
-    # --- serving peers' requests ----------------------------------------------------------------
-
-    def _serve_request(self, link: Link, msg: codec.InferRequest) -> None:
-        key = (id(link), msg.stream_id)
-        served = sum(1 for k in self._served if k[0] == id(link))
-        if self.engine is None or key in self._served or served >= MAX_SERVED_PER_LINK:
-            with contextlib.suppress(PeerUnavailableError):
-                link.send(codec.Error(msg.stream_id, "busy", "not accepting this request"))
-            return
-        self.served += 1
-        task = self._spawn(self._run_served(link, msg))
-        self._served[key] = task
-        task.add_done_callback(lambda _t: self._served.pop(key, None))
-
-    async def _run_served(self, link: Link, msg: codec.InferRequest) -> None:
-        from mongars_edge.inference.engine import ChatRequest, Message, Sampling
-
-        assert self.engine is not None
-        sid = msg.stream_id
-        try:
-            if msg.model != self.engine.info.id:
-                raise MeshError(f"model mismatch: this box runs {self.engine.info.id}")
-            sampling = dict(msg.sampling)
-            sampling["stop"] = tuple(sampling.get("stop") or ())
-            adapter = msg.adapter
-            if adapter and self.share is not None:
-                adapter = await self.share.ensure(link, adapter)
-            request = ChatRequest(
-                messages=tuple(Message(r, c) for r, c in (m[:2] for m in msg.messages)),
-                sampling=Sampling(**sampling),
-                adapter=adapter,
-                grammar=msg.grammar,
-                json_schema=msg.json_schema,
-                assistant_prefix=msg.assistant_prefix,
-            )
-            async for event in self.engine.stream(request):
-                if event.finish_reason is None:
-                    link.send(codec.TokenChunk(sid, event.text, event.token_id))
-                else:
-                    if event.text:
-                        link.send(codec.TokenChunk(sid, event.text, event.token_id))
-                    usage, timings = event.usage, event.timings
-                    link.send(
-                        codec.End(
-                            sid,
-                            event.finish_reason,
-                            usage.prompt_tokens if usage else 0,
-                            usage.completion_tokens if usage else 0,
-                            timings.generation_tok_s if timings else 0.0,
-                            event.error,
-                        )
-                    )
-                await link.drain()
-        except asyncio.CancelledError:
-            raise
-        except PeerUnavailableError:
-            return
-        except Exception as exc:  # any failure is the peer's answer, never ours to die of
-            kind = getattr(exc, "kind", type(exc).__name__)
-            log.debug("served request failed", exc_info=True)
-            with contextlib.suppress(PeerUnavailableError):
-                link.send(codec.Error(sid, str(kind), str(exc)[:500]))
 
     # --- membership -------------------------------------------------------------------------------
 
@@ -427,7 +337,7 @@ class MeshService:
                     with contextlib.suppress(PeerUnavailableError):
                         await link.drain()
                 self._dial_targets()
-                await asyncio.to_thread(self._write_state)
+                await asyncio.to_thread(write_state, self)
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("mesh gossip tick failed")
             await asyncio.sleep(self.config.gossip_s)
@@ -501,51 +411,6 @@ class MeshService:
         from mongars_edge.inference.adapters import AdapterStore
 
         return AdapterStore(self.data_dir).get(ref).sha256
-
-    def report(self) -> dict[str, Any]:
-        """What `mongars-edge peers` prints."""
-        model = self.engine.info.id if self.engine else ""
-        rows = []
-        for peer in sorted(self.peers.values(), key=lambda p: p.node_id):
-            rows.append(
-                {
-                    "node_id": peer.node_id,
-                    "address": f"{peer.host}:{peer.port}" if peer.host else "",
-                    "source": peer.source,
-                    "paired": self.state.key_of(peer.node_id) is not None,
-                    "linked": peer.linked,
-                    "claimed_tok_s": round(peer.telemetry.gen_tok_s, 1) if peer.telemetry else 0,
-                    "measured_tok_s": round(peer.measured_tok_s, 1),
-                    "busy": (peer.telemetry.active + peer.telemetry.queue_depth)
-                    if peer.telemetry
-                    else 0,
-                    "why": explain(
-                        peer,
-                        paired=self.state.key_of(peer.node_id) is not None,
-                        revoked=peer.node_id in self.state.revoked,
-                        version=codec.PROTOCOL_VERSION,
-                        model=model,
-                    ),
-                }
-            )
-        return {
-            "node_id": self.me.node_id,
-            "mesh": mesh_hash(self.state.mesh_id),
-            "pid": os.getpid(),
-            "host": self.config.host,
-            "port": self.port,
-            "members": sorted(self.state.members),
-            "served": self.served,
-            "forwarded": self.forwarded,
-            "peers": rows,
-            "updated_at": time.time(),
-        }
-
-    def _write_state(self) -> None:
-        path = mesh_dir(self.data_dir) / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.report(), indent=1), encoding="utf-8")
-        os.replace(tmp, path)
 
 
 def _advertise(config: MeshConfig) -> bool:

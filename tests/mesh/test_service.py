@@ -78,7 +78,7 @@ async def test_saturated_box_sends_work_to_its_peer(boxes: Boxes) -> None:
         req = [ChatRequest.of(QUESTION, sampling=Sampling.greedy(24)) for _ in range(4)]
         results = await asyncio.gather(*(complete(router, r) for r in req))
         assert all(r.finish_reason in ("stop", "length") for r in results)
-        assert b.served > 0
+        assert b.serving.count > 0
         local = await complete(a.engine, ChatRequest.of(QUESTION, sampling=Sampling.greedy(24)))
         assert {r.text for r in results} == {local.text}
 
@@ -101,7 +101,7 @@ async def test_peer_dying_mid_stream_is_continued_locally(boxes: Boxes) -> None:
         async for event in router.stream(ChatRequest.of(QUESTION, sampling=Sampling.greedy(48))):
             parts.append(event.text)
             if len(parts) == 6:
-                assert b.served == 1
+                assert b.serving.count == 1
                 for link in list(b.links.values()):
                     link.close("killed by the test")
             finish = event.finish_reason or finish

@@ -1,0 +1,104 @@
+"""Serving peers' requests: run them on the local engine and stream the tokens back.
+
+A forwarded request carries only the assembled prompt; nothing about it is stored here.
+At most MAX_PER_LINK requests per peer run at once; anything that goes wrong becomes an Error
+message to that peer, never an exception in this box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Final
+
+from mongars_edge.mesh import codec
+from mongars_edge.mesh.errors import MeshError, PeerUnavailableError
+
+if TYPE_CHECKING:
+    from mongars_edge.mesh.service import MeshService
+    from mongars_edge.mesh.transport import Link
+
+log = logging.getLogger(__name__)
+
+MAX_PER_LINK: Final = 16
+
+
+class Serving:
+    """The requests this box runs for its peers."""
+
+    def __init__(self, service: MeshService) -> None:
+        self.service = service
+        self.count = 0  # requests accepted since start
+        self._tasks: dict[tuple[int, int], asyncio.Task[None]] = {}
+
+    def cancel(self, link: Link, stream_id: int) -> None:
+        task = self._tasks.pop((id(link), stream_id), None)
+        if task is not None:
+            task.cancel()
+
+    def drop(self, link: Link) -> None:
+        """The link is gone: stop everything it asked for."""
+        for key in [k for k in self._tasks if k[0] == id(link)]:
+            self._tasks.pop(key).cancel()
+
+    def start(self, link: Link, msg: codec.InferRequest) -> None:
+        key = (id(link), msg.stream_id)
+        served = sum(1 for k in self._tasks if k[0] == id(link))
+        if self.service.engine is None or key in self._tasks or served >= MAX_PER_LINK:
+            with contextlib.suppress(PeerUnavailableError):
+                link.send(codec.Error(msg.stream_id, "busy", "not accepting this request"))
+            return
+        self.count += 1
+        task = self.service._spawn(self._run(link, msg))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+
+    async def _run(self, link: Link, msg: codec.InferRequest) -> None:
+        from mongars_edge.inference.engine import ChatRequest, Message, Sampling
+
+        assert self.service.engine is not None
+        sid = msg.stream_id
+        try:
+            if msg.model != self.service.engine.info.id:
+                raise MeshError(f"model mismatch: this box runs {self.service.engine.info.id}")
+            sampling = dict(msg.sampling)
+            sampling["stop"] = tuple(sampling.get("stop") or ())
+            adapter = msg.adapter
+            if adapter and self.service.share is not None:
+                adapter = await self.service.share.ensure(link, adapter)
+            request = ChatRequest(
+                messages=tuple(Message(r, c) for r, c in (m[:2] for m in msg.messages)),
+                sampling=Sampling(**sampling),
+                adapter=adapter,
+                grammar=msg.grammar,
+                json_schema=msg.json_schema,
+                assistant_prefix=msg.assistant_prefix,
+            )
+            async for event in self.service.engine.stream(request):
+                if event.finish_reason is None:
+                    link.send(codec.TokenChunk(sid, event.text, event.token_id))
+                else:
+                    if event.text:
+                        link.send(codec.TokenChunk(sid, event.text, event.token_id))
+                    usage, timings = event.usage, event.timings
+                    link.send(
+                        codec.End(
+                            sid,
+                            event.finish_reason,
+                            usage.prompt_tokens if usage else 0,
+                            usage.completion_tokens if usage else 0,
+                            timings.generation_tok_s if timings else 0.0,
+                            event.error,
+                        )
+                    )
+                await link.drain()
+        except asyncio.CancelledError:
+            raise
+        except PeerUnavailableError:
+            return
+        except Exception as exc:  # any failure is the peer's answer, never ours to die of
+            kind = getattr(exc, "kind", type(exc).__name__)
+            log.debug("served request failed", exc_info=True)
+            with contextlib.suppress(PeerUnavailableError):
+                link.send(codec.Error(sid, str(kind), str(exc)[:500]))
