@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from textual.widgets import DataTable
 
-from mongars_edge.tui.screens.hardware import HardwareScreen
+from mongars_edge.tui.screens.hardware import HardwareScreen, local_temperature
 from mongars_edge.tui.screens.logs import LogsScreen
 from mongars_edge.tui.screens.memories import MemoriesScreen
 from mongars_edge.tui.screens.mesh import NOT_AVAILABLE, MeshScreen
 from mongars_edge.tui.widgets import ConfirmScreen
+from tests.conftest import SYSROOTS
 from tests.tui.conftest import AppFactory
 from tests.tui.daemon import Daemon
 from tests.tui.pilot import screen_text, until
@@ -86,3 +88,12 @@ async def test_logs_screen_shows_connection_events(daemon: Daemon, make_app: App
         await until(pilot, lambda: isinstance(app.screen, LogsScreen))
         await until(pilot, lambda: "connected: " in screen_text(app))
         assert "TUI events" in screen_text(app)
+
+
+@pytest.mark.parametrize(
+    ("board", "expected"),
+    [("pi5-8gb", 52.35), ("jetson-agx-orin-64gb", 43.937), ("x86-vm-amx", None)],
+)
+def test_live_temperature_reads_the_hottest_zone(board: str, expected: float | None) -> None:
+    # Recorded sysroots of real boards (tests/fixtures/sysroots).
+    assert local_temperature(SYSROOTS / board) == expected

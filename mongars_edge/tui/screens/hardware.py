@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
 from rich.table import Table
 from textual import work
@@ -22,6 +25,24 @@ if TYPE_CHECKING:
 _HISTORY = 60
 #: Facts (temperature, throttling) are re-read every this many ticks.
 _FACTS_EVERY = 10
+
+
+def local_temperature(root: Path = Path("/")) -> float | None:
+    """The hottest thermal zone of this machine now, in °C (None when there is none)."""
+    temps = []
+    for zone in root.glob("sys/class/thermal/thermal_zone*/temp"):
+        try:
+            value = int(zone.read_text().strip()) / 1000.0
+        except (OSError, ValueError):
+            continue
+        if -40.0 <= value <= 150.0:  # disabled zones report sentinels
+            temps.append(value)
+    return max(temps) if temps else None
+
+
+def _is_local(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -45,6 +66,7 @@ class HardwareScreen(Screen[None]):
         self.hardware: dict[str, Any] | None = None
         self.hardware_note = ""
         self._ticks = 0
+        self.live_temp: float | None = None
 
     @property
     def mapp(self) -> MongarsApp:
@@ -93,6 +115,10 @@ class HardwareScreen(Screen[None]):
                 self.hardware_note = "/api/hardware is not available on this daemon"
             except DaemonError as exc:
                 self.hardware_note = f"/api/hardware: {exc}"
+        self.live_temp = None
+        if _is_local(client.url):
+            # On the box itself, read the sensors now: the daemon's facts date from its start.
+            self.live_temp = await asyncio.to_thread(local_temperature)
         self._show(metrics, metrics_note)
 
     def _rate(self, metrics: dict[str, float]) -> float | None:
@@ -135,7 +161,10 @@ class HardwareScreen(Screen[None]):
         active = metrics.get("mongars_active_sequences")
         in_use = None if active is None else f"{int(active)} of {_fmt(slots and int(slots))}"
         live.add_row("active", _fmt(in_use))
-        live.add_row("temperature", _fmt(facts.get("max_temp_c"), " °C"))
+        if self.live_temp is not None:
+            live.add_row("temperature", f"{self.live_temp:.1f} °C (now)")
+        else:
+            live.add_row("temperature", _fmt(facts.get("max_temp_c"), " °C"))
         throttled = facts.get("throttled")
         live.add_row(
             "throttling", _fmt("yes" if throttled is True else "no" if throttled is False else None)
