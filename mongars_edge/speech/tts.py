@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from mongars_edge.errors import InvalidRequestError, UnavailableError
+from mongars_edge.speech.errors import SpeechBusyError
 from mongars_edge.speech.sentences import SentenceSplitter, guess_language, split_sentences
 from mongars_edge.speech.voices import (
     EspeakVoice,
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Sentences synthesized ahead of the listener: enough to never leave a gap, bounded memory.
 PREFETCH: Final = 2
+#: Sentences queued on the worker (all requests together) before new requests get 429.
+MAX_QUEUED: Final = 64
 #: Longest text accepted in one request (characters); it is spoken in bounded pieces.
 MAX_TEXT_CHARS: Final = 200_000
 MIN_SPEED: Final = 0.25
@@ -79,6 +82,7 @@ class TextToSpeech:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts")
         #: Sentences synthesized so far (metrics; tests check cancelled work never runs).
         self.synthesized = 0
+        self.queued = 0  # sentences submitted and not finished; touched on the loop only
 
     @classmethod
     def load(
@@ -144,12 +148,21 @@ class TextToSpeech:
         for sentence in split_sentences(text):
             yield self.synthesize_blocking(sentence, chosen, speed)
 
+    def check_capacity(self) -> None:
+        """SpeechBusyError when the worker already has too much queued (call before a request)."""
+        if self.queued >= MAX_QUEUED:
+            raise SpeechBusyError("text-to-speech")
+
     async def synthesize(self, sentence: str, voice: Voice, speed: float = 1.0) -> SpeechChunk:
         """One sentence on the worker thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self.synthesize_blocking, sentence, voice, speed
-        )
+        self.queued += 1
+        try:
+            return await loop.run_in_executor(
+                self._executor, self.synthesize_blocking, sentence, voice, speed
+            )
+        finally:
+            self.queued -= 1
 
     async def stream(
         self, text: str, voice: str | None = None, language: str | None = None, speed: float = 1.0

@@ -196,6 +196,7 @@ class _Handler(AsyncEventHandler):
 
     async def _synthesize(self, request: Synthesize) -> None:
         tts = self._tts_or_fail()
+        tts.check_capacity()
         name, language = self._voice(request.voice)
         rate: int | None = None
         async with contextlib.aclosing(tts.stream(request.text, name, language)) as chunks:
@@ -209,6 +210,7 @@ class _Handler(AsyncEventHandler):
 
     async def _start_stream(self, voice: SynthesizeVoice | None) -> None:
         tts = self._tts_or_fail()
+        tts.check_capacity()
         await self._cancel_stream()
         name, language = self._voice(voice)
         self._stream = tts.open_stream(name, language)

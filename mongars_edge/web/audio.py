@@ -82,6 +82,7 @@ async def speech(request: Request) -> Response:
     from mongars_edge.speech.tts import check_request
 
     check_request(text, speed or 1.0)
+    tts.check_capacity()
     language = language or guess_language(text)
     voice = tts.pick(voice_name, language, text)  # unknown voice: 400 before any audio
     chunks = tts.stream(text, voice.info.name, language, speed or 1.0)

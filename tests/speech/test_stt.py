@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import wave
 
@@ -16,7 +17,8 @@ from mongars_edge.speech.audio import (
     resample,
     wav_bytes,
 )
-from mongars_edge.speech.stt import SpeechToText
+from mongars_edge.speech.errors import SpeechBusyError
+from mongars_edge.speech.stt import MAX_QUEUED, SpeechToText
 from mongars_edge.speech.tts import TextToSpeech
 
 from .conftest import wer
@@ -110,3 +112,17 @@ def test_8bit_wav_goes_through_pyav() -> None:
         wav.writeframes(bytes([128]) * 8000)
     samples = decode_audio(out.getvalue())
     assert samples.size == 16000
+
+
+async def test_a_flood_of_requests_gets_busy_errors_not_an_endless_queue(
+    stt: SpeechToText,
+) -> None:
+    quiet = np.zeros(16000, np.float32)
+    results = await asyncio.gather(
+        *(stt.transcribe(quiet) for _ in range(MAX_QUEUED + 4)), return_exceptions=True
+    )
+    busy = [r for r in results if isinstance(r, SpeechBusyError)]
+    assert len(busy) == 4
+    assert busy[0].http_status == 429
+    assert all(r.text == "" for r in results if not isinstance(r, BaseException))
+    assert (await stt.transcribe(quiet)).text == ""  # and the queue drains
