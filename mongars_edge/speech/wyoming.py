@@ -54,10 +54,12 @@ async def read_event(reader: asyncio.StreamReader) -> Event | None:
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise FrameError("a Wyoming header needs a type")
     data = header.get("data") or {}
+    if not isinstance(data, dict):
+        raise FrameError("Wyoming event data must be an object")
     data_length = _length(header, "data_length", MAX_DATA_BYTES)
     if data_length:
         extra = json.loads(await reader.readexactly(data_length))
-        if not isinstance(extra, dict) or not isinstance(data, dict):
+        if not isinstance(extra, dict):
             raise FrameError("Wyoming event data must be an object")
         data.update(extra)
     payload_length = _length(header, "payload_length", MAX_PAYLOAD_BYTES)
@@ -155,6 +157,12 @@ class _Handler(AsyncEventHandler):
             return await self._dispatch(event)
         except MongarsError as exc:
             await self.write_event(Error(text=str(exc), code=exc.kind).event())
+            return True
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            # Well framed but not what the event type needs (e.g. a synthesize without text).
+            log.debug("malformed wyoming event %s: %r", event.type, exc)
+            text = f"malformed {event.type} event: {type(exc).__name__}"
+            await self.write_event(Error(text=text, code="bad_event").event())
             return True
 
     async def _dispatch(self, event: Event) -> bool:

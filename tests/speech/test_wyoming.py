@@ -187,3 +187,20 @@ async def test_oversized_frames_are_refused_without_reading_them(server: Wyoming
     async with AsyncTcpClient("127.0.0.1", server.port) as client:
         await client.write_event(Describe().event())
         assert Info.is_type((await _read(client)).type)
+
+
+async def test_malformed_events_get_an_error_and_the_connection_lives(
+    server: WyomingServer,
+) -> None:
+    async with AsyncTcpClient("127.0.0.1", server.port) as client:
+        for bad in (
+            Event(type="synthesize", data={}),
+            Event(type="synthesize", data={"text": 5}),
+            Event(type="audio-start", data={"rate": "fast"}),
+            Event(type="synthesize-chunk", data={}),
+        ):
+            await client.write_event(bad)
+        errors = [Error.from_event(await _read(client)) for _ in range(3)]
+        assert all(e.code == "bad_event" for e in errors), errors
+        await client.write_event(Describe().event())
+        assert Info.is_type((await _read(client)).type)
