@@ -59,7 +59,7 @@ async def test_tiny_terminal_and_a_resize_storm(daemon: Daemon, make_app: AppFac
         await until(pilot, lambda: app.daemon_state == "up")
         for key in ("f2", "f3", "f4", "f5", "f1"):
             await pilot.press(key)
-        for _ in range(40):
+        for _ in range(25):
             await pilot.resize_terminal(rng.randint(1, 220), rng.randint(1, 70))
         await pilot.resize_terminal(80, 24)
         await pilot.pause()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.widgets import OptionList
 
 from mongars_edge.tui.screens.chat import AdapterPicker, ChatScreen
-from mongars_edge.tui.widgets import Answer, PromptArea
+from mongars_edge.tui.widgets import Answer, ConfirmScreen, PromptArea
 from tests.tui.conftest import AppFactory
 from tests.tui.daemon import Daemon
 from tests.tui.pilot import screen_text, until
@@ -50,6 +50,15 @@ async def test_prompt_streams_a_markdown_answer(chat_api: Daemon, make_app: AppF
         await until(pilot, lambda: chat.conversation_id == conversation and _answers(chat))
         assert [m["role"] for m in chat.history] == ["user", "assistant"]
         assert chat.history[0]["content"] == "Hello"
+        # Del on the list deletes it, after a yes.
+        await until(pilot, lambda: chat.query_one(PromptArea).has_focus)  # opening is done
+        listed.focus()
+        await until(pilot, lambda: listed.has_focus)
+        await pilot.press("delete")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: not _has_option(listed, conversation))
+        assert chat.conversation_id is None
 
 
 async def test_escape_stops_a_long_answer(chat_api: Daemon, make_app: AppFactory) -> None:

@@ -15,7 +15,7 @@ from textual.widgets.option_list import Option
 from textual.worker import Worker
 
 from mongars_edge.tui.client import DaemonError, NotAvailable
-from mongars_edge.tui.widgets import Answer, DaemonBanner, PromptArea
+from mongars_edge.tui.widgets import Answer, ConfirmScreen, DaemonBanner, PromptArea
 
 if TYPE_CHECKING:
     from mongars_edge.tui.app import MongarsApp
@@ -61,6 +61,7 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+n", "new_conversation", "New"),
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+o", "pick_adapter", "Adapter"),
+        Binding("delete", "delete_conversation", "Delete", show=False),
         Binding("ctrl+r", "reload", "Reload", show=False),
         Binding("tab", "focus_next", "Focus", show=False),
     ]
@@ -251,6 +252,28 @@ class ChatScreen(Screen[None]):
         self.query_one("#conversations", OptionList).highlighted = None
         self._show_status()
         self.query_one(PromptArea).focus()
+
+    @work(group="conversation-delete", exclusive=True, exit_on_error=False)
+    async def action_delete_conversation(self) -> None:
+        """Del on the conversation list deletes the highlighted conversation (asks first)."""
+        options = self.query_one("#conversations", OptionList)
+        if not options.has_focus or options.highlighted is None:
+            return
+        option = options.get_option_at_index(options.highlighted)
+        if not option.id:
+            return
+        question = f"Delete the conversation {option.prompt}?"
+        if not await self.app.push_screen_wait(ConfirmScreen(question)):
+            return
+        try:
+            await self.mapp.client.delete(f"/api/conversations/{option.id}")
+        except DaemonError as exc:
+            self.mapp.report(exc, "cannot delete the conversation")
+            return
+        self.mapp.note(f"conversation {option.id} deleted")
+        if option.id == self.conversation_id:
+            await self.action_new_conversation()
+        self.load_conversations()
 
     def action_reload(self) -> None:
         self.load_conversations()
