@@ -8,7 +8,7 @@ Prints:
  (b) streamed reply -> first audio: the time from the token that completes the first sentence
      of a reply streamed at --token-ms per token to its first audio, for several replies
      (target <= 200 ms; negative: speech began before the first sentence was complete, as the
-     first piece is spoken at its first clause or after 6 words); and the time from the reply's
+     first piece is spoken at its first clause or after 4 words); and the time from the reply's
      first token to first audio, against the baseline of speaking only once the whole reply
      has arrived (same token rate)
  (c) STT real-time factor of faster-whisper tiny.en (with VAD) on the same 10 sentences, and

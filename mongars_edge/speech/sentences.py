@@ -21,7 +21,7 @@ _ABBREV: Final = frozenset(_ABBREV_WORDS.split())
 MAX_CHARS: Final = 400
 #: A stream's first piece is spoken after this many words even if its sentence goes on:
 #: the first audio should not wait for a long first sentence (see docs/speech.md).
-FIRST_PIECE_WORDS: Final = 6
+FIRST_PIECE_WORDS: Final = 4
 
 _FR_TEXT: Final = """le la les un une des du de et est sont je tu il elle nous vous ils elles
 que qui pas ne avec pour dans sur au aux ce cette ces mon ma mes ton ta tes son sa ses leur

@@ -78,7 +78,7 @@ def test_a_sentence_is_complete_with_its_last_token_not_one_later() -> None:
         assert SentenceSplitter().feed(text) == [], text
 
 
-def test_eager_first_piece_at_a_clause_or_after_six_words() -> None:
+def test_eager_first_piece_at_a_clause_or_after_four_words() -> None:
     splitter = SentenceSplitter(eager_first=True)
     assert splitter.feed("Sure, ") == []  # one word: too short to speak alone
     splitter = SentenceSplitter(eager_first=True)
@@ -89,6 +89,6 @@ def test_eager_first_piece_at_a_clause_or_after_six_words() -> None:
     reply = "The capital of France is Paris and it is lovely."
     for token in reply.split():
         got += splitter.feed(token + " ")
-    assert got == ["The capital of France is Paris", "and it is lovely."]
+    assert got == ["The capital of France", "is Paris and it is lovely."]
     # Only the first piece is eager.
     assert splitter.feed("Then more words come here without any end ") == []

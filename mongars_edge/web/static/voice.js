@@ -6,7 +6,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const PCM_RATE = 24000;
-  const FIRST_PIECE_WORDS = 6;
+  const FIRST_PIECE_WORDS = 4;
   const ABBREV = new Set("mr mrs ms dr st jr sr vs etc e.g i.e no fig approx mme mlle p.ex a.m p.m av bd".split(" "));
   const fr = (navigator.language || "fr").toLowerCase().startsWith("fr");
   const L = fr
