@@ -103,6 +103,48 @@ def add_commands(
         else:
             click.echo(result.text)
 
+    @main.group("voices")
+    def voices_group() -> None:
+        """List, download and remove Piper voices."""
+
+    @voices_group.command("list")
+    @common
+    def voices_list(config_path: Path | None, **flags: Any) -> None:
+        """Show the voice catalog and what is installed."""
+        from mongars_edge.speech.catalog import CATALOG, installed
+
+        settings = make_settings(config_path, **flags)
+        have = set(installed(settings.resolved_data_dir()))
+        click.echo("joe                  en  installed (bundled)")
+        click.echo("espeak-fr            fr  installed (espeak-ng; while no French Piper voice)")
+        for entry in CATALOG.values():
+            mark = "installed" if entry.id in have else "-"
+            click.echo(f"{entry.id:<20} {entry.language}  {mark:<9} {entry.notes}")
+        for other in sorted(have - set(CATALOG)):
+            click.echo(f"{other:<20} ?   installed (not in the catalog)")
+
+    @voices_group.command("pull")
+    @common
+    @click.argument("voice_id")
+    def voices_pull(config_path: Path | None, voice_id: str, **flags: Any) -> None:
+        """Download and install VOICE_ID (restart the box to use it)."""
+        from mongars_edge.speech.catalog import pull
+
+        settings = make_settings(config_path, **flags)
+        path = pull(voice_id, settings.resolved_data_dir())
+        click.echo(f"installed {path}; restart mongars-edge to use it", err=True)
+
+    @voices_group.command("rm")
+    @common
+    @click.argument("voice_id")
+    def voices_rm(config_path: Path | None, voice_id: str, **flags: Any) -> None:
+        """Remove an installed voice."""
+        from mongars_edge.speech.catalog import remove
+
+        settings = make_settings(config_path, **flags)
+        remove(voice_id, settings.resolved_data_dir())
+        click.echo(f"removed {voice_id}", err=True)
+
 
 def _threads() -> int:
     import os
