@@ -38,6 +38,15 @@ DEFAULT_PROMPT_TOK_S: Final = 150.0
 EXPECTED_GEN_TOKENS: Final = 200
 REMOTE_OVERHEAD_S: Final = 0.05
 ADAPTER_FETCH_S: Final = 1.0
+# A greedy reply a peer abandoned after at most this many tokens is regenerated here from the
+# start (the received part is checked, not re-sent): llama.cpp prefills a text prefix in a
+# different float order than it decodes token by token, so continuing after the prefix can
+# drift from the uninterrupted greedy answer on near-ties. Longer replies continue after it.
+REPLAY_MAX_TOKENS: Final = 256
+
+
+class _DivergedError(Exception):
+    """The local replay does not reproduce what the peer sent."""
 
 
 @dataclass(frozen=True)
@@ -184,17 +193,49 @@ class Router:
         if left <= 0:
             yield TokenEvent("", finish_reason="length")
             return
-        rest = dataclasses.replace(
-            request,
-            assistant_prefix=request.assistant_prefix + "".join(received),
-            sampling=dataclasses.replace(request.sampling, max_tokens=left),
-        )
+        said = "".join(received)
         self._local_inflight += 1
         try:
+            if request.sampling.temperature == 0 and len(received) <= REPLAY_MAX_TOKENS:
+                try:
+                    async for event in self._replay(request, said):
+                        yield event
+                    return
+                except _DivergedError:
+                    log.debug("local replay differs from what %s sent; continuing after it", target)
+            rest = dataclasses.replace(
+                request,
+                assistant_prefix=request.assistant_prefix + said,
+                sampling=dataclasses.replace(request.sampling, max_tokens=left),
+            )
             async for event in self.local.stream(rest):
                 yield event
         finally:
             self._local_inflight -= 1
+
+    async def _replay(self, request: ChatRequest, said: str) -> AsyncIterator[TokenEvent]:
+        """Greedy: regenerate locally, pass only what comes after `said`; _DivergedError if the
+        local tokens do not reproduce it (nothing has been yielded then)."""
+        acc = ""
+        crossed = False
+        stream = self.local.stream(request)
+        try:
+            async for event in stream:
+                if crossed:
+                    yield event
+                    continue
+                new = acc + event.text
+                if len(new) <= len(said) and event.finish_reason is None:
+                    if not said.startswith(new):
+                        raise _DivergedError
+                    acc = new
+                    continue
+                if not new.startswith(said):
+                    raise _DivergedError
+                crossed = True
+                yield dataclasses.replace(event, text=new[len(said) :])
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
 
     def _warn_once(self, key: str, text: str) -> None:
         if key in self._warned:
