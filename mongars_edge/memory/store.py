@@ -129,17 +129,14 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
             try:
                 await self.flush_vectors()
                 if self._embed_failing:
-                    log.info("embedding works again; pending rows are embedded")
+                    log.info("vectors are written again; pending rows are embedded")
                 self._embed_failing = False
-            except EmbeddingError as exc:
-                # Logged once at warning, then at debug (STYLE habit 7); retried later.
+            except Exception as exc:
+                # The embedder or the disk failed: rows stay pending (full-text search still
+                # finds them). Logged once at warning, then at debug (STYLE habit 7).
                 level = logging.DEBUG if self._embed_failing else logging.WARNING
-                log.log(level, "rows wait for a vector: %s", exc)
+                log.log(level, "rows wait for a vector: %s", exc, exc_info=level == logging.DEBUG)
                 self._embed_failing = True
-                await asyncio.sleep(_RETRY_S)
-                self._wake.set()
-            except Exception:
-                log.exception("vector task failed; retrying later")
                 await asyncio.sleep(_RETRY_S)
                 self._wake.set()
 
