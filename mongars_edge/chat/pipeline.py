@@ -179,15 +179,19 @@ class ChatPipeline:
         memories: list[str] = []
         recall_s = 0.0
         if turn.memory:
-            profile = await asyncio.to_thread(self.styles.get, user_id)
+            # The style file and the recall do not depend on each other: overlap them.
+            profile_job = asyncio.ensure_future(asyncio.to_thread(self.styles.get, user_id))
+            try:
+                if self.settings.recall_limit > 0 and query.strip():
+                    t0 = time.perf_counter()
+                    hits = await self._recall(user_id, query, conversation_id)
+                    recall_s = time.perf_counter() - t0
+                    memories = [_recalled_line(h) for h in hits]
+                    if self.observer is not None:
+                        self.observer.recall_done(recall_s)
+            finally:
+                profile = await profile_job
             style = profile.directives(lang)
-            if self.settings.recall_limit > 0 and query.strip():
-                t0 = time.perf_counter()
-                hits = await self._recall(user_id, query, conversation_id)
-                recall_s = time.perf_counter() - t0
-                memories = [_recalled_line(h) for h in hits]
-                if self.observer is not None:
-                    self.observer.recall_done(recall_s)
 
         engine = self._engine()
         n_ctx = engine.info.n_ctx

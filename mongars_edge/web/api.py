@@ -316,11 +316,16 @@ async def adapters(request: Request) -> JSONResponse:
 
 
 async def peers(request: Request) -> JSONResponse:
+    """The mesh report (`mongars-edge peers`), or an empty list when no mesh runs."""
     await require_user(request)
-    # The mesh publishes its registry on the runtime when it runs (mesh issue).
-    registry = getattr(_rt(request), "peers", None)
-    listing = getattr(registry, "public", None)
-    return JSONResponse({"data": listing() if callable(listing) else []})
+    mesh = getattr(_rt(request), "mesh", None)
+    if mesh is None:
+        return JSONResponse({"node_id": None, "peers": [], "data": []})
+    from mongars_edge.mesh.state import report
+
+    body = report(mesh)
+    body.pop("pid", None)
+    return JSONResponse(body | {"data": body["peers"]})
 
 
 def routes() -> list[Route]:
