@@ -11,7 +11,8 @@ Same model, threads and per-sequence context for every contender. Prints:
      gap it causes between the running streams' tokens
  (e) second-turn time to first token with prefix reuse / without
 Generation rates count tokens after the first one over the time since the first one, so prompt
-processing is left out on both sides. Each figure is the median of --rounds runs, interleaved.
+processing is left out on both sides. Each figure is the median of --rounds runs, interleaved
+((a) takes two runs per round, in both orders).
 """
 
 from __future__ import annotations
@@ -254,8 +255,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await engine_single(engine)  # warm-up both
         await asyncio.to_thread(raw_single, raw, prompt)
         for r in range(args.rounds):
+            # Both orders in every round: the load of a shared box drifts within seconds.
             results["raw_1"].append(await asyncio.to_thread(raw_single, raw, prompt))
             results["engine_1"].append(await engine_single(engine))
+            results["engine_1"].append(await engine_single(engine))
+            results["raw_1"].append(await asyncio.to_thread(raw_single, raw, prompt))
             results["engine_4"].append(await engine_aggregate(engine))
             ttft, stall, n_long = await long_prompt_under_load(engine)
             results["ttft_long"].append(ttft)

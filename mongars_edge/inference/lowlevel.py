@@ -12,7 +12,7 @@ import ctypes
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,8 @@ class LoadedModel:
     bos_id: int
     eos_id: int
     add_bos: bool
+    _pieces: dict[int, bytes] = field(default_factory=dict, repr=False)
+    _eog: dict[int, bool] = field(default_factory=dict, repr=False)
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Text -> token ids; special tokens written in the text are parsed (any thread)."""
@@ -114,7 +116,14 @@ class LoadedModel:
         return list(buf[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
-        """The bytes of one token."""
+        """The bytes of one token (cached: the worker asks for one per generated token)."""
+        key = token if not special else ~token
+        cached = self._pieces.get(key)
+        if cached is None:
+            cached = self._pieces[key] = self._piece(token, special)
+        return cached
+
+    def _piece(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = L.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:
@@ -123,7 +132,10 @@ class LoadedModel:
         return buf.raw[:n]
 
     def is_eog(self, token: int) -> bool:
-        return bool(L.llama_vocab_is_eog(self.vocab, token))
+        known = self._eog.get(token)
+        if known is None:
+            known = self._eog[token] = bool(L.llama_vocab_is_eog(self.vocab, token))
+        return known
 
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)
