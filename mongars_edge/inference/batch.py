@@ -15,7 +15,7 @@ class ChunkSize:
     for seconds.
     """
 
-    def __init__(self, target_s: float, *, start: int = 32, minimum: int = 8) -> None:
+    def __init__(self, target_s: float, *, start: int = 16, minimum: int = 8) -> None:
         self.target_s = target_s
         self.minimum = minimum
         self.tokens = start

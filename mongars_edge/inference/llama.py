@@ -62,7 +62,7 @@ class EngineConfig:
     # Idle sequences kept beyond n_parallel so finished conversations keep their KV prefix.
     cache_slots: int = 4
     # Longest pause a prefill chunk may cause the streams already running.
-    stall_target_s: float = 0.2
+    stall_target_s: float = 0.15
     chat_template: str | None = None
     # Flash attention: faster on CPU and GPU, and what llama-server uses by default.
     flash_attn: bool = True
