@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mongars_edge.errors import InvalidRequestError, NotFoundError
+from mongars_edge.errors import InvalidRequestError, NotFoundError, UnavailableError
 from mongars_edge.memory.records import Memory, to_dict
 from mongars_edge.web.auth import (
     SESSION_COOKIE,
@@ -328,6 +328,70 @@ async def peers(request: Request) -> JSONResponse:
     return JSONResponse(body | {"data": body["peers"]})
 
 
+async def peers_pair(request: Request) -> JSONResponse:
+    """Join a mesh with the code a member shows (`mongars-edge pair --join CODE`)."""
+    await require_user(request, admin=True)
+    runtime = _rt(request)
+    mesh = getattr(runtime, "mesh", None)
+    if mesh is None:
+        raise UnavailableError("the mesh is off on this box (mesh setting)")
+    data = await read_json(request)
+    code = get_str(data, "code", required=True)
+    peer = get_str(data, "peer")
+    import socket
+
+    from mongars_edge.mesh import pairing
+    from mongars_edge.mesh.errors import MeshError
+    from mongars_edge.mesh.state import report
+
+    targets: list[tuple[str, int]] = []
+    rows = [peer] if peer else [r["address"] for r in report(mesh)["peers"] if not r["paired"]]
+    for address in rows:
+        where, _, number = str(address).rpartition(":")
+        if where and number.isdigit():
+            targets.append((where.strip("[]"), int(number)))
+    if not targets:
+        raise InvalidRequestError("no unpaired box seen on the network; give `peer` HOST:PORT")
+    errors = []
+    for host, port in targets:
+        try:
+            member = await pairing.join(
+                host, port, code, mesh.me, runtime.data_dir, socket.gethostname()
+            )
+        except MeshError as exc:
+            errors.append(f"{host}:{port}: {exc}")
+            continue
+        return JSONResponse({"joined_through": member, "node_id": mesh.me.node_id})
+    raise InvalidRequestError("pairing failed: " + "; ".join(errors))
+
+
+async def peer_item(request: Request) -> Response:
+    """Revoke a member (`mongars-edge peers remove`)."""
+    await require_user(request, admin=True)
+    runtime = _rt(request)
+    mesh = getattr(runtime, "mesh", None)
+    if mesh is None:
+        raise UnavailableError("the mesh is off on this box (mesh setting)")
+    node_id = request.path_params["node_id"]
+
+    def revoke() -> None:
+        import time
+
+        from mongars_edge.mesh.members import MemberFile
+
+        with MemberFile(runtime.data_dir).changing() as state:
+            matches = [m for m in state.members.values() if m.node_id.startswith(node_id)]
+            if len(matches) != 1 or not node_id:
+                raise NotFoundError(f"no single member matches {node_id!r}")
+            member = matches[0]
+            state.issue(mesh.me, member.node_id, member.verify_key, "revoke")
+            state.members.pop(member.node_id)
+            state.revoked[member.node_id] = time.time()
+
+    await asyncio.to_thread(revoke)
+    return Response(status_code=204)
+
+
 def routes() -> list[Route]:
     return [
         Route("/api/session", session_info, methods=["GET"]),
@@ -353,4 +417,6 @@ def routes() -> list[Route]:
         Route("/api/models", models, methods=["GET"]),
         Route("/api/adapters", adapters, methods=["GET"]),
         Route("/api/peers", peers, methods=["GET"]),
+        Route("/api/peers/pair", peers_pair, methods=["POST"]),
+        Route("/api/peers/{node_id}", peer_item, methods=["DELETE"]),
     ]

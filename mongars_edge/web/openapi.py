@@ -168,6 +168,11 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "Title": {"type": "object", "properties": {"title": {"type": "string"}}},
+    "PairCode": {
+        "type": "object",
+        "required": ["code"],
+        "properties": {"code": {"type": "string"}, "peer": {"type": "string"}},
+    },
     "NewUser": {
         "type": "object",
         "required": ["name", "password"],
@@ -328,6 +333,19 @@ def _paths() -> dict[str, Any]:
         "/api/models": {"get": _op("Loaded models and engine load", _ok(_OBJECT))},
         "/api/adapters": {"get": _op("Stored LoRA adapters", _ok(_LIST))},
         "/api/peers": {"get": _op("Mesh peers", _ok(_LIST))},
+        "/api/peers/pair": {
+            "post": _op(
+                "Join a mesh with a member's code (administrators)",
+                _ok(_OBJECT),
+                requestBody=_body(_ref("PairCode")),
+            )
+        },
+        "/api/peers/{node_id}": {
+            "parameters": [
+                {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "delete": _op("Revoke a member (administrators)", _ok(None, "204")),
+        },
     }
 
 

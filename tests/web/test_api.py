@@ -61,7 +61,13 @@ async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
     assert models["chat"]["id"] == "smollm2-135m-instruct"
     assert models["load"]["n_parallel"] >= 1
     assert (await client.get("/api/adapters", headers=headers)).json() == {"data": []}
-    assert (await client.get("/api/peers", headers=headers)).status_code == 200
+    assert (await client.get("/api/peers", headers=headers)).json()["peers"] == []
+    pair = await client.post("/api/peers/pair", json={"code": "x"}, headers=headers)
+    assert pair.status_code == 403  # administrators only
+    admin = await bearer(runtime, "root", admin=True)
+    pair = await client.post("/api/peers/pair", json={"code": "x"}, headers=admin)
+    assert pair.status_code == 503  # no mesh in these tests
+    assert (await client.delete("/api/peers/abc", headers=admin)).status_code == 503
     health = (await client.get("/health")).json()
     assert set(health) == {"status", "version", "model", "uptime_s", "board", "profile", "problems"}
 
