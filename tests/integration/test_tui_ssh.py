@@ -41,7 +41,10 @@ def _wait(predicate: Callable[[], object], what: str, rounds: int = 600) -> None
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    running = start_daemon(tmp_path / "data", free_port())
+    # Short replies: the test wants to see one streamed, not to wait for a long one.
+    config = tmp_path / "daemon.toml"
+    config.write_text("reply_max_tokens = 24\n")
+    running = start_daemon(tmp_path / "data", free_port(), "--config", str(config))
     try:
         yield running
     finally:

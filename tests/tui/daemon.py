@@ -39,8 +39,8 @@ def wait_healthy(url: str, proc: subprocess.Popen[str], rounds: int = 600) -> No
     raise AssertionError(f"{url}/health never answered")
 
 
-def start_daemon(data_dir: Path, port: int) -> Daemon:
-    proc = start_server(data_dir, port)
+def start_daemon(data_dir: Path, port: int, *extra: str) -> Daemon:
+    proc = start_server(data_dir, port, *extra)
     daemon = Daemon(f"http://127.0.0.1:{port}", data_dir, proc)
     try:
         wait_healthy(daemon.url, proc)

@@ -56,7 +56,7 @@ async def test_memories_screen_lists_searches_and_forgets(
 ) -> None:
     fact = "My violin teacher is called Odile Marchand."
     headers = {"Authorization": f"Bearer {daemon.token()()}"}
-    async with httpx.AsyncClient(base_url=daemon.url, headers=headers) as http:
+    async with httpx.AsyncClient(base_url=daemon.url, headers=headers, timeout=60) as http:
         made = await http.post("/api/memories", json={"text": fact, "kind": "fact"})
         assert made.status_code == 201, made.text
         memory_id = str(made.json()["id"])
