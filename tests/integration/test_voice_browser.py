@@ -47,6 +47,7 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs De
 def _start(data_dir: Path) -> Server:
     """`mongars-edge serve` with speech and speech-to-text on (no Wyoming port, no mesh)."""
     settings = TEST_SETTINGS | {"speech": "on", "stt": "on", "wyoming_port": 0, "mesh": False}
+    settings["reply_max_tokens"] = 48  # short replies: their audio plays in real time
     env = clean_env(**{f"MONGARS_{k.upper()}": str(v) for k, v in settings.items()})
     port = free_port()
     command = [sys.executable, "-m", "mongars_edge", "serve", "--data-dir", str(data_dir)]
