@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_TYPE: Final = "_mongars._tcp.local."
 _RESOLVE_MS: Final = 3000
+_MAX_RESOLVING: Final = 32
 
 
 def txt_record(service: MeshService) -> dict[str, str]:
@@ -118,6 +119,10 @@ class Discovery:
     def _on_change(
         self, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
+        # A flood of adverts must not become a flood of tasks.
+        if len(self._tasks) >= _MAX_RESOLVING:
+            self.service.warn_once("mdns-flood", "too many mDNS adverts at once; skipping some")
+            return
         if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
             self._task(self._resolve(service_type, name))
 

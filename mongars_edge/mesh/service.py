@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PENDING_HANDSHAKES = 32
+MAX_PEERS = 256
 
 
 @dataclass(frozen=True)
@@ -396,6 +397,11 @@ class MeshService:
         """Discovery found or refreshed a box."""
         known = self.peers.get(peer.node_id)
         if known is None:
+            if len(self.peers) >= MAX_PEERS:  # fake adverts must not grow memory without bound
+                strangers = [p for p in self.peers.values() if self.state.key_of(p.node_id) is None]
+                if not strangers:
+                    return
+                del self.peers[min(strangers, key=lambda p: p.seen_at).node_id]
             self.peers[peer.node_id] = peer
             return
         known.host, known.port, known.version = peer.host, peer.port, peer.version
