@@ -14,6 +14,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import (
     Synthesize,
@@ -21,6 +22,7 @@ from wyoming.tts import (
     SynthesizeStart,
     SynthesizeStop,
     SynthesizeStopped,
+    SynthesizeTextFormat,
     SynthesizeVoice,
 )
 
@@ -122,6 +124,14 @@ def build_info(tts: TextToSpeech | None, stt: SpeechToText | None) -> Info:
     return info
 
 
+def _strip_ssml(text: str) -> str:
+    """Speak the words of SSML; the markup itself is not supported (nor read out)."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]*>", " ", text))
+
+
 class _Handler(AsyncEventHandler):
     """One client connection."""
 
@@ -168,6 +178,8 @@ class _Handler(AsyncEventHandler):
     async def _dispatch(self, event: Event) -> bool:
         if Describe.is_type(event.type):
             await self.write_event(build_info(self._tts, self._stt).event())
+        elif Ping.is_type(event.type):
+            await self.write_event(Pong(text=Ping.from_event(event).text).event())
         elif SynthesizeStart.is_type(event.type):
             await self._start_stream(SynthesizeStart.from_event(event).voice)
         elif SynthesizeChunk.is_type(event.type):
@@ -178,7 +190,10 @@ class _Handler(AsyncEventHandler):
         elif Synthesize.is_type(event.type):
             # Streaming clients also send the whole text for older servers: ignore it then.
             if self._stream is None:
-                await self._synthesize(Synthesize.from_event(event))
+                request = Synthesize.from_event(event)
+                if request.text_format == SynthesizeTextFormat.SSML:
+                    request.text = _strip_ssml(request.text)
+                await self._synthesize(request)
         elif Transcribe.is_type(event.type):
             self._language = Transcribe.from_event(event).language
         elif AudioStart.is_type(event.type):

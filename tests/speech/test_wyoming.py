@@ -12,12 +12,14 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
+from wyoming.ping import Ping, Pong
 from wyoming.tts import (
     Synthesize,
     SynthesizeChunk,
     SynthesizeStart,
     SynthesizeStop,
     SynthesizeStopped,
+    SynthesizeTextFormat,
     SynthesizeVoice,
 )
 
@@ -204,3 +206,14 @@ async def test_malformed_events_get_an_error_and_the_connection_lives(
         assert all(e.code == "bad_event" for e in errors), errors
         await client.write_event(Describe().event())
         assert Info.is_type((await _read(client)).type)
+
+
+async def test_ping_and_ssml(server: WyomingServer) -> None:
+    async with AsyncTcpClient("127.0.0.1", server.port) as client:
+        await client.write_event(Ping(text="hi").event())
+        assert Pong.from_event(await _read(client)).text == "hi"
+        ssml = "<speak>Hello <break time='1s'/> there &amp; goodbye.</speak>"
+        synth = Synthesize(text=ssml, text_format=SynthesizeTextFormat.SSML)
+        await client.write_event(synth.event())
+        start, pcm, _ = await _read_audio(client)
+        assert len(pcm) > start.rate  # words were spoken, the markup was not an error
