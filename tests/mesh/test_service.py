@@ -216,3 +216,16 @@ async def test_lying_peer_is_bounded_and_its_claims_are_checked(boxes: Boxes) ->
             for t in [reader, *tasks]:
                 t.cancel()
             await asyncio.gather(reader, liar_task, *tasks, return_exceptions=True)
+
+
+async def test_fake_adverts_do_not_grow_the_peer_table(boxes: Boxes) -> None:
+    from mongars_edge.mesh.peers import Peer
+    from mongars_edge.mesh.service import MAX_PEERS
+
+    async with boxes(2, engine=False) as (a, b):
+        await pair(a, b)
+        await until(lambda: b.me.node_id in a.links)
+        for i in range(MAX_PEERS + 50):
+            a.seen(Peer(f"{i:016x}", "10.77.0.9", 9, source="mdns"))
+        assert len(a.peers) <= MAX_PEERS
+        assert b.me.node_id in a.peers  # members are never pushed out
