@@ -77,3 +77,12 @@ def test_prediction_grows_with_load_and_prefers_faster_boxes() -> None:
     assert faster < idle < busy
     # a cold prompt average (warming up from zero) is not taken at face value
     assert predict(0, 0, 1, 20.0, 5.0, 100, 50) == predict(0, 0, 1, 20.0, 80.0, 100, 50)
+
+
+def test_a_loopback_box_does_not_advertise() -> None:
+    from mongars_edge.mesh.service import MeshConfig, _advertise
+
+    assert not _advertise(MeshConfig(host="127.0.0.1", port=0))
+    assert not _advertise(MeshConfig(host="::1", port=0))
+    assert _advertise(MeshConfig(host="10.77.0.1", port=0))
+    assert _advertise(MeshConfig(host="127.0.0.1", port=0, mdns_interfaces=("10.77.0.1",)))
