@@ -24,7 +24,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
@@ -125,7 +125,7 @@ async def serve_pairing(
     data_dir: Path,
 ) -> MemberRecord:
     """The member side; returns the signed record of the new member."""
-    code = _take_window(data_dir)
+    code = await asyncio.to_thread(_take_window, data_dir)
     if code is None:
         why = "no pairing window is open on that box (run `mongars-edge pair` on it first)"
         write_frame(writer, codec.encode(codec.Error(0, "pairing_closed", why)))
@@ -150,17 +150,20 @@ async def serve_pairing(
         raise
     if not isinstance(join, PairJoin) or node_id_of(join.verify_key) != join.node_id:
         raise PairingError("the joiner sent an inconsistent identity")
-    files = MemberFile(data_dir)
-    with files.changing() as state:
-        state.pin(join.node_id, join.verify_key, join.name)
-        record = state.issue(me, join.node_id, join.verify_key, "add")
-        records = [r.to_wire() for r in state.all_records()]
-        mesh_id = state.mesh_id
+    record, records, mesh_id = await asyncio.to_thread(_admit, join, me, data_dir)
     welcome = PairWelcome(me.node_id, me.verify_key, mesh_id, records)
     write_frame(writer, _seal(m2j, welcome))
     await writer.drain()
     log.info("paired with node %s (%s)", join.node_id, join.name or "unnamed")
     return record
+
+
+def _admit(join: PairJoin, me: Identity, data_dir: Path) -> tuple[MemberRecord, list[Any], bytes]:
+    """Pin the joiner and sign its record (file work: runs in a thread)."""
+    with MemberFile(data_dir).changing() as state:
+        state.pin(join.node_id, join.verify_key, join.name)
+        record = state.issue(me, join.node_id, join.verify_key, "add")
+        return record, [r.to_wire() for r in state.all_records()], state.mesh_id
 
 
 async def join(host: str, port: int, code: str, me: Identity, data_dir: Path, name: str) -> str:
@@ -196,7 +199,7 @@ async def join(host: str, port: int, code: str, me: Identity, data_dir: Path, na
         writer.close()
     if not isinstance(welcome, PairWelcome) or node_id_of(welcome.verify_key) != welcome.node_id:
         raise PairingError("the member sent an inconsistent identity")
-    _adopt(welcome, me, data_dir)
+    await asyncio.to_thread(_adopt, welcome, me, data_dir)
     return welcome.node_id
 
 

@@ -180,7 +180,7 @@ class MeshService:
                 return
             if isinstance(msg, codec.PairStart):
                 record = await serve_pairing(reader, writer, msg, self.me, self.data_dir)
-                self._reload_members(force=True)
+                await self._reload_members(force=True)
                 self._broadcast(codec.Members([record.to_wire()]))
                 return
             raise CodecError(f"unexpected first message {type(msg).__name__}")
@@ -284,14 +284,14 @@ class MeshService:
                         on_disk.accept(rec, self.me)
 
         await asyncio.to_thread(merge)
-        self._reload_members(force=True)
+        await self._reload_members(force=True)
 
-    def _reload_members(self, force: bool = False) -> None:
+    async def _reload_members(self, force: bool = False) -> None:
         mtime = self.members.mtime()
         if not force and mtime == self._members_mtime:
             return
         try:
-            state = self.members.read()
+            state = await asyncio.to_thread(self.members.read)
         except MeshError as exc:
             self.warn_once("members", "%s", exc)
             return
@@ -332,7 +332,7 @@ class MeshService:
     async def _gossip_loop(self) -> None:
         while True:
             try:
-                self._reload_members()
+                await self._reload_members()
                 self._broadcast(self._telemetry())
                 for link in list(self.links.values()):
                     with contextlib.suppress(PeerUnavailableError):
