@@ -69,6 +69,9 @@ class EngineConfig:
     # Reuse KV prefixes across requests. Results may differ in the last float bits from a cold
     # prefill (llama.cpp computes a 1-token batch in a different order than a long one).
     prefix_cache: bool = True
+    # Longest a generated token may wait to be handed to the event loop (first tokens, last
+    # events and errors go at once). Fewer loop wake-ups leave the cores to llama.cpp.
+    deliver_every_s: float = 0.05
 
     @classmethod
     def from_settings(
@@ -106,6 +109,7 @@ class _Request:
     deadline: float = 0.0
     cancelled: bool = False
     done: bool = False
+    first_sent: bool = False  # worker thread only
 
 
 @dataclass(eq=False)

@@ -84,6 +84,7 @@ class Worker:
         self.gen_tok_s = 0.0
         self.prompt_tok_s = 0.0
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._last_delivery = 0.0
 
     def call(self, command: Callable[[], None]) -> None:
         """Run `command` on the worker thread before its next step."""
@@ -114,6 +115,10 @@ class Worker:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> None:
+        # Tokens are handed to the loop at most every `deliver_every_s`, except first tokens,
+        # last events and errors, which go at once: every wake-up of the loop thread takes a
+        # core from llama.cpp's threads on a small board.
+        held: _Delivery = []
         try:
             while not self._stopping:
                 while not self._commands.empty():
@@ -126,7 +131,10 @@ class Worker:
                     self._step(out)
                     if self.heartbeat is not None:
                         self.heartbeat.beat_inference()
-                self._deliver(out)
+                held.extend(out)
+                if held and (urgent(out) or not self.active or self._due()):
+                    self._deliver(held)
+                    held = []
                 if not self.active:
                     if self.heartbeat is not None:
                         self.heartbeat.inference_idle()
@@ -144,7 +152,10 @@ class Worker:
                 req.done = True
                 lowlevel.free_sampler(req.sampler)
                 out.append((req, EngineClosedError("the inference engine stopped")))
-            self._deliver(out)
+            self._deliver(held + out)
+
+    def _due(self) -> bool:
+        return time.perf_counter() - self._last_delivery >= self.config.deliver_every_s
 
     def _expire(self, out: _Delivery) -> None:
         for req in self.scheduler.expired():
@@ -391,6 +402,7 @@ class Worker:
             out.append((a.req, finish_event(a, reason, text, error)))
 
     def _deliver(self, out: _Delivery) -> None:
+        self._last_delivery = time.perf_counter()
         if not out:
             return
         by_loop: dict[Any, _Delivery] = defaultdict(list)
@@ -399,6 +411,17 @@ class Worker:
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
                 loop.call_soon_threadsafe(_put_all, items)
+
+
+def urgent(out: _Delivery) -> bool:
+    """Events that must not wait: errors, last events, and a stream's first token."""
+    for req, item in out:
+        if not isinstance(item, TokenEvent) or item.finish_reason is not None:
+            return True
+        if not req.first_sent:
+            req.first_sent = True
+            return True
+    return False
 
 
 def _put_all(items: _Delivery) -> None:
