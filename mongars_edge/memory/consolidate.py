@@ -12,10 +12,9 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from mongars_edge.memory.db import Conn
-from mongars_edge.memory.errors import MemoryStoreError
 from mongars_edge.memory.extract import Generate, model_candidates, rule_candidates
 from mongars_edge.memory.records import Memory, Message
 from mongars_edge.memory.store import MemoryStore
@@ -104,46 +103,132 @@ async def yielding(idle: IdleSignal, work: Awaitable[T]) -> T:
     raise Yielded
 
 
+class _OthersOnly:
+    """An IdleSignal over a scheduler that also runs our own background requests: when the
+    scheduler tells queued (`depth`) from running (`active`) requests, ours are subtracted,
+    so the worker yields to users and not to itself."""
+
+    _POLL_S: Final = 0.05
+
+    def __init__(self, signal: Any, worker: MemoryWorker) -> None:
+        self._signal = signal
+        self._worker = worker
+
+    def _others(self) -> int:
+        return int(self._signal.depth) + int(self._signal.active) - self._worker._own
+
+    def is_idle(self) -> bool:
+        return self._others() <= 0
+
+    async def wait_idle(self) -> None:
+        while not self.is_idle():  # noqa: ASYNC110 - counts have no event of their own
+            await asyncio.sleep(self._POLL_S)
+
+    async def wait_busy(self) -> None:
+        # The scheduler's own busy event fires for our request too: poll the counts instead.
+        while self._others() <= 0:  # noqa: ASYNC110
+            await asyncio.sleep(self._POLL_S)
+
+
 class MemoryWorker:
-    """Extraction after each turn, and idle-time work. Open with `async with worker.running()`."""
+    """Extraction from new user messages, and idle-time work with the local model.
+
+    Open with `async with worker.running()`. It finds new user messages itself (a watermark
+    in `meta`, woken by the store on every write), so the chat pipeline needs no hook. With
+    `generate=None` only the rule pass runs.
+    """
 
     def __init__(
         self,
         store: MemoryStore,
-        generate: Generate | None,
-        idle: IdleSignal,
+        generate: Generate | None = None,
+        idle: IdleSignal | None = None,
         *,
         consolidate_after_s: float = 6 * 3600.0,
         poll_s: float = 60.0,
     ) -> None:
+        if generate is not None and idle is None:
+            raise ValueError("model work needs an IdleSignal to yield to users")
         self.store = store
         self.generate = generate
         self.idle = idle
         self.consolidate_after_s = consolidate_after_s
         self.poll_s = poll_s
         self._wake = asyncio.Event()
+        store.add_listener(self._wake.set)
+        self._failing = False
+        self._scan_lock = asyncio.Lock()
+        self._own = 0  # our own model requests in flight (they must not count as users)
 
     async def after_turn(self, user_id: int, message: Message) -> list[Memory]:
-        """Call after a user message is stored: explicit statements become memories now,
-        and the message is queued for the model to read when the box is idle."""
-        if message.role != "user" or not message.content.strip():
-            return []
-        memories = [
-            await self.store.add_memory(
-                user_id, c.text, c.kind, importance=c.importance, source_message_ids=[message.id]
+        """Optional hook after a user message is stored: scans at once instead of on wake-up,
+        and returns the memories that message produced."""
+        made = await self.scan()
+        return [m for m in made if m.user_id == user_id and message.id in m.source_message_ids]
+
+    async def scan(self, batch: int = 200) -> list[Memory]:
+        """Read user messages written since the last scan: explicit statements become memories
+        now, and each message is queued for the model to read when the box is idle."""
+        async with self._scan_lock:
+            return await self._scan(batch)
+
+    async def _scan(self, batch: int) -> list[Memory]:
+        made: list[Memory] = []
+        while True:
+            row = await self.store._readers.fetchone(
+                "SELECT value FROM meta WHERE key = 'extract_upto'"
             )
-            for c in rule_candidates(message.content)
-        ]
-        if self.generate is not None:
-            await self.store._writer.run(
-                lambda conn: conn.execute(
-                    "INSERT INTO memory_jobs(kind, user_id, message_id, created)"
-                    " VALUES ('extract', ?, ?, ?)",
-                    (user_id, message.id, time.time()),
+            upto = int(row[0]) if row is not None else 0
+            messages = await self.store._readers.fetchall(
+                "SELECT id, user_id, content FROM messages WHERE id > ? AND role = 'user'"
+                " ORDER BY id LIMIT ?",
+                (upto, batch),
+            )
+            if not messages:
+                return made
+            for m in messages:
+                for c in rule_candidates(m["content"]):
+                    made.append(
+                        await self.store.add_memory(
+                            m["user_id"],
+                            c.text,
+                            c.kind,
+                            importance=c.importance,
+                            source_message_ids=[m["id"]],
+                        )
+                    )
+            last = messages[-1]["id"]
+            jobs = [(m["user_id"], m["id"], time.time()) for m in messages if m["content"].strip()]
+            if self.generate is None:
+                jobs = []
+
+            def advance(conn: Conn, last: int = last, jobs: list[Any] = jobs) -> None:
+                if jobs:
+                    conn.executemany(
+                        "INSERT INTO memory_jobs(kind, user_id, message_id, created)"
+                        " VALUES ('extract', ?, ?, ?)",
+                        jobs,
+                    )
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('extract_upto', ?)",
+                    (str(last),),
                 )
-            )
-            self._wake.set()
-        return memories
+
+            await self.store._writer.run(advance)
+
+    def _idle(self) -> IdleSignal:
+        assert self.idle is not None
+        if hasattr(self.idle, "depth") and hasattr(self.idle, "active"):
+            return _OthersOnly(self.idle, self)
+        return self.idle
+
+    async def _generate(self, prompt: str) -> str:
+        assert self.generate is not None
+        self._own += 1
+        try:
+            return await self.generate(prompt)
+        finally:
+            self._own -= 1
 
     async def pending_jobs(self) -> int:
         row = await self.store._readers.fetchone("SELECT count(*) FROM memory_jobs")
@@ -151,7 +236,7 @@ class MemoryWorker:
 
     async def step(self) -> bool:
         """Do one unit of idle work; False when there is nothing to do. May raise Yielded."""
-        if self.generate is None:
+        if self.generate is None or self.idle is None:
             return False
         if await self._extract_one(self.generate):
             return True
@@ -172,7 +257,7 @@ class MemoryWorker:
                 )
             )
             return False
-        candidates = await yielding(self.idle, model_candidates(generate, job["content"]))
+        candidates = await yielding(self._idle(), model_candidates(self._generate, job["content"]))
         for c in candidates:
             await self.store.add_memory(
                 job["user_id"], c.text, c.kind, importance=c.importance,
@@ -206,9 +291,8 @@ class MemoryWorker:
             transcript = "\n".join(
                 f"{r['role']}: {' '.join(r['content'].split())[:_MESSAGE_CHARS]}" for r in kept
             )
-            summary = await yielding(
-                self.idle, generate(SUMMARY_PROMPT.format(transcript=transcript))
-            )
+            prompt = SUMMARY_PROMPT.format(transcript=transcript)
+            summary = await yielding(self._idle(), self._generate(prompt))
             summary = " ".join(summary.split())[:_SUMMARY_CHARS]
             if len(summary) >= 12:
                 await self.store.add_memory(
@@ -228,21 +312,30 @@ class MemoryWorker:
 
     async def _loop(self) -> None:
         while True:
-            await self.idle.wait_idle()
+            self._wake.clear()
+            worked = False
             try:
-                worked = await self.step()
+                await self.scan()
+                if self.idle is not None and self.idle.is_idle():
+                    worked = await self.step()
+                self._failing = False
             except Yielded:
+                worked = True  # interrupted; the job stays queued for the next idle spell
+            except Exception as exc:
+                # Logged once at warning, then at debug (STYLE habit 7); retried later.
+                level = logging.DEBUG if self._failing else logging.WARNING
+                log.log(level, "memory work paused: %s", exc, exc_info=level == logging.DEBUG)
+                self._failing = True
+            if worked:
                 continue
-            except MemoryStoreError as exc:
-                log.warning("memory work paused: %s", exc)
-                worked = False
-            except Exception:
-                log.exception("memory work failed; trying again later")
-                worked = False
-            if not worked:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
+            if self.idle is not None and self.generate is not None:
+                waits.append(asyncio.ensure_future(self.idle.wait_idle()))
+            try:
+                await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[MemoryWorker]:

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -67,6 +67,7 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
         self._vector_task: asyncio.Task[None] | None = None
         self._embed_failing = False
         self.vcache = VectorCache()
+        self._listeners: list[Callable[[], None]] = []
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -121,6 +122,12 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
 
     def _vectors_changed(self) -> None:
         self._wake.set()
+        for listener in self._listeners:
+            listener()
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the loop) after every write of messages or memories."""
+        self._listeners.append(callback)
 
     async def _vector_loop(self) -> None:
         while True:

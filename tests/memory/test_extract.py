@@ -156,3 +156,56 @@ async def test_activity_tracker_is_an_idle_signal() -> None:
         await yielding(tracker, slow())
     await arrival
     assert await yielding(tracker, asyncio.sleep(0, result="done")) == "done"
+
+
+async def test_running_worker_picks_up_new_messages_without_a_hook(store: MemoryStore) -> None:
+    alice = await store.create_user("alice")
+    conv = await store.create_conversation(alice.id)
+    async with MemoryWorker(store).running():  # rules only: no model, no idle signal needed
+        await store.add_turn(alice.id, conv.id, "My name is Alice and I live in Lyon.", "Hi!")
+        for _ in range(400):
+            if len(await store.list_memories(alice.id)) == 2:
+                break
+            await asyncio.sleep(0.025)
+    texts = sorted(m.text for m in await store.list_memories(alice.id))
+    assert texts == ["I live in Lyon.", "My name is Alice."]
+
+
+class _Counts:
+    """Shaped like the inference scheduler's idle signal: queued and running request counts."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.active = 0
+
+    def is_idle(self) -> bool:
+        return self.depth + self.active == 0
+
+    async def wait_idle(self) -> None:
+        raise NotImplementedError
+
+    async def wait_busy(self) -> None:
+        raise NotImplementedError
+
+
+async def test_worker_yields_to_users_not_to_its_own_requests(store: MemoryStore) -> None:
+    counts = _Counts()
+
+    async def generate(prompt: str) -> str:
+        counts.active += 1  # our request runs on the same scheduler as users' requests
+        try:
+            await asyncio.sleep(3600)
+            return ""
+        finally:
+            counts.active -= 1
+
+    worker = MemoryWorker(store, generate, counts)
+    signal = worker._idle()
+    work = asyncio.create_task(yielding(signal, worker._generate("x")))
+    await asyncio.sleep(0.2)
+    assert not work.done()  # our own running request did not make the worker yield
+    assert signal.is_idle()
+    counts.depth = 1  # a user's request arrives
+    with pytest.raises(Yielded):
+        await work
+    assert counts.active == 0
