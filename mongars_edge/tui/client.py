@@ -81,6 +81,15 @@ class ChatDelta:
     finish_reason: str | None = None
 
 
+def items(body: Any, key: str) -> list[dict[str, Any]]:
+    """A list of objects from `[...]` or `{key: [...]}`; anything else is empty."""
+    if isinstance(body, dict):
+        body = body.get(key, body.get("data", []))
+    if not isinstance(body, list):
+        return []
+    return [item for item in body if isinstance(item, dict)]
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text -> {name: value}, samples of one name summed over their labels."""
     out: dict[str, float] = {}
@@ -260,6 +269,8 @@ def _transport_reason(exc: httpx.TransportError) -> str:
         return "timed out connecting (wrong address, or the box is off the network?)"
     if isinstance(exc, httpx.TimeoutException):
         return "no answer in time (the daemon may be starting and loading its model)"
+    if isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError | httpx.WriteError):
+        return f"the daemon closed the connection ({type(exc).__name__})"
     return str(exc) or type(exc).__name__
 
 

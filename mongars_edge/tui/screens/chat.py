@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -14,7 +14,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
-from mongars_edge.tui.client import DaemonError, NotAvailable
+from mongars_edge.tui.client import DaemonError, NotAvailable, items
 from mongars_edge.tui.widgets import Answer, ConfirmScreen, DaemonBanner, PromptArea
 
 if TYPE_CHECKING:
@@ -22,15 +22,6 @@ if TYPE_CHECKING:
 
 #: A long paste is sent whole but shown shortened, so the screen stays quick.
 _SHOWN_CHARS = 2000
-
-
-def items(body: Any, key: str) -> list[dict[str, Any]]:
-    """A list of objects from `[...]` or `{key: [...]}`; anything else is empty."""
-    if isinstance(body, dict):
-        body = body.get(key, body.get("data", []))
-    if not isinstance(body, list):
-        return []
-    return [item for item in body if isinstance(item, dict)]
 
 
 class AdapterPicker(ModalScreen[str | None]):

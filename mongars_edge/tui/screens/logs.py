@@ -12,8 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 
-from mongars_edge.tui.client import DaemonError, NotAvailable
-from mongars_edge.tui.screens.chat import items
+from mongars_edge.tui.client import DaemonError, NotAvailable, items
 from mongars_edge.tui.widgets import DaemonBanner
 
 if TYPE_CHECKING:

@@ -11,8 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from mongars_edge.tui.client import DaemonError, NotAvailable
-from mongars_edge.tui.screens.chat import items
+from mongars_edge.tui.client import DaemonError, NotAvailable, items
 from mongars_edge.tui.widgets import ConfirmScreen, DaemonBanner
 
 if TYPE_CHECKING:
