@@ -182,7 +182,11 @@ def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
 @click.command("tui")
 @_common_options
 @click.option("--url", help="Daemon URL (default: this box, from the host and port settings).")
-@click.option("--token", help="API bearer token (default: the local admin token in the data dir).")
+@click.option(
+    "--token",
+    envvar="MONGARS_TUI_TOKEN",
+    help="API bearer token, or $MONGARS_TUI_TOKEN (out of `ps`). Default: the local admin token.",
+)
 def tui_cmd(config_path: Path | None, url: str | None, token: str | None, **flags: Any) -> None:
     """Open the terminal UI: chat, memories, hardware, mesh and logs."""
     from mongars_edge.tui.app import run_tui  # Textual is heavy; other commands start fast
