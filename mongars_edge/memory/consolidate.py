@@ -103,6 +103,16 @@ async def yielding(idle: IdleSignal, work: Awaitable[T]) -> T:
     raise Yielded
 
 
+async def _first(*waits: Awaitable[object]) -> None:
+    """Return when the first of `waits` finishes; cancel the others."""
+    futures = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in futures:
+            future.cancel()
+
+
 class _OthersOnly:
     """An IdleSignal over a scheduler that also runs our own background requests: when the
     scheduler tells queued (`depth`) from running (`active`) requests, ours are subtracted,
@@ -145,6 +155,7 @@ class MemoryWorker:
         idle: IdleSignal | None = None,
         *,
         consolidate_after_s: float = 6 * 3600.0,
+        idle_grace_s: float = 30.0,
         poll_s: float = 60.0,
     ) -> None:
         if generate is not None and idle is None:
@@ -153,6 +164,7 @@ class MemoryWorker:
         self.generate = generate
         self.idle = idle
         self.consolidate_after_s = consolidate_after_s
+        self.idle_grace_s = idle_grace_s
         self.poll_s = poll_s
         self._wake = asyncio.Event()
         store.add_listener(self._wake.set)
@@ -310,32 +322,45 @@ class MemoryWorker:
         await self.store._writer.run(advance)
         return True
 
+    async def _quiet(self, signal: IdleSignal) -> bool:
+        """True once no user request has come for `idle_grace_s`: the model runs in the
+        same process as the users' requests, so it starts only after they have gone."""
+        busy = asyncio.ensure_future(signal.wait_busy())
+        try:
+            done, _ = await asyncio.wait({busy}, timeout=self.idle_grace_s)
+        finally:
+            busy.cancel()
+        return not done
+
+    async def _model_turn(self) -> bool:
+        """One bit of model work if the box is quiet; True if the loop should come back now."""
+        signal = self._idle()
+        if not signal.is_idle():
+            await _first(self._wake.wait(), signal.wait_idle())
+            return True
+        if not await self._quiet(signal):
+            return True
+        return await self.step()
+
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            worked = False
+            again = False
             try:
                 await self.scan()
-                if self.idle is not None and self.idle.is_idle():
-                    worked = await self.step()
+                if self.generate is not None:
+                    again = await self._model_turn()
                 self._failing = False
             except Yielded:
-                worked = True  # interrupted; the job stays queued for the next idle spell
+                again = True  # interrupted; the job stays queued for the next quiet spell
             except Exception as exc:
                 # Logged once at warning, then at debug (STYLE habit 7); retried later.
                 level = logging.DEBUG if self._failing else logging.WARNING
                 log.log(level, "memory work paused: %s", exc, exc_info=level == logging.DEBUG)
                 self._failing = True
-            if worked:
-                continue
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
-            if self.idle is not None and self.generate is not None:
-                waits.append(asyncio.ensure_future(self.idle.wait_idle()))
-            try:
-                await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waits:
-                    waiter.cancel()
+            if not again:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[MemoryWorker]:

@@ -209,3 +209,21 @@ async def test_worker_yields_to_users_not_to_its_own_requests(store: MemoryStore
     with pytest.raises(Yielded):
         await work
     assert counts.active == 0
+
+
+async def test_running_worker_reads_queued_messages_once_the_box_is_quiet(
+    store: MemoryStore, smol: SmolGenerate
+) -> None:
+    alice = await store.create_user("alice")
+    conv = await store.create_conversation(alice.id)
+    switch = _Switch()
+    worker = MemoryWorker(store, smol, switch, idle_grace_s=0.05)
+    async with worker.running():
+        await store.add_turn(alice.id, conv.id, "I prefer trains to planes.", "Noted.")
+        for _ in range(2400):
+            if len(await store.list_memories(alice.id)) and not await worker.pending_jobs():
+                break
+            await asyncio.sleep(0.05)
+    assert await worker.pending_jobs() == 0  # the model read the message
+    texts = [m.text for m in await store.list_memories(alice.id)]
+    assert "I prefer trains to planes." in texts
