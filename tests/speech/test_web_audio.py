@@ -7,11 +7,12 @@ import io
 import socket
 import wave
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 import uvicorn
+import uvicorn.protocols.http.h11_impl
 
 from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
@@ -23,10 +24,17 @@ from tests.web.conftest import TEST_SETTINGS, bearer, login_as
 
 from .conftest import wer
 
+# One Runtime and one server for the module: opening a Runtime per test costs more than the
+# tests themselves. Tests that change the runtime put it back.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-@pytest.fixture
-async def runtime(data_dir: Path, tts: TextToSpeech, stt: SpeechToText) -> AsyncIterator[Runtime]:
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def runtime(
+    tmp_path_factory: pytest.TempPathFactory, tts: TextToSpeech, stt: SpeechToText
+) -> AsyncIterator[Runtime]:
     # Speech off at open (no second load); the session's voices and model are lent instead.
+    data_dir = tmp_path_factory.mktemp("audio")
     settings = load_settings(environ={}, cli={"data_dir": data_dir, **TEST_SETTINGS})
     async with Runtime(settings) as opened:
         opened.speech, opened.stt = tts, stt
@@ -34,13 +42,16 @@ async def runtime(data_dir: Path, tts: TextToSpeech, stt: SpeechToText) -> Async
         opened.speech = opened.stt = None
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the app served by a real uvicorn on a loopback port (real streaming)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(runtime), log_config=None, lifespan="off")
+    # h11 and no WebSocket support: nothing imported lazily inside the event loop.
+    config = uvicorn.Config(
+        create_app(runtime), log_config=None, lifespan="off", http="h11", ws="none"
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
@@ -200,7 +211,15 @@ async def test_auth_is_required_and_status_says_what_is_on(
 
 
 async def test_speech_off_is_503(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    lent = runtime.speech, runtime.stt
     runtime.speech = runtime.stt = None
+    try:
+        await _speech_off_checks(client)
+    finally:
+        runtime.speech, runtime.stt = lent
+
+
+async def _speech_off_checks(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/audio/speech", json={"input": "Hi."})
     assert response.status_code == 503
     assert "speech" in response.json()["error"]["message"]
