@@ -153,6 +153,7 @@ class ChatPipeline:
 
     async def prepare(self, turn: Turn, user_id: int) -> Prepared:
         """Recall, language, style and the prompt within the context budget."""
+        started = time.perf_counter()
         incoming = list(turn.messages)
         if not turn.regenerate and not any(m.role == "user" for m in incoming):
             raise InvalidRequestError("messages must contain at least one user message")
@@ -231,6 +232,7 @@ class ChatPipeline:
             recalled=len(memories),
             recall_s=recall_s,
             trimmed=trimmed,
+            started=started,
         )
 
     async def _recall(self, user_id: int, query: str, conversation_id: int | None) -> list[Hit]:

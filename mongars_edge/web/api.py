@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mongars_edge.errors import InvalidRequestError, NotFoundError, UnavailableError
+from mongars_edge.errors import InvalidRequestError, NotFoundError
 from mongars_edge.memory.records import Memory, to_dict
 from mongars_edge.web.auth import (
     SESSION_COOKIE,
@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from mongars_edge.runtime import Runtime
 
 _MAX_PAGE: Final = 500
+
+
+class MeshOffError(InvalidRequestError):
+    """A mesh route on a box whose mesh is off: the box's state, not a failure (409)."""
+
+    http_status = 409
+    kind = "mesh_off"
 
 
 def _rt(request: Request) -> Runtime:
@@ -309,10 +316,14 @@ async def models(request: Request) -> JSONResponse:
 
 async def adapters(request: Request) -> JSONResponse:
     await require_user(request)
-    from mongars_edge.inference.adapters import AdapterStore
+    data_dir = _rt(request).data_dir
 
-    listed = await asyncio.to_thread(AdapterStore(_rt(request).data_dir).list)
-    return JSONResponse({"data": [to_dict(a) for a in listed]})
+    def listing() -> list[Any]:
+        from mongars_edge.inference.adapters import AdapterStore
+
+        return AdapterStore(data_dir).list()
+
+    return JSONResponse({"data": [to_dict(a) for a in await asyncio.to_thread(listing)]})
 
 
 async def peers(request: Request) -> JSONResponse:
@@ -334,7 +345,7 @@ async def peers_pair(request: Request) -> JSONResponse:
     runtime = _rt(request)
     mesh = getattr(runtime, "mesh", None)
     if mesh is None:
-        raise UnavailableError("the mesh is off on this box (mesh setting)")
+        raise MeshOffError("the mesh is off on this box (the mesh setting)")
     data = await read_json(request)
     code = get_str(data, "code", required=True)
     peer = get_str(data, "peer")
@@ -371,7 +382,7 @@ async def peer_item(request: Request) -> Response:
     runtime = _rt(request)
     mesh = getattr(runtime, "mesh", None)
     if mesh is None:
-        raise UnavailableError("the mesh is off on this box (mesh setting)")
+        raise MeshOffError("the mesh is off on this box (the mesh setting)")
     node_id = request.path_params["node_id"]
 
     def revoke() -> None:

@@ -62,7 +62,8 @@ def _admin(server: Server) -> dict[str, str]:
 
 def _conversation(server: Server, cid: int) -> dict[str, Any]:
     # The console principal is a different user: read through the store's owner instead.
-    return dict(httpx.get(f"{server.url}/api/conversations/{cid}", headers=_admin(server)).json())
+    url = f"{server.url}/api/conversations/{cid}"
+    return dict(httpx.get(url, headers=_admin(server), timeout=60).json())
 
 
 def _insert_answer(server: Server, user: str, cid: int, text: str) -> None:
@@ -176,6 +177,7 @@ def test_first_boot_chat_stop_reload_and_privacy(server: Server, browser: Browse
         server.url + "/api/users",
         json={"name": "bob", "password": PASSWORD},
         headers=_admin(server),
+        timeout=60,
     )
     assert made.status_code == 201
     phone = browser.new_context(

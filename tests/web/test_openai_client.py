@@ -23,7 +23,7 @@ def client(server: Server) -> openai.OpenAI:
 
 def _conversation(server: Server, cid: int) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {server.admin_token()}"}
-    response = httpx.get(f"{server.url}/api/conversations/{cid}", headers=headers)
+    response = httpx.get(f"{server.url}/api/conversations/{cid}", headers=headers, timeout=60)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -159,12 +159,12 @@ def test_malformed_bodies(server: Server) -> None:
     url = server.url + "/v1/chat/completions"
     for body in (b"{not json", b"[]", b'{"model": 3, "messages": []}', b'{"model": "mongars"}'):
         response = httpx.post(
-            url, content=body, headers=headers | {"Content-Type": "application/json"}
+            url, content=body, headers=headers | {"Content-Type": "application/json"}, timeout=60
         )
         assert response.status_code == 400, body
         assert response.json()["error"]["type"] == "invalid_request_error"
     wrong_role = {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}
-    response = httpx.post(url, json=wrong_role, headers=headers)
+    response = httpx.post(url, json=wrong_role, headers=headers, timeout=60)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages[0].role"
     assert httpx.get(server.url + "/static/../../runtime.py").status_code == 404
