@@ -46,6 +46,7 @@ def test_overlay_contents(overlay: Path) -> None:
             "usr/lib/mongars-edge/install-app.sh",
             "etc/ssh/sshd_config.d/mongars-edge.conf",
             "etc/mongars-edge/firstboot/README.txt",
+            "usr/share/mongars-edge/catalog.toml",
         ):
             assert path in members, path
         assert any(n.startswith("usr/lib/mongars-edge/wheels/mongars_edge-") for n in members)

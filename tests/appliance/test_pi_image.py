@@ -134,6 +134,7 @@ def test_root_fs_has_the_appliance_and_no_passwords(root_fs: Path) -> None:
         "/usr/lib/udev/rules.d/70-mongars-edge.rules",
         "/usr/bin/mongars-edge",
         "/etc/mongars-edge/config.toml",
+        "/usr/share/mongars-edge/catalog.toml",
     ):
         assert "Inode:" in _debugfs(root_fs, f"stat {path}"), path
     wants = _debugfs(root_fs, "ls -l /etc/systemd/system/multi-user.target.wants")
