@@ -131,13 +131,18 @@ lock_passwords() {
 }
 
 # mmdebstrap with a shared .deb cache so a second build downloads nothing.
-bootstrap() { # bootstrap ARCH ROOT INCLUDE COMPONENTS
-  local arch="$1" root="$2" include="$3" components="$4"
-  local debs="$CACHE/debs-$arch"
+bootstrap() { # bootstrap ARCH ROOT INCLUDE COMPONENTS [DIR copied over / before packages]
+  local arch="$1" root="$2" include="$3" components="$4" early="${5:-}"
+  local debs="$CACHE/debs-$arch" hooks=()
   mkdir -p "$debs"
+  # A killed build can leave /proc, /sys or /dev mounted inside: never rm -rf through those.
+  if grep -q " $root/" /proc/mounts; then
+    die "file systems are still mounted under $root; unmount them (umount -R) first"
+  fi
   rm -rf "$root"
+  [ -n "$early" ] && hooks+=(--essential-hook="copy-in $early/. /")
   mmdebstrap --variant=minbase --architectures="$arch" --components="$components" \
-    --include="$include" \
+    --include="$include" "${hooks[@]}" \
     --aptopt='Acquire::Check-Valid-Until "false"' \
     --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\"" \
     --setup-hook="sync-in '$debs' /var/cache/apt/archives" \
@@ -241,6 +246,11 @@ build_pi() {
   local root="$OUT/rootfs-pi" img="$OUT/mongars-edge-pi-arm64.img"
   mkdir -p "$OUT"
   local llama_whl; llama_whl="$(build_llama_arm64)"
+  # Files that must be in place before the kernel package builds its initramfs.
+  local early; early="$(mktemp -d)"
+  install -d "$early/etc/initramfs-tools/conf.d" "$early/etc/initramfs-tools/hooks"
+  install -m 0644 "$REPO/images/pi/initramfs/conf.d/mongars-edge.conf" "$early/etc/initramfs-tools/conf.d/"
+  install -m 0755 "$REPO/images/pi/initramfs/hooks/mongars-edge" "$early/etc/initramfs-tools/hooks/"
   step "debootstrap (mmdebstrap) $SUITE arm64 under qemu-user: kernel, Pi firmware, sshd, Wi-Fi"
   # raspi-firmware's kernel hook writes kernel, initrd, DTBs, config.txt and cmdline.txt into
   # /boot/firmware; we set its options before the kernel is installed.
@@ -248,7 +258,7 @@ build_pi() {
 iproute2,iputils-ping,procps,ca-certificates,python3,python3-venv,libgomp1,alsa-utils,\
 dosfstools,cloud-guest-utils,e2fsprogs,systemd-resolved,firmware-brcm80211,raspi-firmware,\
 linux-image-arm64,initramfs-tools" \
-    "main,non-free-firmware"
+    "main,non-free-firmware" "$early"
   step "appliance files, boot configuration, network"
   install_app_venv "$root" "$llama_whl"
   install_appliance "$root"
