@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 SYSROOTS = REPO / "tests" / "fixtures" / "sysroots"
 
 # asyncio's debug mode reports every callback that held the loop longer than this. A test in
-# which the loop was blocked that long did something blocking inside it (STYLE habit 3).
-_BLOCKING_THRESHOLD_S = 0.5
+# which the loop was blocked that long did something blocking inside it (STYLE habit 3). One
+# second, not less: on a loaded 2-core CI box a short callback can be preempted for a while.
+_BLOCKING_THRESHOLD_S = 1.0
 _SLOW_CALLBACK = re.compile(r"^Executing .* took [0-9.]+ seconds$")
 
 

@@ -21,7 +21,7 @@ def test_guard_fails_a_test_that_blocks_the_loop(pytester: pytest.Pytester) -> N
         import time
 
         async def test_blocks():
-            time.sleep(0.8)
+            time.sleep(1.6)
 
         async def test_awaits():
             await asyncio.sleep(0.01)
