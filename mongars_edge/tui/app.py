@@ -115,8 +115,8 @@ class MongarsApp(App[None]):
             if restarted:
                 self.note("the daemon restarted")
             self.note(f"connected: {health.get('version', '?')} status {health.get('status')}")
+            self.daemon_state = "up"  # before the detail: the banner hides, never shows it empty
             self.daemon_detail = ""
-            self.daemon_state = "up"
             self.generation += 1
 
     def report(self, exc: Exception, what: str) -> None:

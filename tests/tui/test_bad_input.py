@@ -41,7 +41,7 @@ async def test_daemon_down_shows_a_banner_and_reconnects(tmp_path: Path) -> None
         try:
             await until(pilot, lambda: app.daemon_state == "up")
             await until(pilot, lambda: not banner.display)
-            assert "Daemon unreachable" not in screen_text(app)
+            await until(pilot, lambda: "Daemon unreachable" not in screen_text(app))
             first = app.generation
             await asyncio.to_thread(stop_daemon, daemon)
             await until(pilot, lambda: app.daemon_state == "down" and banner.display)
