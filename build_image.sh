@@ -278,7 +278,11 @@ linux-image-arm64,initramfs-tools" \
   printf '# See /usr/share/doc/mongars-edge/settings.md\nhost = "0.0.0.0"\n' > "$root/etc/mongars-edge/config.toml"
   step "kernel hook: regenerate /boot/firmware with our config.txt fragment"
   # The hook only acts when told it is configuring (as dpkg tells it).
-  chroot "$root" env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware >&2
+  # It also insists that /boot/firmware be a mount point unless it detects a chroot, which it
+  # cannot without /proc: /proc and a bind mount, private to a namespace that ends with it.
+  unshare --mount sh -c "mount -t proc proc '$root/proc' && \
+    mount --bind '$root/boot/firmware' '$root/boot/firmware' && \
+    chroot '$root' env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware" >&2
   install -d "$root/boot/firmware/mongars-edge"
   install -m 0644 "$REPO"/images/pi/boot-examples/* "$root/boot/firmware/mongars-edge/"
   lock_passwords "$root"
