@@ -19,12 +19,11 @@ kernel="$(mdir -b -i "$work/boot.vfat" ::/ | grep -o 'vmlinuz-[^ ]*' | head -n 1
 initrd="$(mdir -b -i "$work/boot.vfat" ::/ | grep -o 'initrd.img-[^ ]*' | head -n 1)"
 mcopy -i "$work/boot.vfat" "::/$kernel" "$work/vmlinuz"
 mcopy -i "$work/boot.vfat" "::/$initrd" "$work/initrd"
-# A copy-on-write overlay keeps the image pristine (first boot writes to the root fs).
-qemu-img create -q -f qcow2 -F raw -b "$(readlink -f "$img")" "$work/overlay.qcow2"
+# snapshot=on keeps the image pristine: first boot's writes go to a temporary file.
 qemu-system-aarch64 -M virt -cpu max -smp 2 -m 2048 -nographic -no-reboot \
   -kernel "$work/vmlinuz" -initrd "$work/initrd" \
   -append "root=LABEL=mgsroot rw console=ttyAMA0 panic=-1 systemd.show_status=1" \
-  -drive if=none,file="$work/overlay.qcow2",format=qcow2,id=hd -device virtio-blk-pci,drive=hd \
+  -drive if=none,file="$img",format=raw,snapshot=on,id=hd -device virtio-blk-pci,drive=hd \
   -netdev user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:"$port"-:8080 -device virtio-net-pci,netdev=n0 \
   -serial "file:$log" -monitor none &
 qpid=$!
