@@ -1,7 +1,7 @@
 """HTTP benchmark: the chat path through uvicorn + SSE + recall, against the engine called
 directly, in the same process and the same run.
 
-    .venv/bin/python bench/http.py [--rounds R] [--tokens N] [--threads T] [--json]
+    .venv/bin/python bench/http_api.py [--rounds R] [--tokens N] [--threads T] [--json]
 
 Prints:
  (a) generation tok/s seen by an HTTP streaming client / tok/s of engine.stream() called
@@ -14,31 +14,23 @@ the runs alternate. Rates count tokens after the first over the time since the f
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-# This file is named http.py: take its folder off the path before anything imports the
-# standard library's `http` package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+import httpx
+import uvicorn
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-
-from mongars_edge.chat.pipeline import Turn  # noqa: E402
-from mongars_edge.inference.engine import Message, Sampling  # noqa: E402
-from mongars_edge.runtime import Runtime  # noqa: E402
-from mongars_edge.settings import load_settings  # noqa: E402
-from mongars_edge.web import create_app  # noqa: E402
+from mongars_edge.chat.pipeline import Turn
+from mongars_edge.inference.engine import Message, Sampling
+from mongars_edge.runtime import Runtime
+from mongars_edge.settings import load_settings
+from mongars_edge.web import create_app
 
 QUESTION = "Tell me a long story about a lighthouse keeper and her cat."
 MEMORIES = [
