@@ -6,10 +6,6 @@ pressing push-to-talk while the box speaks silences it at once (barge-in)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +15,7 @@ import numpy as np
 import pytest
 
 from mongars_edge.speech.audio import float_to_pcm16, pcm16_to_float, resample, wav_bytes
-from tests.helpers import clean_env, free_port
-from tests.web.conftest import PASSWORD, TEST_SETTINGS, Server, stop
+from tests.web.conftest import PASSWORD, Server, start, stop
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -46,37 +41,13 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs De
 
 def _start(data_dir: Path) -> Server:
     """`mongars-edge serve` with speech and speech-to-text on (no Wyoming port, no mesh)."""
-    settings = TEST_SETTINGS | {"speech": "on", "stt": "on", "wyoming_port": 0, "mesh": False}
-    settings["reply_max_tokens"] = 48  # short replies: their audio plays in real time
-    env = clean_env(**{f"MONGARS_{k.upper()}": str(v) for k, v in settings.items()})
-    port = free_port()
-    command = [sys.executable, "-m", "mongars_edge", "serve", "--data-dir", str(data_dir)]
-    proc = subprocess.Popen(
-        [*command, "--port", str(port), "--no-mesh"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+    return start(
+        data_dir,
+        MONGARS_SPEECH="on",
+        MONGARS_STT="on",
+        MONGARS_WYOMING_PORT="0",
+        MONGARS_REPLY_MAX_TOKENS="48",  # short replies: their audio plays in real time
     )
-    server = Server(proc, f"http://127.0.0.1:{port}", data_dir)
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            server.lines.append(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError("server exited:\n" + "".join(server.lines))
-        try:
-            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    stop(server)
-    raise AssertionError("server did not answer /health:\n" + "".join(server.lines))
 
 
 @pytest.fixture(scope="module")

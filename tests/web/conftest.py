@@ -121,7 +121,7 @@ def start(data_dir: Path, **env: str) -> Server:
             server.lines.append(line)
 
     threading.Thread(target=pump, daemon=True).start()
-    end = time.monotonic() + 90
+    end = time.monotonic() + 120  # a hang guard; voices load slowly on a busy box
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise AssertionError("server exited:\n" + "".join(server.lines))
