@@ -146,9 +146,14 @@ def test_first_boot_chat_stop_reload_and_privacy(server: Server, browser: Browse
 
     # Stop: cancels generation on the server; the turn is kept, marked partial.
     page.fill("#input", "Raconte-moi une très, très longue histoire de castor.")
+    # Press stop at the first streamed token: on an idle box a 135M model can finish its whole
+    # reply before a click from the test process would land.
+    page.evaluate(
+        """document.addEventListener('mongars:token',
+             () => document.getElementById('stop').click(), {once: true})"""
+    )
     page.keyboard.press("Enter")
     expect(page.locator(".msg.assistant .body").last).not_to_be_empty(timeout=30_000)
-    page.click("#stop")
     expect(page.locator("#send")).to_be_visible()
     expect(page.locator(".msg.assistant").last).to_have_class("msg assistant partial")
     assert page.evaluate("window.seen.some((e) => e[0] === 'stop')")
