@@ -169,6 +169,28 @@ async def test_second_turn_reuses_the_prefix(open_engine: EngineFactory) -> None
         assert cold.token_ids == second.token_ids
 
 
+@pytest.mark.parametrize("kv_unified", [False, True])
+async def test_another_conversation_reuses_a_shared_prefix(
+    open_engine: EngineFactory, kv_unified: bool
+) -> None:
+    """The KV of a shared system prompt is copied from the slot that holds it."""
+    system = ("system", "You are a careful assistant who answers briefly. " * 8)
+
+    def turn(question: str, conversation: str) -> ChatRequest:
+        return ChatRequest.of(
+            [system, ("user", question)], sampling=Sampling.greedy(8), conversation_id=conversation
+        )
+
+    async with open_engine(kv_unified=kv_unified) as engine:
+        await complete(engine, turn("What is a river?", "a"))
+        other = await complete(engine, turn("What is a lake?", "b"))
+        assert other.usage is not None
+        assert other.usage.cached_tokens > 50
+    async with open_engine() as fresh:
+        cold = await complete(fresh, turn("What is a lake?", "b"))
+        assert cold.token_ids == other.token_ids
+
+
 async def test_prompt_longer_than_context_is_refused(open_engine: EngineFactory) -> None:
     async with open_engine(n_ctx=256) as engine:
         with pytest.raises(PromptTooLongError) as info:
