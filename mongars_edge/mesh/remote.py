@@ -118,7 +118,7 @@ class RemoteEngine:
                     elapsed = now - started
                     if peer and n > 1:
                         # The decode rate seen here, token to token: what the claim is checked by.
-                        peer.record_result(n - 1, now - first_at)
+                        peer.record_result(n - 1, now - first_at, peer.inflight)
                     reason = item.finish_reason if item.finish_reason in _FINISH else "error"
                     yield TokenEvent(
                         "",

@@ -70,6 +70,17 @@ def test_claims_are_capped_by_measurements() -> None:
     assert peer.trusted_tok_s() == 30.0
 
 
+def test_a_streams_rate_counts_the_sequences_sharing_the_peer() -> None:
+    """Telemetry claims the aggregate rate: 3 streams at 20 tok/s each back up a claim of 60."""
+    peer = Peer("n1")
+    peer.telemetry = telemetry(gen_tok_s=60.0, n_parallel=4)
+    peer.record_result(20, 1.0, streams=3)
+    assert peer.measured_tok_s == 60.0
+    assert peer.trusted_tok_s() == 60.0
+    peer.record_result(20, 1.0, streams=9)  # never more than the peer's slots
+    assert peer.measured_tok_s == 0.7 * 60.0 + 0.3 * 80.0
+
+
 def test_prediction_grows_with_load_and_prefers_faster_boxes() -> None:
     idle = predict(0, 0, 1, 20.0, 200.0, 100, 50)
     busy = predict(2, 1, 1, 20.0, 200.0, 100, 50)
