@@ -17,12 +17,13 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Mapping,
     Sequence,
 )
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from mongars_edge.chat import prompts
 from mongars_edge.chat.lang import Lang, detect
@@ -158,41 +159,47 @@ class ChatPipeline:
         if not turn.regenerate and not any(m.role == "user" for m in incoming):
             raise InvalidRequestError("messages must contain at least one user message")
         conversation_id = turn.conversation_id
-        history: list[Message] = []
-        if conversation_id is not None:
-            stored = await self.store.get_messages(user_id, conversation_id)
-            history = _history(stored)
-        if turn.regenerate:
-            if conversation_id is None:
-                raise InvalidRequestError("regenerate needs a conversation_id")
-            while history and history[-1].role == "assistant":
-                history.pop()
-            if not history or history[-1].role != "user":
-                raise InvalidRequestError("nothing to regenerate in this conversation")
-            incoming = []
-        client_system = "\n\n".join(m.content for m in incoming if m.role == "system")
-        dialogue = history + [m for m in incoming if m.role != "system"]
-        user_texts = [m.content for m in dialogue if m.role == "user"]
-        query = user_texts[-1] if user_texts else ""
-        lang = _language(user_texts, turn.preferred_lang)
+        jobs = _Jobs()
+        try:
+            # Recall (an embedding: most of the time before the first token) and the style file
+            # do not depend on the stored history: start them before reading it.
+            recall_job: asyncio.Future[tuple[list[Hit], float]] | None = None
+            if turn.memory:
+                profile_job = jobs.start(asyncio.to_thread(self.styles.get, user_id))
+                if not turn.regenerate:
+                    recall_job = self._start_recall(jobs, user_id, _last_user(incoming), turn)
+            history: list[Message] = []
+            if conversation_id is not None:
+                stored = await self.store.get_messages(user_id, conversation_id)
+                history = _history(stored)
+            if turn.regenerate:
+                if conversation_id is None:
+                    raise InvalidRequestError("regenerate needs a conversation_id")
+                while history and history[-1].role == "assistant":
+                    history.pop()
+                if not history or history[-1].role != "user":
+                    raise InvalidRequestError("nothing to regenerate in this conversation")
+                incoming = []
+                if turn.memory:
+                    recall_job = self._start_recall(jobs, user_id, _last_user(history), turn)
+            client_system = "\n\n".join(m.content for m in incoming if m.role == "system")
+            dialogue = history + [m for m in incoming if m.role != "system"]
+            user_texts = [m.content for m in dialogue if m.role == "user"]
+            query = user_texts[-1] if user_texts else ""
+            lang = _language(user_texts, turn.preferred_lang)
 
-        style: list[str] = []
-        memories: list[str] = []
-        recall_s = 0.0
-        if turn.memory:
-            # The style file and the recall do not depend on each other: overlap them.
-            profile_job = asyncio.ensure_future(asyncio.to_thread(self.styles.get, user_id))
-            try:
-                if self.settings.recall_limit > 0 and query.strip():
-                    t0 = time.perf_counter()
-                    hits = await self._recall(user_id, query, conversation_id)
-                    recall_s = time.perf_counter() - t0
+            style: list[str] = []
+            memories: list[str] = []
+            recall_s = 0.0
+            if turn.memory:
+                if recall_job is not None:
+                    hits, recall_s = await recall_job
                     memories = [_recalled_line(h) for h in hits]
                     if self.observer is not None:
                         self.observer.recall_done(recall_s)
-            finally:
-                profile = await profile_job
-            style = profile.directives(lang)
+                style = (await profile_job).directives(lang)
+        finally:
+            await jobs.settle()
 
         engine = self._engine()
         n_ctx = engine.info.n_ctx
@@ -234,6 +241,19 @@ class ChatPipeline:
             trimmed=trimmed,
             started=started,
         )
+
+    def _start_recall(
+        self, jobs: _Jobs, user_id: int, query: str, turn: Turn
+    ) -> asyncio.Future[tuple[list[Hit], float]] | None:
+        if self.settings.recall_limit <= 0 or not query.strip():
+            return None
+
+        async def timed() -> tuple[list[Hit], float]:
+            t0 = time.perf_counter()
+            hits = await self._recall(user_id, query, turn.conversation_id)
+            return hits, time.perf_counter() - t0
+
+        return jobs.start(timed())
 
     async def _recall(self, user_id: int, query: str, conversation_id: int | None) -> list[Hit]:
         from mongars_edge.memory.recall import recall
@@ -349,6 +369,30 @@ def _status(final: TokenEvent | None) -> str:
     return "complete"
 
 
+T = TypeVar("T")
+
+
+class _Jobs:
+    """Work started early in prepare(); whatever is still running when it fails is cancelled."""
+
+    def __init__(self) -> None:
+        self._futures: list[asyncio.Future[Any]] = []
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        future = asyncio.ensure_future(coro)
+        self._futures.append(future)
+        return future
+
+    async def settle(self) -> None:
+        for future in self._futures:
+            future.cancel()
+        await asyncio.gather(*self._futures, return_exceptions=True)
+
+
+def _last_user(messages: Sequence[Message]) -> str:
+    return next((m.content for m in reversed(messages) if m.role == "user"), "")
+
+
 def _history(stored: Sequence[StoredMessage]) -> list[Message]:
     """Stored messages as prompt history; of several answers to one question, the last counts."""
     out: list[Message] = []
@@ -389,22 +433,23 @@ def _fit(
     dialogue: list[Message],
 ) -> tuple[list[Message], int, int]:
     """Messages that fit the context with room for the reply: the newest turns are kept,
-    recalled memories go before history does, and a last message that cannot fit is an error.
-    Returns (messages, messages trimmed, max_tokens for the reply)."""
+    recalled memories (on the newest user message) go before history does, and a last message
+    that cannot fit is an error. Returns (messages, messages trimmed, max_tokens for the reply)."""
     reserve = max(1, min(max_tokens, n_ctx // 2))
     budget = n_ctx - reserve - _SAFETY
 
     def cost(message: Message) -> int:
         return engine.count_tokens(message.content) + _MESSAGE_OVERHEAD
 
-    last = dialogue[-1] if dialogue else None
+    text = prompts.system_prompt(lang, style=style, client_system=client_system)
+    system = Message("system", text)
+    original = dialogue[-1] if dialogue else None
+    if original is None or original.role != "user":
+        memories = []
     while True:
-        system = Message(
-            "system",
-            prompts.system_prompt(
-                lang, style=style, memories=memories, client_system=client_system
-            ),
-        )
+        last = original
+        if last is not None and memories:
+            last = Message(last.role, prompts.with_memories(lang, memories, last.content))
         used = cost(system) + (cost(last) if last is not None else 0)
         if used <= budget or not memories:
             break

@@ -1,4 +1,5 @@
-"""System prompts (fr-CA / en): persona, language, measured style, and recalled memories."""
+"""Prompts (fr-CA / en): the system message (persona, language, measured style) and recalled
+memories, which ride on the newest user message."""
 
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ def system_prompt(
     lang: Lang,
     *,
     style: Sequence[str] = (),
-    memories: Sequence[str] = (),
     client_system: str = "",
 ) -> str:
     """The system message: the client's own system text wins over our persona when given."""
@@ -41,8 +41,17 @@ def system_prompt(
         parts.append(_ANSWER_IN[lang])
     if style:
         parts.append(" ".join(style))
-    if memories:
-        lines = "\n".join(f"- {m.strip()}" for m in memories if m.strip())
-        if lines:
-            parts.append(f"{_MEMORY_HEADER[lang]}\n{lines}")
     return "\n\n".join(parts)
+
+
+def with_memories(lang: Lang, memories: Sequence[str], text: str) -> str:
+    """The newest user message preceded by what was recalled for it.
+
+    Recalled memories change from turn to turn; in the system message they changed the first
+    tokens of every prompt, so no turn could reuse the KV cache of the one before. Here the
+    system message and the history stay put and only the newest message is new.
+    """
+    lines = "\n".join(f"- {m.strip()}" for m in memories if m.strip())
+    if not lines:
+        return text
+    return f"[{_MEMORY_HEADER[lang]}\n{lines}]\n\n{text}"

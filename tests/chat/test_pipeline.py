@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from mongars_edge.chat.pipeline import Turn
-from mongars_edge.inference.engine import Message, Sampling
+from mongars_edge.chat.pipeline import Prepared, Turn
+from mongars_edge.inference.engine import Message, Sampling, TokenEvent
 from mongars_edge.inference.errors import PromptTooLongError
 from mongars_edge.runtime import Runtime
 
@@ -21,19 +21,61 @@ def _turn(text: str, **kwargs: object) -> Turn:
     return Turn(messages=(Message("user", text),), sampling=Sampling(max_tokens=8), **kwargs)  # type: ignore[arg-type]
 
 
+async def _drain(runtime: Runtime, prepared: Prepared) -> TokenEvent:
+    """Stream a prepared turn to its end and wait until it is stored; its last event."""
+    events = [e async for e in runtime.chat.stream(prepared)]
+    await runtime.chat.drain()
+    return events[-1]
+
+
 async def test_recalled_memory_reaches_the_prompt_only_with_memory_on(runtime: Runtime) -> None:
     uid = await _user(runtime)
     other = await _user(runtime, "bob")
     await runtime.memory.add_memory(uid, "Ana's cat is named Biscuit.")
     await runtime.memory.add_memory(other, "Bob's cat is named Pixel.")
     prepared = await runtime.chat.prepare(_turn("What is my cat's name?"), uid)
-    system = prepared.request.messages[0]
-    assert system.role == "system"
-    assert "Biscuit" in system.content
-    assert "Pixel" not in system.content
+    system, last = prepared.request.messages[0], prepared.request.messages[-1]
+    assert system.role == "system" and "Biscuit" not in system.content
+    assert last.role == "user" and last.content.endswith("What is my cat's name?")
+    assert "Biscuit" in last.content
+    assert "Pixel" not in last.content
     assert prepared.recalled >= 1
     private = await runtime.chat.prepare(_turn("What is my cat's name?", memory=False), uid)
-    assert "Biscuit" not in private.request.messages[0].content
+    assert all("Biscuit" not in m.content for m in private.request.messages)
+    assert private.request.messages[-1].content == "What is my cat's name?"
+
+
+async def test_changing_recalls_keep_the_kv_prefix_of_the_conversation(runtime: Runtime) -> None:
+    """Memories recalled for each new question do not reset the conversation's prompt prefix:
+    the second turn reuses the KV cache of the first up to the first question."""
+    uid = await _user(runtime)
+    await runtime.memory.add_memory(uid, "The user's cat is named Biscuit.")
+    await runtime.memory.add_memory(uid, "The user's boat is called Marée Haute.")
+    await runtime.memory.flush_vectors()
+    first = await runtime.chat.prepare(
+        Turn(
+            messages=(Message("user", "Tell me about my cat."),),
+            sampling=Sampling(max_tokens=8, temperature=0.0),
+            new_conversation=True,
+        ),
+        uid,
+    )
+    done = await _drain(runtime, first)
+    assert done.usage is not None
+    second = await runtime.chat.prepare(
+        Turn(
+            messages=(Message("user", "And what about my boat?"),),
+            sampling=Sampling(max_tokens=8, temperature=0.0),
+            conversation_id=first.conversation_id,
+        ),
+        uid,
+    )
+    assert "Marée Haute" in second.request.messages[-1].content
+    assert second.request.messages[1].content == "Tell me about my cat."
+    final = await _drain(runtime, second)
+    assert final.usage is not None
+    system_tokens = runtime.chat_engine().count_tokens(second.request.messages[0].content)
+    assert final.usage.cached_tokens > system_tokens
 
 
 async def test_language_follows_the_user(runtime: Runtime) -> None:
@@ -130,4 +172,4 @@ async def test_statements_become_memories_after_the_turn(runtime: Runtime) -> No
     assert any("arachides" in t for t in texts)
     # The next question recalls it into the prompt.
     later = await runtime.chat.prepare(_turn("Où est-ce que j'habite?"), uid)
-    assert "Rimouski" in later.request.messages[0].content
+    assert "Rimouski" in later.request.messages[-1].content
