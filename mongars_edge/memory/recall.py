@@ -97,21 +97,30 @@ async def recall(
     if not query.strip():
         return []
     depth = max(20, limit * 3)
-    vector: bytes | None = None
-    if store.embedder is not None:
-        vector = np.asarray(await store.embedder.query(query), dtype=np.float32).tobytes()
     match = fts_query(query)
-    tables = [("memories", "text", "memory"), ("messages", "content", "message")]
-    jobs = []
-    for table, _column, source in tables:
-        if source not in sources:
-            continue
-        if vector is not None:
-            jobs.append(_knn(store, table, source, user_id, vector, depth))
-        if match is not None:
-            jobs.append(_fts(store, table, source, user_id, match, depth))
+    tables = [("memories", "memory"), ("messages", "message")]
+    tables = [(table, source) for table, source in tables if source in sources]
+    # The full-text searches do not wait for the query embedding: they run while it computes.
+    text_jobs = [
+        asyncio.ensure_future(_fts(store, table, source, user_id, match, depth))
+        for table, source in tables
+        if match is not None
+    ]
+    try:
+        vector_jobs = []
+        if store.embedder is not None:
+            embedding = await store.embedder.query(query)
+            vector = np.asarray(embedding, dtype=np.float32).tobytes()
+            vector_jobs = [
+                _knn(store, table, source, user_id, vector, depth) for table, source in tables
+            ]
+        results = await asyncio.gather(*vector_jobs, *text_jobs)
+    finally:
+        for job in text_jobs:
+            job.cancel()
+        await asyncio.gather(*text_jobs, return_exceptions=True)
     ranked: dict[tuple[str, int], dict[str, Any]] = {}
-    for kind, source, ids_scores in await asyncio.gather(*jobs):
+    for kind, source, ids_scores in results:
         for rank, (item_id, value) in enumerate(ids_scores, start=1):
             entry = ranked.setdefault((source, item_id), {"rrf": 0.0})
             entry["rrf"] += 1.0 / (RRF_K + rank)
