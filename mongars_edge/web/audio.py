@@ -66,7 +66,7 @@ async def status(request: Request) -> JSONResponse:
 async def speech(request: Request) -> Response:
     """Text in, audio out (WAV or raw PCM), streamed sentence by sentence."""
     await require_user(request)
-    tts = _tts(request)
+    # The request is checked before the service: a bad body is a 400 whether speech is on or not.
     data = await read_json(request)
     text = get_str(data, "input", required=True)
     get_str(data, "model")  # any model name is accepted: the box has its own voices
@@ -82,6 +82,7 @@ async def speech(request: Request) -> Response:
     from mongars_edge.speech.tts import check_request
 
     check_request(text, speed or 1.0)
+    tts = _tts(request)
     tts.check_capacity()
     language = language or guess_language(text)
     voice = tts.pick(voice_name, language, text)  # unknown voice: 400 before any audio
@@ -120,7 +121,6 @@ async def _pcm(chunks: AsyncGenerator[SpeechChunk, None]) -> AsyncIterator[bytes
 async def transcriptions(request: Request) -> Response:
     """Multipart upload (file, model, language, response_format) -> text."""
     await require_user(request)
-    stt = _stt(request)
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise InvalidRequestError("send the audio as multipart/form-data with a `file` field")
@@ -134,6 +134,7 @@ async def transcriptions(request: Request) -> Response:
     if fmt not in _TEXT_FORMATS:
         raise BadFieldError("response_format", f"must be one of {', '.join(_TEXT_FORMATS)}")
     language = get_str(fields, "language") or None
+    stt = _stt(request)
     result = await stt.transcribe_file(data, language)
     if fmt == "text":
         return PlainTextResponse(result.text + "\n")

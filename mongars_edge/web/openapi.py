@@ -15,16 +15,16 @@ def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {_JSON: {"schema": schema}}}
 
 
-def _ok(schema: dict[str, Any] | None = None, status: str = "200") -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        "400": {"$ref": "#/components/responses/Error"},
-        "401": {"$ref": "#/components/responses/Error"},
-        "403": {"$ref": "#/components/responses/Error"},
-        "404": {"$ref": "#/components/responses/Error"},
-        "413": {"$ref": "#/components/responses/Error"},
-        "429": {"$ref": "#/components/responses/Error"},
-        "503": {"$ref": "#/components/responses/Error"},
+def _errors() -> dict[str, Any]:
+    """The error statuses every protected route can answer, each with OpenAI's error object."""
+    return {
+        status: {"$ref": "#/components/responses/Error"}
+        for status in ("400", "401", "403", "404", "413", "429", "503")
     }
+
+
+def _ok(schema: dict[str, Any] | None = None, status: str = "200") -> dict[str, Any]:
+    responses = _errors()
     if schema is None:
         responses[status] = {"description": "done"}
     else:
@@ -44,6 +44,17 @@ def _id_param(name: str) -> dict[str, Any]:
         "schema": {"type": "integer", "minimum": 1, "maximum": 2**53},
     }
 
+
+def _header(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description, "schema": schema or {"type": "string"}}
+
+
+_BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
+_SPEECH_HEADERS: dict[str, Any] = {
+    "X-Voice": _header("The voice that spoke"),
+    "X-Language": _header("Its language (en, fr)"),
+    "X-Sample-Rate": _header("Samples per second of the audio", {"type": "integer"}),
+}
 
 _PAGE = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
@@ -153,6 +164,89 @@ _SCHEMAS: dict[str, Any] = {
             "dimensions": {"type": "integer", "minimum": 1},
         },
     },
+    "SpeechRequest": {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "model": {
+                "type": "string",
+                "description": "Any name (tts-1, …): the box speaks with its own voices.",
+            },
+            "input": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200000,
+                "pattern": "\\S",
+                "description": "The text to speak (not only spaces); spoken sentence by sentence.",
+            },
+            "voice": {
+                "type": "string",
+                "description": "An installed voice (GET /api/speech lists them); OpenAI's names "
+                "(alloy, …), default and auto pick the voice for the text's language.",
+            },
+            "response_format": {"type": "string", "enum": ["wav", "pcm"], "default": "wav"},
+            "speed": {"type": "number", "minimum": 0.25, "maximum": 4, "default": 1},
+            "language": {
+                "type": "string",
+                "description": "Extension: en, fr, fr-CA…; picks the voice when `voice` does "
+                "not (guessed from the text when absent).",
+            },
+        },
+    },
+    "TranscriptionRequest": {
+        "type": "object",
+        "required": ["file"],
+        "properties": {
+            "file": {
+                "type": "string",
+                "format": "binary",
+                "description": "WAV, WebM/Opus, Ogg, MP3 or FLAC.",
+            },
+            "model": {"type": "string", "description": "Any name (whisper-1, …)."},
+            "language": {
+                "type": "string",
+                "description": "en, fr, …; detected when absent (or auto).",
+            },
+            "response_format": {
+                "type": "string",
+                "enum": ["json", "text", "verbose_json"],
+                "default": "json",
+            },
+        },
+    },
+    "Transcription": {
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": {"type": "string"},
+            "task": {"type": "string", "enum": ["transcribe"], "description": "verbose_json"},
+            "language": {"type": "string", "description": "verbose_json"},
+            "duration": {"type": "number", "description": "verbose_json: seconds"},
+        },
+    },
+    "SpeechStatus": {
+        "type": "object",
+        "required": ["tts", "stt", "voices", "stt_languages", "wyoming_port"],
+        "properties": {
+            "tts": {"type": "boolean", "description": "POST /v1/audio/speech is on"},
+            "stt": {"type": "boolean", "description": "POST /v1/audio/transcriptions is on"},
+            "voices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "language", "locale", "engine"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "language": {"type": "string"},
+                        "locale": {"type": "string"},
+                        "engine": {"type": "string"},
+                    },
+                },
+            },
+            "stt_languages": {"type": "array", "items": {"type": "string"}},
+            "wyoming_port": {"type": "integer", "nullable": True},
+        },
+    },
     "Credentials": {
         "type": "object",
         "required": ["name", "password"],
@@ -211,6 +305,9 @@ def _paths() -> dict[str, Any]:
                 },
             )
         },
+        "/openapi.json": {
+            "get": _op("This document: OpenAPI 3.0 (no auth)", _ok(_OBJECT), security=[])
+        },
         "/v1/models": {"get": _op("Models served by this box", _ok(_OBJECT))},
         "/v1/models/{model}": {
             "get": _op(
@@ -232,6 +329,52 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 "Text embeddings", _ok(_OBJECT), requestBody=_body(_ref("EmbeddingRequest"))
             )
+        },
+        "/v1/audio/speech": {
+            "post": _op(
+                "Text to speech (OpenAI shape): audio streamed sentence by sentence; "
+                "503 while the `speech` setting is off",
+                _errors()
+                | {
+                    "200": {
+                        "description": "audio",
+                        "headers": _SPEECH_HEADERS,
+                        "content": {
+                            "audio/wav": {"schema": _BINARY},
+                            "audio/pcm": {
+                                "schema": {
+                                    **_BINARY,
+                                    "description": "raw 16-bit little-endian mono at 24 kHz",
+                                }
+                            },
+                        },
+                    }
+                },
+                requestBody=_body(_ref("SpeechRequest")),
+            )
+        },
+        "/v1/audio/transcriptions": {
+            "post": _op(
+                "Speech to text (OpenAI shape, multipart upload); "
+                "503 while the `stt` setting is off",
+                _errors()
+                | {
+                    "200": {
+                        "description": "the text (response_format: json, verbose_json or text)",
+                        "content": {
+                            _JSON: {"schema": _ref("Transcription")},
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": _ref("TranscriptionRequest")}},
+                },
+            )
+        },
+        "/api/speech": {
+            "get": _op("Which voice features this box offers", _ok(_ref("SpeechStatus")))
         },
         "/api/session": {
             "get": _op("Who is signed in; whether setup is pending", _ok(_OBJECT), security=[])
