@@ -98,7 +98,12 @@ class TextToSpeech:
         joe = default_english_model()
         for model in [*models, *([joe] if joe else [])]:
             try:
-                voices.append(PiperVoice(model, providers, threads, cache))
+                voice = PiperVoice(model, providers, threads, cache)
+                # The first synthesis loads espeak-ng's phoneme data and sizes ONNX Runtime's
+                # buffers (~1 s cold, holding the GIL in part): here, in the loading thread, it
+                # neither delays the first reply nor stalls the event loop.
+                voice.synthesize("Ok.", 1.0)
+                voices.append(voice)
             except Exception as exc:  # a broken voice file must not stop the box
                 log.warning("skipping voice %s: %s", model, exc)
         languages = {v.info.language for v in voices}
