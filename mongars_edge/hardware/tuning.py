@@ -13,10 +13,6 @@ TIERS = ("tiny", "small", "medium", "large")
 # catalogue's reference models (SmolLM2-135M, Qwen2.5-0.5B, 1-1.5B, Llama-3.2-3B).
 _WEIGHTS_MB = {"tiny": 110, "small": 420, "medium": 1050, "large": 2000}
 _KV_MB_PER_1K = {"tiny": 23, "small": 12, "medium": 32, "large": 112}
-# Idle conversations whose KV prefix the engine keeps beside the running sequences. On CPU each
-# sequence has a KV stream of ctx_size tokens (attention then spans only its own cells), so they
-# count in the memory budget; on a GPU the cache is unified (shared cells) to save its memory.
-KEPT_PREFIXES = 4
 _RUNTIME_MB = 300  # llama.cpp compute buffers, Python, sockets
 _OS_RESERVE_MB = 1536  # kernel, page cache for SQLite, Piper/Whisper/embeddings
 _HOT_C = 80.0  # Pi firmware soft-throttles at 80 C; Orin starts well above, so this is early
@@ -180,7 +176,7 @@ def _tier(facts: HardwareFacts, ctx: int, parallel: int) -> Choice:
     cap = _compute_cap(facts)
     mem = facts.mem_total_mb
     budget = mem - _OS_RESERVE_MB - mem * 15 // 100
-    tokens_k = ctx * (parallel if facts.cuda else parallel + KEPT_PREFIXES) / 1024
+    tokens_k = ctx * parallel / 1024
     for tier in reversed(TIERS[: TIERS.index(str(cap.value)) + 1]):
         need = _WEIGHTS_MB[tier] + _KV_MB_PER_1K[tier] * tokens_k + _RUNTIME_MB
         if need <= budget:

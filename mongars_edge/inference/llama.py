@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mongars_edge.hardware.tuning import KEPT_PREFIXES
 from mongars_edge.inference.engine import (
     ChatRequest,
     EngineLoad,
@@ -51,7 +50,7 @@ class EngineConfig:
     model_id: str = ""
     n_ctx: int = 4096  # the most one sequence may hold (prompt + reply)
     n_parallel: int = 4
-    # KV cells in all; 0: n_ctx for every sequence id (n_parallel + cache_slots).
+    # KV cells shared by all sequences; 0: n_ctx * n_parallel, as the tuning profile budgets.
     kv_cells: int = 0
     n_threads: int = 2
     n_threads_batch: int = 2
@@ -61,17 +60,12 @@ class EngineConfig:
     queue_size: int = 32
     request_deadline_s: float = 300.0
     # Idle sequences kept beyond n_parallel so finished conversations keep their KV prefix.
-    cache_slots: int = KEPT_PREFIXES
+    cache_slots: int = 4
     # Longest pause a prefill chunk may cause the streams already running.
     stall_target_s: float = 0.15
     chat_template: str | None = None
     # Flash attention: faster on CPU and GPU, and what llama-server uses by default.
     flash_attn: bool = True
-    # One KV stream per sequence id, as llama-server -np N does. A unified cache is smaller
-    # (sequences share cells) but every step attends over the highest cell any sequence holds:
-    # kept prefixes of idle conversations slowed a lone stream by 10-15% on the 135M model.
-    # Unified on a GPU, where memory is the scarce part (see hardware/tuning.KEPT_PREFIXES).
-    kv_unified: bool = False
     # Reuse KV prefixes across requests. Results may differ in the last float bits from a cold
     # prefill (llama.cpp computes a 1-token batch in a different order than a long one).
     prefix_cache: bool = True
@@ -96,7 +90,6 @@ class EngineConfig:
             n_batch=profile.n_batch,
             n_ubatch=min(profile.n_ubatch, profile.n_batch),
             n_gpu_layers=gpu,
-            kv_unified=profile.backend == "llama.cpp-cuda",
             queue_size=settings.queue_size,
             request_deadline_s=settings.request_deadline_s,
         )

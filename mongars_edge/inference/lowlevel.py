@@ -203,7 +203,6 @@ class ContextParams:
     n_threads: int
     n_threads_batch: int
     flash_attn: bool = True
-    kv_unified: bool = True
 
 
 def new_context(model: LoadedModel, p: ContextParams) -> Any:
@@ -215,7 +214,7 @@ def new_context(model: LoadedModel, p: ContextParams) -> Any:
     params.n_seq_max = p.n_seq_max
     params.n_threads = p.n_threads
     params.n_threads_batch = p.n_threads_batch
-    params.kv_unified = p.kv_unified
+    params.kv_unified = True
     params.flash_attn_type = (
         L.LLAMA_FLASH_ATTN_TYPE_ENABLED if p.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
     )

@@ -61,14 +61,13 @@ class Worker:
         self.ctx = lowlevel.new_context(
             model,
             lowlevel.ContextParams(
-                n_ctx=config.kv_cells or config.n_ctx * n_slots,
+                n_ctx=config.kv_cells or config.n_ctx * config.n_parallel,
                 n_batch=config.n_batch,
                 n_ubatch=config.n_ubatch,
                 n_seq_max=n_slots,
                 n_threads=config.n_threads,
                 n_threads_batch=config.n_threads_batch,
                 flash_attn=config.flash_attn,
-                kv_unified=config.kv_unified,
             ),
         )
         self.mem = L.llama_get_memory(self.ctx)
@@ -226,11 +225,7 @@ class Worker:
         n_target, n_best = common(target), common(best)
         if best is not target and n_best > n_target:
             L.llama_memory_seq_rm(self.mem, target.seq_id, -1, -1)
-            if self.config.kv_unified:
-                L.llama_memory_seq_cp(self.mem, best.seq_id, target.seq_id, 0, n_best)
-            else:  # across streams llama.cpp copies whole buffers only
-                L.llama_memory_seq_cp(self.mem, best.seq_id, target.seq_id, -1, -1)
-                L.llama_memory_seq_rm(self.mem, target.seq_id, n_best, -1)
+            L.llama_memory_seq_cp(self.mem, best.seq_id, target.seq_id, 0, n_best)
             target.tokens = tokens[:n_best]
             n_keep = n_best
         elif L.llama_memory_seq_rm(self.mem, target.seq_id, n_target, -1):

@@ -169,10 +169,7 @@ async def test_second_turn_reuses_the_prefix(open_engine: EngineFactory) -> None
         assert cold.token_ids == second.token_ids
 
 
-@pytest.mark.parametrize("kv_unified", [False, True])
-async def test_another_conversation_reuses_a_shared_prefix(
-    open_engine: EngineFactory, kv_unified: bool
-) -> None:
+async def test_another_conversation_reuses_a_shared_prefix(open_engine: EngineFactory) -> None:
     """The KV of a shared system prompt is copied from the slot that holds it."""
     system = ("system", "You are a careful assistant who answers briefly. " * 8)
 
@@ -181,7 +178,7 @@ async def test_another_conversation_reuses_a_shared_prefix(
             [system, ("user", question)], sampling=Sampling.greedy(8), conversation_id=conversation
         )
 
-    async with open_engine(kv_unified=kv_unified) as engine:
+    async with open_engine() as engine:
         await complete(engine, turn("What is a river?", "a"))
         other = await complete(engine, turn("What is a lake?", "b"))
         assert other.usage is not None
