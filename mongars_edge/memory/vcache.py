@@ -11,6 +11,7 @@ process (the CLI) show up, and any id it returns is checked against the table ag
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ class _Entry:
     # Rows written since the build; appended only, so a search can snapshot them cheaply.
     extra_ids: list[int] = field(default_factory=list)
     extra_rows: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    # The similarities of one search, reused: a fresh 400 KB array per 100k rows is an mmap
+    # and 100 page faults every time.
+    scores: npt.NDArray[np.float32] = field(default_factory=lambda: np.empty(0, np.float32))
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class VectorCache:
@@ -98,8 +103,8 @@ class VectorCache:
         q = np.frombuffer(query, dtype=np.float32)
         extra = (list(entry.extra_ids), list(entry.extra_rows))
         if len(entry.ids) <= _INLINE_ROWS:  # ~1 ms: cheaper than a thread hop
-            return _top_k(entry.ids, entry.matrix, extra, q, k)
-        return await asyncio.to_thread(_top_k, entry.ids, entry.matrix, extra, q, k)
+            return _top_k(entry, extra, q, k)
+        return await asyncio.to_thread(_top_k, entry, extra, q, k)
 
     async def _build(self, readers: Any, table: str, user_id: int) -> _Entry | None:
         count = await readers.fetchone(
@@ -131,19 +136,48 @@ def _entry_from_rows(rows: list[Any]) -> _Entry:
 
 
 def _top_k(
-    ids: npt.NDArray[np.int64],
-    matrix: npt.NDArray[np.float32],
+    entry: _Entry,
     extra: tuple[list[int], list[npt.NDArray[np.float32]]],
     q: npt.NDArray[np.float32],
     k: int,
 ) -> list[tuple[int, float]]:
-    similarities = matrix @ q
-    if extra[0]:
-        ids = np.concatenate([ids, np.asarray(extra[0], dtype=np.int64)])
-        similarities = np.concatenate([similarities, np.stack(extra[1]) @ q])
-    k = min(k, len(similarities))
-    if k == 0:
-        return []
-    top = np.argpartition(-similarities, k - 1)[:k]
-    top = top[np.argsort(-similarities[top])]
-    return [(int(ids[i]), float(1.0 - similarities[i])) for i in top]
+    ids = entry.ids
+    with entry.lock:
+        if entry.scores.shape != (len(ids),):
+            entry.scores = np.empty(len(ids), dtype=np.float32)
+        similarities = np.matmul(entry.matrix, q, out=entry.scores)
+        if extra[0]:
+            ids = np.concatenate([ids, np.asarray(extra[0], dtype=np.int64)])
+            similarities = np.concatenate([similarities, np.stack(extra[1]) @ q])
+        k = min(k, len(similarities))
+        if k == 0:
+            return []
+        top = best_k(similarities, k)
+        return [(int(ids[i]), float(1.0 - similarities[i])) for i in top]
+
+
+_STRIDE: Final = 64
+
+
+def best_k(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.intp]:
+    """Indices of the k largest scores, best first; exact.
+
+    A full argpartition costs ~1.5 ms per 100k scores, as much as a fifth of the search. A
+    strided sample gives a threshold expected to leave ~4k scores above it; when at least k
+    are, the k largest are all among them (each of them is >= the k-th candidate >= the
+    threshold), so only those are partitioned. Otherwise the full partition runs.
+    """
+    n = len(scores)
+    candidates: npt.NDArray[np.intp] | None = None
+    if n > 64 * _STRIDE:
+        sample = scores[::_STRIDE]
+        m = min(len(sample), max(1, k // 16))
+        threshold = np.partition(sample, len(sample) - m)[len(sample) - m]
+        above = np.flatnonzero(scores >= threshold)
+        if len(above) >= k:
+            candidates = above
+    if candidates is None:
+        candidates = np.arange(n)
+    part = scores[candidates]
+    top = candidates[np.argpartition(part, len(part) - k)[len(part) - k :]]
+    return top[np.argsort(-scores[top], kind="stable")]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mongars_edge.memory.store import MemoryStore
-from mongars_edge.memory.vcache import VectorCache
+from mongars_edge.memory.vcache import VectorCache, best_k
 
 TEXTS = [
     "Mon chien s'appelle Rex.",
@@ -54,3 +58,30 @@ async def test_cache_matches_vec0_and_follows_writes(store: MemoryStore) -> None
     ]
     await store.delete_user(alice.id)
     assert all(key[1] != alice.id for key in store.vcache._entries)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 20_000),
+    k=st.integers(1, 300),
+    levels=st.integers(1, 1000),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_best_k_is_the_exact_top_k(n: int, k: int, levels: int, seed: int) -> None:
+    """The threshold shortcut never loses one of the k best, ties included (few levels)."""
+    rng = np.random.default_rng(seed)
+    scores = (rng.integers(0, levels, n) / levels).astype(np.float32)
+    k = min(k, n)
+    got = best_k(scores, k)
+    assert len(got) == k == len(set(got.tolist()))
+    want = np.sort(scores)[::-1][:k]
+    assert np.array_equal(scores[got], want)
+
+
+def test_best_k_on_a_large_partition() -> None:
+    """100k scores (the threshold path) with and without ties give the exact top k."""
+    rng = np.random.default_rng(3)
+    for scores in (rng.standard_normal(100_000).astype(np.float32), np.ones(100_000, np.float32)):
+        for k in (1, 10, 30, 300):
+            got = best_k(scores, k)
+            assert np.array_equal(scores[got], np.sort(scores)[::-1][:k])
