@@ -183,7 +183,10 @@ def test_adapter_added_on_a_is_used_by_a_request_running_on_c(mesh: Mesh) -> Non
     assert not (c.data_dir / "adapters" / f"{sha}.gguf").exists()
     # Two requests at once (one runs on C): fresh measured rates for both boxes.
     chat(a, [body(24), body(24)])
-    story = [body(200, question="Tell a long story.")]
+    # A long story that stays on A: with the adapter only A holds, C would first have to fetch
+    # it (the router counts that), so A runs it. Without it the two idle boxes of equal speed
+    # were a coin toss, and a story sent to C left A idle for the request below.
+    story = [body(200, "lora-a", question="Tell a long story.")]
     busy = subprocess.Popen(chat_args(a, story), stdout=subprocess.PIPE, text=True)
     time.sleep(1.5)  # A is now busy with its one slot: the adapter request goes to C
     (reply,) = chat(a, [body(48, "lora-a")])
