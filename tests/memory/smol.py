@@ -33,6 +33,11 @@ class SmolGenerate:
         self.cancelled = 0
         self.completed = 0
         self._lock = threading.Lock()
+        # Set when a generation has produced a token; `gate` cleared holds it after that token,
+        # so a test can act while a generation is surely in flight.
+        self.first_token = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
 
     def _run(self, prompt: str, stop: threading.Event) -> str:
         with self._lock:
@@ -47,6 +52,9 @@ class SmolGenerate:
                 if stop.is_set():
                     break
                 parts.append(chunk["choices"][0]["delta"].get("content") or "")
+                self.first_token.set()
+                while not self.gate.wait(0.01) and not stop.is_set():
+                    pass
             else:
                 self.completed += 1
             return "".join(parts)

@@ -124,13 +124,18 @@ async def test_sleep_yields_the_moment_a_request_arrives(
     worker = MemoryWorker(store, smol, switch)
     user_msg, _ = await store.add_turn(alice.id, conv.id, "I prefer trains to planes.", "Noted.")
     await worker.after_turn(alice.id, user_msg)
-    step = asyncio.create_task(worker.step())
-    await asyncio.sleep(0.3)  # the model is reading the prompt in its thread now
     completed = smol.completed
-    switch.idle.clear()
-    switch.busy.set()
-    with pytest.raises(Yielded):
-        await step
+    smol.first_token.clear()
+    smol.gate.clear()  # the generation holds after its first token: surely in flight
+    try:
+        step = asyncio.create_task(worker.step())
+        assert await asyncio.to_thread(smol.first_token.wait, 60)
+        switch.idle.clear()
+        switch.busy.set()
+        with pytest.raises(Yielded):
+            await asyncio.wait_for(step, 30)  # a worker that waited would time out here
+    finally:
+        smol.gate.set()
     assert smol.completed == completed  # it yielded without waiting for the generation
     assert smol.cancelled >= 1
     assert await worker.pending_jobs() == 1  # still queued: it runs again when idle
