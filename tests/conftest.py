@@ -8,7 +8,13 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
+
+# Hypothesis' per-example deadline is a wall-clock assertion: a cold first call (an import, a
+# codec's first use) or a busy CI box fails it with "flaky". Correctness is what is checked here.
+hypothesis.settings.register_profile("mongars", deadline=None)
+hypothesis.settings.load_profile("mongars")
 
 pytest_plugins = ["pytester"]
 
