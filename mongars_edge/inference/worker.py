@@ -94,7 +94,7 @@ class Worker:
     def drop_idle_prefixes(self) -> int:
         """Forget every idle KV prefix (worker thread); returns how many were dropped."""
         n = 0
-        while self._evict_idle():
+        while self._evict_idle(in_ram=True):
             n += 1
         return n
 
@@ -104,6 +104,8 @@ class Worker:
 
     def free(self) -> None:
         """Release llama.cpp memory (after the thread ended)."""
+        for slot in self.slots:
+            slot.saved = None
         self.batch.free()
         for lora in self.loras.values():
             L.llama_adapter_lora_free(lora)
@@ -223,31 +225,77 @@ class Worker:
             target = min(idle, key=lambda s: (len(s.tokens) > 0, s.last_used))
         best = max(self.slots, key=common)
         n_target, n_best = common(target), common(best)
+        n_keep = 0
         if best is not target and n_best > n_target:
-            L.llama_memory_seq_rm(self.mem, target.seq_id, -1, -1)
-            L.llama_memory_seq_cp(self.mem, best.seq_id, target.seq_id, 0, n_best)
-            target.tokens = tokens[:n_best]
-            n_keep = n_best
-        elif L.llama_memory_seq_rm(self.mem, target.seq_id, n_target, -1):
-            del target.tokens[n_target:]
+            self._drop(target)
+            if self._restore(best, target.seq_id):
+                n_keep = n_best
+            elif best.saved is None:
+                L.llama_memory_seq_cp(self.mem, best.seq_id, target.seq_id, 0, n_best)
+                n_keep = n_best
+            if n_keep:
+                L.llama_memory_seq_rm(self.mem, target.seq_id, n_keep, -1)
+            target.tokens = tokens[:n_keep]
+        elif (
+            n_target
+            and (target.saved is None or self._restore(target, target.seq_id))
+            and L.llama_memory_seq_rm(self.mem, target.seq_id, n_target, -1)
+        ):
             n_keep = n_target
-        else:
-            L.llama_memory_seq_rm(self.mem, target.seq_id, -1, -1)
-            target.tokens = []
-            n_keep = 0
+            del target.tokens[n_target:]
+        if not n_keep:
+            self._drop(target)
+        target.saved = None
         target.busy = True
         target.adapter = req.adapter
         target.conversation = conv
         return target, n_keep
 
-    def _evict_idle(self) -> bool:
-        """Drop the least recently used idle KV prefix; False if there is none."""
-        idle = [s for s in self.slots if not s.busy and s.tokens]
+    def _drop(self, slot: _Slot) -> None:
+        """Forget a slot's prefix, in cells or in RAM."""
+        L.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        slot.tokens = []
+        slot.saved = None
+
+    def _stash(self, slot: _Slot) -> None:
+        """An idle slot's KV to host RAM, its cells freed (see EngineConfig.prefix_ram_mb)."""
+        budget = self.config.prefix_ram_mb * 1024 * 1024
+        if not budget or not slot.tokens or slot.saved is not None:
+            return
+        size = int(L.llama_state_seq_get_size(self.ctx, slot.seq_id))
+        buffer = (ctypes.c_uint8 * size)() if 0 < size <= budget else None
+        if buffer is None or L.llama_state_seq_get_data(self.ctx, buffer, size, slot.seq_id) == 0:
+            self._drop(slot)  # too big to keep, or llama.cpp could not copy it
+            return
+        slot.saved = buffer
+        L.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        stashed = sorted(
+            (s for s in self.slots if s.saved is not None and not s.busy),
+            key=lambda s: s.last_used,
+        )
+        while stashed and sum(ctypes.sizeof(s.saved) for s in stashed) > budget:
+            self._drop(stashed.pop(0))
+
+    def _restore(self, source: _Slot, seq_id: int) -> bool:
+        """Put `source`'s stashed KV back into the cells of `seq_id`; False if not stashed or
+        it does not fit."""
+        if source.saved is None:
+            return False
+        buffer = source.saved
+        L.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+        if L.llama_state_seq_set_data(self.ctx, buffer, ctypes.sizeof(buffer), seq_id) == 0:
+            L.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+            return False
+        return True
+
+    def _evict_idle(self, *, in_ram: bool = False) -> bool:
+        """Drop the least recently used idle prefix held in cells (and, with `in_ram`, in host
+        RAM too); False if there is none."""
+        idle = [s for s in self.slots if not s.busy and s.tokens and (in_ram or s.saved is None)]
         if not idle:
             return False
         victim = min(idle, key=lambda s: s.last_used)
-        L.llama_memory_seq_rm(self.mem, victim.seq_id, -1, -1)
-        victim.tokens = []
+        self._drop(victim)
         victim.conversation = None
         return True
 
@@ -395,6 +443,7 @@ class Worker:
         self.active.remove(a)
         a.slot.busy = False
         a.slot.last_used = time.perf_counter()
+        self._stash(a.slot)
         a.req.done = True
         lowlevel.free_sampler(a.req.sampler)
         self.scheduler.finished(time.perf_counter() - a.t_start)

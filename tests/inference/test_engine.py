@@ -169,6 +169,37 @@ async def test_second_turn_reuses_the_prefix(open_engine: EngineFactory) -> None
         assert cold.token_ids == second.token_ids
 
 
+@pytest.mark.parametrize("prefix_ram_mb", [512, 0])
+async def test_kept_prefixes_wait_in_ram_not_in_kv_cells(
+    open_engine: EngineFactory, prefix_ram_mb: int
+) -> None:
+    """A finished conversation's KV leaves the cache's cells (a lone stream then attends only
+    over its own) and comes back for its next turn, with the same greedy reply as a cold run."""
+    import llama_cpp.llama_cpp as L
+
+    async with open_engine(prefix_ram_mb=prefix_ram_mb) as engine:
+        first = await complete(engine, ask("My name is Ana.", 10, conversation_id="c1"))
+        worker = engine._worker
+        assert worker is not None
+        kept = [s for s in worker.slots if s.tokens]
+        assert len(kept) == 1
+        in_cells = L.llama_memory_seq_pos_max(worker.mem, kept[0].seq_id) >= 0
+        assert in_cells == (prefix_ram_mb == 0)
+        assert (kept[0].saved is not None) == (prefix_ram_mb > 0)
+        turn2 = ChatRequest.of(
+            [("user", "My name is Ana."), ("assistant", first.text), ("user", "And you?")],
+            sampling=Sampling.greedy(10),
+            conversation_id="c1",
+        )
+        second = await complete(engine, turn2)
+        assert second.usage is not None
+        assert second.usage.cached_tokens > 10
+    async with open_engine() as fresh:
+        await fresh.drop_prefix_cache()
+        cold = await complete(fresh, turn2)
+        assert cold.token_ids == second.token_ids
+
+
 async def test_another_conversation_reuses_a_shared_prefix(open_engine: EngineFactory) -> None:
     """The KV of a shared system prompt is copied from the slot that holds it."""
     system = ("system", "You are a careful assistant who answers briefly. " * 8)
