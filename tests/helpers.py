@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -80,3 +81,18 @@ def wait_json(url: str, proc: subprocess.Popen[str], deadline_s: float = 60) -> 
         except OSError:  # refused, reset, or timed out while the model loads
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer")
+
+
+def stop_cleanly(proc: subprocess.Popen[str], timeout_s: float = 60) -> list[dict[str, Any]]:
+    """SIGTERM a server and check it stopped on its own, exit 0, no traceback; its JSON log
+    records. The timeout is a hang guard, not a timing assertion."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
