@@ -339,13 +339,19 @@ async def peers(request: Request) -> JSONResponse:
     return JSONResponse(body | {"data": body["peers"]})
 
 
+def _mesh_on(runtime: Runtime) -> Any:
+    """The running mesh service; MeshOffError when the mesh setting is off."""
+    mesh = getattr(runtime, "mesh", None)
+    if mesh is None:
+        raise MeshOffError("the mesh is off on this box (the mesh setting)")
+    return mesh
+
+
 async def peers_pair(request: Request) -> JSONResponse:
     """Join a mesh with the code a member shows (`mongars-edge pair --join CODE`)."""
     await require_user(request, admin=True)
     runtime = _rt(request)
-    mesh = getattr(runtime, "mesh", None)
-    if mesh is None:
-        raise MeshOffError("the mesh is off on this box (the mesh setting)")
+    mesh = _mesh_on(runtime)
     data = await read_json(request)
     code = get_str(data, "code", required=True)
     peer = get_str(data, "peer")
@@ -380,9 +386,7 @@ async def peer_item(request: Request) -> Response:
     """Revoke a member (`mongars-edge peers remove`)."""
     await require_user(request, admin=True)
     runtime = _rt(request)
-    mesh = getattr(runtime, "mesh", None)
-    if mesh is None:
-        raise MeshOffError("the mesh is off on this box (the mesh setting)")
+    mesh = _mesh_on(runtime)
     node_id = request.path_params["node_id"]
 
     def revoke() -> None:
