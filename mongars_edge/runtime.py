@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mongars_edge.chat.pipeline import ChatPipeline
     from mongars_edge.inference.engine import Engine
     from mongars_edge.inference.llama import LlamaEngine
+    from mongars_edge.memory.embed import ThreadedEmbedder
     from mongars_edge.memory.store import MemoryStore
     from mongars_edge.mesh.service import MeshService
     from mongars_edge.speech.stt import SpeechToText
@@ -45,6 +46,7 @@ class Runtime:
         self.started_at = time.monotonic()
         self._facts: HardwareFacts | None = None
         self._profile: TuningProfile | None = None
+        self._embedder: ThreadedEmbedder | None = None
         self._stack = contextlib.AsyncExitStack()
         # Service-level problems shown on /health (probe warnings live in facts).
         self.problems: list[str] = []
@@ -115,6 +117,13 @@ class Runtime:
         )
         from mongars_edge.inference import open_local_engine
 
+        # The embedding model loads first, with nothing else on the loop: its load holds the
+        # GIL in stretches (see ThreadedEmbedder.wait_loaded), which would stall other startup work.
+        self._embedder = await asyncio.to_thread(
+            _loaded_embedder, self.settings.embed_model, self._profile.onnx_providers
+        )
+        self._stack.push_async_callback(self._embedder.close)
+
         self.engine = await self._stack.enter_async_context(
             open_local_engine(self.settings, self._profile, self.data_dir, heartbeat=self.watchdog)
         )
@@ -131,12 +140,11 @@ class Runtime:
         # First imports take ~0.5 s (numpy, starlette): not on the event loop.
         await asyncio.to_thread(_import_chat_modules)
         from mongars_edge.chat.pipeline import ChatPipeline
-        from mongars_edge.memory.embed import create_embedder
         from mongars_edge.memory.store import MemoryStore
         from mongars_edge.web.auth import Accounts
 
-        embedder = create_embedder(self.settings.embed_model)
-        self._stack.push_async_callback(embedder.close)
+        embedder = self._embedder
+        assert embedder is not None  # made and loaded in _open_services
         self.memory = await self._stack.enter_async_context(
             MemoryStore.open(self.data_dir / DATABASE_FILE, embedder)
         )
@@ -166,6 +174,14 @@ def _import_chat_modules() -> None:
     import mongars_edge.memory.embed
     import mongars_edge.memory.store
     import mongars_edge.web.auth  # noqa: F401
+
+
+def _loaded_embedder(name: str, providers: tuple[str, ...]) -> ThreadedEmbedder:
+    from mongars_edge.memory.embed import create_embedder
+
+    embedder = create_embedder(name, providers=providers)
+    embedder.wait_loaded()
+    return embedder
 
 
 def load_profile(facts: HardwareFacts, data_dir: Path) -> TuningProfile:

