@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 MEASURED_PROFILE_FILE = "tuning.json"
 DATABASE_FILE = "mongars.db"
+# A watchdog limit for the embedding model's load (see Watchdog.widened): ~1 s on a Pi 5, more
+# than the usual 30 s under qemu's full-system emulation of the Pi image.
+_EMBEDDER_LOAD_S = 600.0
 
 
 class Runtime:
@@ -118,10 +121,12 @@ class Runtime:
         from mongars_edge.inference import open_local_engine
 
         # The embedding model loads first, with nothing else on the loop: its load holds the
-        # GIL in stretches (see ThreadedEmbedder.wait_loaded), which would stall other startup work.
-        self._embedder = await asyncio.to_thread(
-            _loaded_embedder, self.settings.embed_model, self._profile.onnx_providers
-        )
+        # GIL in stretches (see ThreadedEmbedder.wait_loaded), which would stall other startup
+        # work, and the watchdog pings with it (hence the wider limit meanwhile).
+        async with self.watchdog.widened(_EMBEDDER_LOAD_S):
+            self._embedder = await asyncio.to_thread(
+                _loaded_embedder, self.settings.embed_model, self._profile.onnx_providers
+            )
         self._stack.push_async_callback(self._embedder.close)
 
         self.engine = await self._stack.enter_async_context(

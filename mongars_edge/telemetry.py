@@ -201,6 +201,24 @@ class Watchdog:
                 await task
 
     @contextlib.asynccontextmanager
+    async def widened(self, seconds: float) -> AsyncIterator[None]:
+        """Give systemd a longer watchdog limit for a block, then the usual one back.
+
+        For a start-up step that holds the GIL in long stretches (the embedding model's load:
+        about a second on a Pi, but minutes under qemu's full-system emulation), during which
+        the loop cannot ping. The limit goes back (with a ping) however the block ends.
+        """
+        if self.interval_s is None or not self.notifier.enabled:
+            yield
+            return
+        self.notifier.notify(f"WATCHDOG_USEC={int(max(seconds, self.interval_s) * 1e6)}")
+        try:
+            yield
+        finally:
+            self.notifier.notify(f"WATCHDOG_USEC={int(self.interval_s * 1e6)}")
+            self.ping()
+
+    @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Watchdog]:
         """Ping while the block runs; the notifier socket is closed on the way out."""
         self.start()

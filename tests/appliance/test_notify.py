@@ -124,6 +124,24 @@ async def test_watchdog_task_pings_from_the_event_loop(
     assert received == [b"WATCHDOG=1", b"WATCHDOG=1"]
 
 
+async def test_a_widened_watchdog_limit_is_given_back(
+    notify_socket: tuple[str, socket.socket],
+) -> None:
+    path, sock = notify_socket
+    watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000"})
+
+    async def failing_load() -> None:
+        async with watchdog.widened(600):
+            assert await asyncio.to_thread(sock.recv, 4096) == b"WATCHDOG_USEC=600000000"
+            raise RuntimeError("the load failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_load()
+    received = await asyncio.to_thread(_drain, sock, 2)
+    assert received == [b"WATCHDOG_USEC=30000000", b"WATCHDOG=1"]
+    watchdog.notifier.close()
+
+
 def _drain(sock: socket.socket, count: int) -> list[bytes]:
     return [sock.recv(4096) for _ in range(count)]
 
