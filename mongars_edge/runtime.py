@@ -122,7 +122,7 @@ class Runtime:
 
         # The embedding model loads first, with nothing else on the loop: its load holds the
         # GIL in stretches (see ThreadedEmbedder.wait_loaded), which would stall other startup
-        # work, and the watchdog pings with it (hence the wider limit meanwhile).
+        # work, and the watchdog's pings stall with it (hence the wider limit meanwhile).
         async with self.watchdog.widened(_EMBEDDER_LOAD_S):
             self._embedder = await asyncio.to_thread(
                 _loaded_embedder, self.settings.embed_model, self._profile.onnx_providers
