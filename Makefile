@@ -13,7 +13,7 @@ PORT ?= 8080
 # advertise instructions the VM does not allow (AMX), so build portable code. Images override
 # this (e.g. LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=on" on Jetson).
 LLAMA_VERSION := 0.3.36
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_RPC=ON
 # pip's own cache ignores CMAKE_ARGS, so keep our wheel in a directory keyed by the flags.
 LLAMA_KEY := $(shell printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 # Outside the checkout so fresh clones on the same machine reuse it.
