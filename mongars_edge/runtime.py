@@ -21,7 +21,8 @@ from mongars_edge.telemetry import Watchdog, appliance_problems
 if TYPE_CHECKING:
     from mongars_edge.chat.pipeline import ChatPipeline
     from mongars_edge.inference.engine import Engine
-    from mongars_edge.inference.llama import LlamaEngine
+    from mongars_edge.inference.local import LocalEngine
+    from mongars_edge.inference.manager import ModelManager
     from mongars_edge.memory.embed import ThreadedEmbedder
     from mongars_edge.memory.store import MemoryStore
     from mongars_edge.mesh.service import MeshService
@@ -55,8 +56,10 @@ class Runtime:
         self.problems: list[str] = []
         # systemd watchdog; the inference worker calls watchdog.beat_inference() per step.
         self.watchdog = Watchdog.from_environ()
-        # The local llama.cpp engine (None when the `model` setting is "off").
-        self.engine: LlamaEngine | None = None
+        # The local llama.cpp engine, whichever model is loaded behind it (None when the `model`
+        # setting is "off"); `models` chooses, pulls and switches that model.
+        self.engine: LocalEngine | None = None
+        self.models: ModelManager | None = None
         # The mesh router (an Engine that may run a request on a peer); None without a mesh.
         self.router: Engine | None = None
         # The peer mesh service (None without a mesh); `mongars-edge peers` reads its state.
@@ -118,8 +121,6 @@ class Runtime:
             "hardware probed",
             extra={"board": self._facts.board, "profile": json.dumps(self._profile.summary())},
         )
-        from mongars_edge.inference import open_local_engine
-
         # The embedding model loads first, with nothing else on the loop: its load holds the
         # GIL in stretches (see ThreadedEmbedder.wait_loaded), which would stall other startup
         # work, and the watchdog's pings stall with it (hence the wider limit meanwhile).
@@ -129,9 +130,7 @@ class Runtime:
             )
         self._stack.push_async_callback(self._embedder.close)
 
-        self.engine = await self._stack.enter_async_context(
-            open_local_engine(self.settings, self._profile, self.data_dir, heartbeat=self.watchdog)
-        )
+        await self._open_models()
         if self.settings.mesh and self.engine is not None:
             from mongars_edge.mesh.service import open_mesh
 
@@ -139,6 +138,43 @@ class Runtime:
                 open_mesh(self.settings, self.data_dir, self.engine)
             )
         await self._open_chat()
+
+    async def _open_models(self) -> None:
+        """The local engine and the model manager that loads the chosen model into it."""
+        from mongars_edge.inference.local import LocalEngine
+        from mongars_edge.inference.manager import ModelManager
+
+        local = LocalEngine()
+        self._stack.push_async_callback(local.close)
+        self.models = ModelManager(
+            self.settings, self.profile, self.facts, self.data_dir, local, heartbeat=self.watchdog
+        )
+        self._stack.push_async_callback(self.models.close)
+        await self.models.start()
+        self.engine = local if local.loaded else None
+
+    def health_problems(self) -> list[str]:
+        """Everything /health lists: the box's own problems and the chat model's."""
+        model = self.models.problems() if self.models is not None else []
+        return [*self.problems, *model]
+
+    def speech_summary(self) -> dict[str, object]:
+        """Which voice speaks each language and which model hears (for /health)."""
+        voices: dict[str, str] = {}
+        notes: list[str] = []
+        if self.speech is not None:
+            for info in self.speech.voices():
+                voices.setdefault(info.language, f"{info.engine}:{info.name}")
+            if voices.get("fr", "").startswith("espeak-ng"):
+                notes.append(
+                    "French is spoken by espeak-ng until a French Piper voice is installed "
+                    "(`mongars-edge voices pull fr_FR-siwis-medium`)"
+                )
+        return {
+            "voices": voices,
+            "stt": self.stt.name if self.stt is not None else None,
+            "notes": notes,
+        }
 
     async def _open_chat(self) -> None:
         """Memory store, accounts (setup code, local admin token) and the chat pipeline."""
@@ -158,7 +194,12 @@ class Runtime:
         )
         self.chat = await self._stack.enter_async_context(
             ChatPipeline.open(
-                self.chat_engine, self.memory, self.settings, self.data_dir, local=self.engine
+                self.chat_engine,
+                self.memory,
+                self.settings,
+                self.data_dir,
+                local=self.engine,
+                sampling_defaults=self.models.sampling_defaults if self.models else None,
             )
         )
         from mongars_edge.speech.service import open_speech

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -21,7 +22,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
@@ -42,7 +43,7 @@ from mongars_edge.memory.conversations import NewMessage
 from mongars_edge.memory.errors import MemoryStoreError
 
 if TYPE_CHECKING:
-    from mongars_edge.inference.llama import LlamaEngine
+    from mongars_edge.inference.local import LocalEngine
     from mongars_edge.memory.consolidate import MemoryWorker
     from mongars_edge.memory.recall import Hit
     from mongars_edge.memory.records import Message as StoredMessage
@@ -57,6 +58,9 @@ _TITLE_CHARS: Final = 60
 _RECALLED_CHARS: Final = 300
 _DEFAULT_LANG: Final[Lang] = "fr"  # the home language of the box
 _INLINE_FIT_CHARS: Final = 1000  # ~0.5 ms of tokenizing on x86, no more than a thread hop
+_KEPT_STYLES: Final = 4096  # conversations whose starting style is remembered
+SAMPLING_FIELDS: Final = frozenset(f.name for f in fields(Sampling))
+SamplingDefaults = Callable[[str], Mapping[str, float | int]]
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,11 @@ class Turn:
 
     messages: tuple[Message, ...]
     sampling: Sampling = field(default_factory=Sampling)
+    # The sampling fields the client chose; the others take the model's own defaults from the
+    # catalog (Qwen2.5: top_p 0.8, top_k 20, ...). All of them unless said otherwise.
+    sampling_set: frozenset[str] = SAMPLING_FIELDS
+    # The model asked for (None: the one this box runs).
+    model: str | None = None
     conversation_id: int | None = None
     new_conversation: bool = False
     adapter: str | None = None
@@ -110,11 +119,19 @@ class ChatPipeline:
         store: MemoryStore,
         settings: Settings,
         data_dir: Path,
+        *,
+        sampling_defaults: SamplingDefaults | None = None,
     ) -> None:
         self._engine = engine
         self.store = store
         self.settings = settings
+        self._sampling_defaults = sampling_defaults
         self.styles = StyleBook(data_dir / "chat")
+        # The style directives each conversation started with. The style book learns from every
+        # message, so its directives change now and then (the first ones appear after two
+        # messages); kept per conversation, the system message stays the same from turn to turn
+        # and every turn reuses the KV prefix of the one before. In memory only, like that KV.
+        self._conversation_style: OrderedDict[tuple[int, Lang], list[str]] = OrderedDict()
         self.observer: PipelineObserver | None = None
         # Memory extraction after each turn and idle-time consolidation (memory issue).
         self.memory_worker: MemoryWorker | None = None
@@ -130,16 +147,18 @@ class ChatPipeline:
         settings: Settings,
         data_dir: Path,
         *,
-        local: LlamaEngine | None = None,
+        local: LocalEngine | None = None,
+        sampling_defaults: SamplingDefaults | None = None,
     ) -> AsyncIterator[ChatPipeline]:
         """`local` (the box's own engine) reads turns for memories while the box is idle:
-        memory work never goes to a peer."""
-        pipeline = cls(engine, store, settings, data_dir)
+        memory work never goes to a peer. `sampling_defaults(model_id)`: a model's own
+        sampling settings, for the fields a request leaves out."""
+        pipeline = cls(engine, store, settings, data_dir, sampling_defaults=sampling_defaults)
         async with contextlib.AsyncExitStack() as stack:
             if local is not None:
                 from mongars_edge.memory.consolidate import MemoryWorker
 
-                worker = MemoryWorker(store, _generator(local), local.scheduler)
+                worker = MemoryWorker(store, _generator(local), local)
                 pipeline.memory_worker = await stack.enter_async_context(worker.running())
             try:
                 yield pipeline
@@ -199,11 +218,14 @@ class ChatPipeline:
                     if self.observer is not None:
                         self.observer.recall_done(recall_s)
                 style = (await profile_job).directives(lang)
+                if conversation_id is not None:
+                    style = self._style_of(conversation_id, lang, style)
         finally:
             await jobs.settle()
 
         engine = self._engine()
-        fit_args = (engine, engine.info.n_ctx, turn.sampling.max_tokens, lang, style, memories)
+        sampling = self._sampling(turn, turn.model or engine.info.id)
+        fit_args = (engine, engine.info.n_ctx, sampling.max_tokens, lang, style, memories)
         size = sum(len(m.content) for m in dialogue) + len(client_system) + sum(map(len, memories))
         if size <= _INLINE_FIT_CHARS:  # a thread hop would cost more than the tokenizing
             messages, trimmed, max_tokens = _fit(*fit_args, client_system, dialogue)
@@ -214,17 +236,19 @@ class ChatPipeline:
         if turn.new_conversation:
             title = " ".join(query.split())[:_TITLE_CHARS]
             conversation_id = (await self.store.create_conversation(user_id, title)).id
+            self._style_of(conversation_id, lang, style)
         to_store: list[NewMessage] = []
         if conversation_id is not None:
             to_store = [NewMessage(m.role, m.content) for m in incoming if m.role != "system"]
         request = ChatRequest(
             messages=tuple(messages),
-            sampling=replace(turn.sampling, max_tokens=max_tokens),
+            sampling=replace(sampling, max_tokens=max_tokens),
             adapter=turn.adapter,
             grammar=turn.grammar,
             json_schema=turn.json_schema,
             conversation_id=None if conversation_id is None else str(conversation_id),
             user_id=str(user_id),
+            model=turn.model,
         )
         return Prepared(
             turn=turn,
@@ -238,6 +262,25 @@ class ChatPipeline:
             trimmed=trimmed,
             started=started,
         )
+
+    def _sampling(self, turn: Turn, model_id: str) -> Sampling:
+        """The turn's sampling, with the model's own defaults for the fields it left out."""
+        if self._sampling_defaults is None or turn.sampling_set >= SAMPLING_FIELDS:
+            return turn.sampling
+        defaults = self._sampling_defaults(model_id)
+        fill = {k: v for k, v in defaults.items() if k not in turn.sampling_set}
+        return replace(turn.sampling, **fill) if fill else turn.sampling  # type: ignore[arg-type]
+
+    def _style_of(self, conversation_id: int, lang: Lang, style: list[str]) -> list[str]:
+        key = (conversation_id, lang)
+        kept = self._conversation_style.get(key)
+        if kept is None:
+            kept = self._conversation_style[key] = style
+            while len(self._conversation_style) > _KEPT_STYLES:
+                self._conversation_style.popitem(last=False)
+        else:
+            self._conversation_style.move_to_end(key)
+        return kept
 
     def _start_recall(
         self, jobs: _Jobs, user_id: int, query: str, turn: Turn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
@@ -10,11 +11,15 @@ from mongars_edge.hardware.probe import HardwareFacts
 T = TypeVar("T")
 TIERS = ("tiny", "small", "medium", "large")
 # Per tier: Q4 weights (MiB) and KV cache (MiB per 1k tokens, f16), rounded up from the
-# catalogue's reference models (SmolLM2-135M, Qwen2.5-0.5B, 1-1.5B, Llama-3.2-3B).
+# catalogue's reference models (SmolLM2-135M, Qwen2.5-0.5B, 1-1.5B, Llama-3.2-3B). A catalog
+# model's own size replaces the weights figure when it is known.
 _WEIGHTS_MB = {"tiny": 110, "small": 420, "medium": 1050, "large": 2000}
 _KV_MB_PER_1K = {"tiny": 23, "small": 12, "medium": 32, "large": 112}
-_RUNTIME_MB = 300  # llama.cpp compute buffers, Python, sockets
-_OS_RESERVE_MB = 1536  # kernel, page cache for SQLite, Piper/Whisper/embeddings
+_RUNTIME_MB = 300  # llama.cpp compute buffers, sockets, per-request state
+# Kernel and systemd (~150 MiB), the Python process with its libraries (~250), the embedder
+# (~90), a Piper voice (~80) and page cache for SQLite: what a 2 GB Pi 4 runs beside the model.
+_OS_RESERVE_MB = 700
+_HEADROOM = 0.10  # of RAM kept free: the weights are mmap'd and must stay in page cache
 _HOT_C = 80.0  # Pi firmware soft-throttles at 80 C; Orin starts well above, so this is early
 _JETSON_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -45,6 +50,10 @@ class TuningProfile:
     stt: bool
     reasons: dict[str, str] = field(default_factory=dict)
     source: str = "heuristic"
+    # The catalog model this box should run (`model = "auto"`); "" when none was offered.
+    model: str = ""
+    # The speech-to-text model (`stt_model = "auto"`): whisper-base or tiny.en.
+    stt_model: str = "tiny.en"
 
     def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
@@ -61,6 +70,7 @@ class TuningProfile:
             "ctx": self.ctx_size,
             "parallel": self.n_parallel,
             "tier": self.model_tier,
+            "model": self.model,
             "source": self.source,
         }
 
@@ -83,6 +93,9 @@ class TuningProfile:
                 stt=_typed(d, "stt", bool),
                 reasons=_str_dict(d.get("reasons", {})),
                 source=_typed(d, "source", str),
+                # Profiles written before the model choice existed have none.
+                model=_typed(d, "model", str) if "model" in d else "",
+                stt_model=_typed(d, "stt_model", str) if "stt_model" in d else "tiny.en",
             )
         except KeyError as exc:
             raise ValueError(f"tuning profile is missing {exc.args[0]!r}") from None
@@ -158,33 +171,80 @@ def _ctx(facts: HardwareFacts) -> Choice:
     return Choice(2048, f"{mem} MiB RAM: 2k tokens keeps the KV cache small")
 
 
+@dataclass(frozen=True)
+class ModelOption:
+    """A catalog model the profile may choose (`auto = true` in models/catalog.toml)."""
+
+    id: str
+    tier: str
+    size_mb: int = 0  # 0: the tier's typical size
+
+
+def memory_budget_mb(facts: HardwareFacts) -> int:
+    """RAM the chat model (weights, KV cache, compute buffers) may take on this box."""
+    mem = facts.mem_total_mb
+    return max(0, mem - _OS_RESERVE_MB - int(mem * _HEADROOM))
+
+
+def model_need_mb(tier: str, size_mb: int, ctx: int, parallel: int) -> int:
+    """RAM a model of `tier` (weights of `size_mb`, 0: typical) needs for `parallel` x `ctx`."""
+    weights = size_mb or _WEIGHTS_MB.get(tier, _WEIGHTS_MB["large"])
+    kv = _KV_MB_PER_1K.get(tier, _KV_MB_PER_1K["large"]) * ctx * max(1, parallel) / 1024
+    return int(weights + kv + _RUNTIME_MB)
+
+
 def _compute_cap(facts: HardwareFacts) -> Choice:
     """The largest tier this compute can serve at a usable speed, whatever the RAM."""
+    flags = set(facts.cpu_flags)
     if facts.cuda:
         return Choice("large", "CUDA GPU: 3B runs at chat speed")
-    if facts.cpu_count <= 2:
-        return Choice("small", f"{facts.cpu_count} CPU cores: 1B+ models answer too slowly")
-    if facts.arch == "aarch64" and "asimddp" not in facts.cpu_flags:
+    if facts.arch == "aarch64" and "asimddp" not in flags:
         return Choice("small", f"{facts.cpu_model} lacks dot-product SIMD: 1B+ too slow")
+    if facts.arch == "x86_64" and "avx2" not in flags:
+        return Choice("small", "no AVX2: 1B+ too slow")
+    if facts.cpu_count < 2:
+        return Choice("small", "one CPU core: 1B+ too slow")
     if facts.cpu_count < 8:
-        return Choice("medium", f"{facts.cpu_count} CPU cores: 3B would be under 5 tok/s")
+        # Measured on 2 x86 cores: the 1.5B Q4_K_M generates 15-24 tok/s; a Pi 5 is bandwidth-
+        # bound at a similar figure. 3B halves that.
+        return Choice("medium", f"{facts.cpu_count} CPU cores: 1.5B at chat speed, 3B too slow")
     return Choice("large", f"{facts.cpu_count} CPU cores")
 
 
 def _tier(facts: HardwareFacts, ctx: int, parallel: int) -> Choice:
     """Largest tier within the compute cap whose weights + KV fit in RAM with headroom."""
     cap = _compute_cap(facts)
-    mem = facts.mem_total_mb
-    budget = mem - _OS_RESERVE_MB - mem * 15 // 100
-    tokens_k = ctx * parallel / 1024
+    budget = memory_budget_mb(facts)
     for tier in reversed(TIERS[: TIERS.index(str(cap.value)) + 1]):
-        need = _WEIGHTS_MB[tier] + _KV_MB_PER_1K[tier] * tokens_k + _RUNTIME_MB
+        need = model_need_mb(tier, 0, ctx, parallel)
         if need <= budget:
             limit = "" if tier == cap.value else f"; {cap.value} would not fit"
-            return Choice(
-                tier, f"needs ~{need:.0f} of {budget} MiB budget; cap: {cap.reason}{limit}"
-            )
+            return Choice(tier, f"needs ~{need} of {budget} MiB budget; cap: {cap.reason}{limit}")
     return Choice("tiny", f"RAM budget {budget} MiB is below every tier: the 135M default")
+
+
+def _model(
+    facts: HardwareFacts, tier: str, ctx: int, parallel: int, options: Sequence[ModelOption]
+) -> Choice:
+    """The largest offered model within the tier that fits the RAM budget."""
+    if not options:
+        return Choice("", "no catalog models were offered")
+    budget = memory_budget_mb(facts)
+    allowed = TIERS.index(tier) if tier in TIERS else 0
+    ranked = sorted(
+        (o for o in options if o.tier in TIERS),
+        key=lambda o: (TIERS.index(o.tier), o.size_mb),
+        reverse=True,
+    )
+    for option in ranked:
+        need = model_need_mb(option.tier, option.size_mb, ctx, parallel)
+        if TIERS.index(option.tier) <= allowed and need <= budget:
+            return Choice(
+                option.id,
+                f"the largest catalog model for a {tier} box: needs ~{need} of {budget} MiB",
+            )
+    smallest = min(ranked, key=lambda o: (TIERS.index(o.tier), o.size_mb), default=options[0])
+    return Choice(smallest.id, f"nothing fits the {budget} MiB budget: the smallest model")
 
 
 def _batch(facts: HardwareFacts) -> tuple[Choice, Choice]:
@@ -221,8 +281,18 @@ def _speech(facts: HardwareFacts) -> tuple[Choice, Choice]:
     return tts, stt
 
 
-def profile_for(facts: HardwareFacts) -> TuningProfile:
-    """Choose how to run on this hardware; pure, so recorded sysroots pin it down in tests."""
+def _stt_model(stt: Choice) -> Choice:
+    if stt.value:
+        return Choice("whisper-base", "multilingual Whisper base: hears French and English")
+    return Choice("tiny.en", "the small English-only model, if speech-to-text is turned on")
+
+
+def profile_for(facts: HardwareFacts, models: Sequence[ModelOption] = ()) -> TuningProfile:
+    """Choose how to run on this hardware; pure, so recorded sysroots pin it down in tests.
+
+    `models`: the catalog models the box may run (`auto_options()` in inference.models); the
+    profile's `model` is the largest that fits, "" when none are given.
+    """
     hot = _hot(facts)
     threads = _threads(facts, hot)
     batch_threads = Choice(
@@ -231,6 +301,7 @@ def profile_for(facts: HardwareFacts) -> TuningProfile:
     parallel = _parallel(facts, hot)
     ctx = _ctx(facts)
     tier = _tier(facts, int(str(ctx.value)), int(str(parallel.value)))
+    model = _model(facts, str(tier.value), int(str(ctx.value)), int(str(parallel.value)), models)
     n_batch, n_ubatch = _batch(facts)
     backend = Choice(
         "llama.cpp-cuda" if facts.cuda else "llama.cpp-cpu",
@@ -251,9 +322,11 @@ def profile_for(facts: HardwareFacts) -> TuningProfile:
         "n_gpu_layers": gpu_layers,
         "n_parallel": parallel,
         "model_tier": tier,
+        "model": model,
         "onnx_providers": _providers(facts),
         "speech": tts,
         "stt": stt,
+        "stt_model": _stt_model(stt),
     }
     if facts.amx_advertised:
         choices["backend"] = Choice(

@@ -84,6 +84,9 @@ class ChatRequest:
     user_id: str | None = None
     request_id: str = field(default_factory=_new_request_id)
     assistant_prefix: str = ""
+    # The model asked for; None: whichever model the local engine holds. The router sends a
+    # request for another model to a peer that holds it.
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if not self.messages:

@@ -101,3 +101,9 @@ class DiskFullError(DownloadError):
 
     kind = "disk_full"
     exit_code = 3
+
+
+class ModelTooBigError(InvalidRequestError):
+    """A model would not fit this box's RAM budget (the message gives the numbers)."""
+
+    kind = "model_too_big"

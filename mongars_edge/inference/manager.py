@@ -1,0 +1,298 @@
+"""Which chat model the box runs: chosen at start, pulled in the background, switched live.
+
+At start the `model` setting decides; `auto` takes the tuning profile's choice (the largest
+catalog model that fits). A chosen model that is not on the box yet does not keep the box
+silent: the embedded tiny model answers, `/health` says so, and the chosen one is pulled in the
+background and loaded when it is whole. Admins pull, load and remove models at runtime
+(`/api/models/*`); a model too big for this box's RAM budget is refused with the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from mongars_edge.errors import InvalidRequestError
+from mongars_edge.hardware.tuning import memory_budget_mb, model_need_mb
+from mongars_edge.inference.errors import (
+    DownloadCancelledError,
+    ModelNotFoundError,
+    ModelTooBigError,
+)
+from mongars_edge.inference.models import DEFAULT_MODEL, ModelStore
+
+if TYPE_CHECKING:
+    from mongars_edge.hardware.probe import HardwareFacts
+    from mongars_edge.hardware.tuning import TuningProfile
+    from mongars_edge.inference.catalog import CatalogEntry
+    from mongars_edge.inference.local import LocalEngine
+    from mongars_edge.inference.worker import Heartbeat
+    from mongars_edge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+AUTO: Final = "auto"
+OFF: Final = "off"
+
+
+@dataclass
+class PullState:
+    """A download the box runs in the background (one per model)."""
+
+    id: str
+    done: int = 0
+    total: int = 0
+    state: str = "running"  # running, done, failed, cancelled
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    load_when_done: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "done_bytes": self.done,
+            "total_bytes": self.total,
+            "percent": round(100 * self.done / self.total, 1) if self.total else None,
+            "error": self.error,
+        }
+
+
+class ModelManager:
+    """Owns the choice of chat model for one Runtime (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        profile: TuningProfile,
+        facts: HardwareFacts,
+        data_dir: Path,
+        local: LocalEngine,
+        *,
+        heartbeat: Heartbeat | None = None,
+        store: ModelStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.facts = facts
+        self.local = local
+        self.store = store or ModelStore(data_dir, pypi_index=settings.pypi_index)
+        self._adapters = data_dir
+        self._heartbeat = heartbeat
+        self.pulls: dict[str, PullState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.wanted = ""  # the model the settings chose; "" when it is loaded or off
+        # Told when the problems shown on /health change (the Runtime lists them).
+        self.on_change: Callable[[], None] = lambda: None
+
+    # -- start and stop --------------------------------------------------------------------
+
+    def chosen(self) -> str:
+        """The model the settings ask for: an id, a GGUF path, or the profile's choice."""
+        spec = self.settings.model
+        if spec == AUTO:
+            return self.profile.model or DEFAULT_MODEL
+        return spec
+
+    async def start(self) -> None:
+        """Load the chosen model, or the tiny one while the chosen one downloads."""
+        spec = self.chosen()
+        if spec == OFF:
+            log.info("inference disabled (model = off)")
+            return
+        entry = self.store.catalog.get(spec)
+        installed = await asyncio.to_thread(self._installed, spec)
+        if installed or entry is None or not (entry.parts or entry.url):
+            await self.load(spec)  # not pullable: load (or fail) as asked
+            return
+        log.warning(
+            "the chosen model %s is not on this box yet: the tiny %s answers while it "
+            "downloads (see /health)",
+            spec,
+            DEFAULT_MODEL,
+        )
+        await self.load(DEFAULT_MODEL)
+        self.wanted = spec
+        self.pull(spec, load_when_done=True)
+
+    async def close(self) -> None:
+        for state in self.pulls.values():
+            state.cancel.set()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def problems(self) -> list[str]:
+        """What /health shows about the chat model."""
+        out = []
+        if self.wanted and self.local.loaded:
+            state = self.pulls.get(self.wanted)
+            how = ""
+            if state is not None and state.state == "running" and state.total:
+                how = f" ({100 * state.done / state.total:.0f}% downloaded)"
+            elif state is not None and state.error:
+                how = f" (the download failed: {state.error}; retry from the page or with "
+                how += f"`mongars-edge models pull {self.wanted}`)"
+            out.append(
+                f"the chosen model {self.wanted} is not installed yet: "
+                f"{self.local.info.id} answers meanwhile{how}"
+            )
+        return out
+
+    # -- load, pull, remove ----------------------------------------------------------------
+
+    def _installed(self, spec: str) -> bool:
+        try:
+            self.store.resolve(spec)
+        except ModelNotFoundError:
+            return False
+        return True
+
+    def check_fits(self, model_id: str, path: Path) -> None:
+        """ModelTooBigError when the model would not fit this box's RAM budget."""
+        entry = self.store.catalog.get(model_id)
+        tier = entry.tier if entry is not None else "medium"
+        size_mb = (entry.size_bytes if entry and entry.size_bytes else _file_size(path)) >> 20
+        ctx = self.settings.ctx_size or self.profile.ctx_size
+        parallel = self.settings.n_parallel or self.profile.n_parallel
+        need = model_need_mb(tier, size_mb, ctx, parallel)
+        budget = memory_budget_mb(self.facts)
+        if need > budget:
+            raise ModelTooBigError(
+                f"{model_id} needs ~{need} MiB ({size_mb} MiB of weights and a {ctx}-token "
+                f"context for {parallel} conversations), and this box's budget is {budget} MiB "
+                f"of its {self.facts.mem_total_mb} MiB RAM: choose a smaller model"
+            )
+
+    async def load(self, spec: str) -> str:
+        """Load a model (catalog id or GGUF path) and make it the one that answers."""
+        from mongars_edge.inference.llama import EngineConfig, LlamaEngine
+
+        if spec == OFF:
+            raise InvalidRequestError("`off` is not a model")
+        model_id, path = await asyncio.to_thread(self.store.resolve, spec)
+        entry = self.store.catalog.get(model_id)
+        if entry is not None and entry.kind != "chat":
+            raise InvalidRequestError(f"{model_id} is a {entry.kind} model, not a chat model")
+        await asyncio.to_thread(self.check_fits, model_id, path)
+        config = EngineConfig.from_settings(self.settings, self.profile, path, model_id)
+        from mongars_edge.inference.adapters import AdapterStore
+
+        adapters = AdapterStore(self._adapters)
+        await self.local.swap(
+            LlamaEngine.open(config, adapters=adapters.path, heartbeat=self._heartbeat)
+        )
+        if self.wanted == model_id:
+            self.wanted = ""
+        self.on_change()
+        return model_id
+
+    def pull(self, model_id: str, *, load_when_done: bool = False) -> PullState:
+        """Start (or join) a background download of a catalog model."""
+        entry = self.store.entry(model_id)  # ModelNotFoundError names the known ones
+        running = self.pulls.get(model_id)
+        if running is not None and running.state == "running":
+            running.load_when_done |= load_when_done
+            return running
+        if entry.embedded:
+            raise InvalidRequestError(f"{model_id} ships with the box: there is nothing to pull")
+        state = PullState(model_id, total=entry.size_bytes, load_when_done=load_when_done)
+        self.pulls[model_id] = state
+        task = asyncio.ensure_future(self._run_pull(state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return state
+
+    async def _run_pull(self, state: PullState) -> None:
+        def progress(done: int, total: int) -> None:
+            state.done, state.total = done, total or state.total
+
+        try:
+            await asyncio.to_thread(self.store.pull, state.id, progress, state.cancel)
+        except DownloadCancelledError:
+            state.state = "cancelled"
+            return
+        except Exception as exc:  # every failure is reported on the state, and /health
+            state.state, state.error = "failed", str(exc)
+            log.warning("pull of %s failed: %s", state.id, exc)
+            self.on_change()
+            return
+        state.state = "done"
+        state.done = state.total
+        log.info("model %s pulled", state.id)
+        if state.load_when_done and (not self.wanted or self.wanted == state.id):
+            try:
+                await self.load(state.id)
+            except Exception as exc:  # the box keeps serving what it has
+                state.error = f"downloaded, but it could not be loaded: {exc}"
+                log.warning("cannot load %s after pulling it: %s", state.id, exc)
+        self.on_change()
+
+    def cancel_pull(self, model_id: str) -> None:
+        state = self.pulls.get(model_id)
+        if state is None or state.state != "running":
+            raise ModelNotFoundError(f"no download of {model_id!r} is running")
+        state.cancel.set()
+
+    async def remove(self, model_id: str) -> None:
+        """Delete a downloaded model; the one answering now cannot be removed."""
+        if self.local.loaded and self.local.info.id == model_id:
+            raise InvalidRequestError(
+                f"{model_id} is the model answering now: load another one before removing it"
+            )
+        state = self.pulls.get(model_id)
+        if state is not None and state.state == "running":
+            raise InvalidRequestError(f"{model_id} is downloading: cancel the download first")
+        await asyncio.to_thread(self.store.remove, model_id)
+        self.pulls.pop(model_id, None)
+
+    # -- what the API and the page show ----------------------------------------------------
+
+    def entries(self) -> list[CatalogEntry]:
+        return [e for e in self.store.catalog.values() if e.kind == "chat"]
+
+    def installed_chat_models(self) -> list[str]:
+        """Ids of the chat models on this box (the catalog's and stray GGUF files)."""
+        return [
+            m.id
+            for m in self.store.list()
+            if m.installed and (m.entry is None or m.entry.kind == "chat")
+        ]
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every chat model of the catalog and every stray GGUF, with its state on this box."""
+        from mongars_edge.inference.models import describe
+
+        loaded = self.local.info.id if self.local.loaded else None
+        rows = []
+        for item in self.store.list():
+            if item.entry is not None and item.entry.kind != "chat":
+                continue
+            row = describe(item)
+            row["loaded"] = item.id == loaded
+            row["recommended"] = item.id == self.profile.model
+            if item.id in self.pulls:
+                row["pull"] = self.pulls[item.id].to_dict()
+            rows.append(row)
+        return rows
+
+    def sampling_defaults(self, model_id: str) -> dict[str, float | int]:
+        """The model's own generation settings from the catalog (empty when it has none)."""
+        entry = self.store.catalog.get(model_id)
+        if entry is None or entry.sampling is None:
+            return {}
+        return entry.sampling.overrides()
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
