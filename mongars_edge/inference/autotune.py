@@ -14,17 +14,23 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mongars_edge.inference.engine import ChatRequest, Sampling, complete
 from mongars_edge.inference.llama import EngineConfig, LlamaEngine
 from mongars_edge.settings import Settings
+
+if TYPE_CHECKING:
+    from mongars_edge.hardware.tuning import ModelOption
 
 Echo = Callable[[str], None]
 _PROMPT = " ".join(
     "The quick brown fox jumps over the lazy dog near the river bank at dawn." for _ in range(24)
 )
 _WITHIN = 0.05  # a choice must beat a cheaper one by more than this to be taken
+# Slower than this, a spoken or read answer lags behind the listener: `bench` demotes an auto
+# model that generates slower on this box (one stream, best thread count).
+MIN_CHAT_TOK_S = 5.0
 
 
 def _request(text: str, n: int) -> ChatRequest:
@@ -47,6 +53,20 @@ async def _prompt_rate(engine: LlamaEngine) -> float:
     if done.usage is None or done.timings is None or done.timings.ttft_s <= 0:
         return 0.0
     return done.usage.prompt_tokens / done.timings.ttft_s
+
+
+def demoted(model_id: str, options: list[ModelOption]) -> str:
+    """The next smaller model the profile could choose ("" when `model_id` is the smallest)."""
+    from mongars_edge.hardware.tuning import TIERS
+
+    def rank(o: ModelOption) -> tuple[int, int]:
+        return (TIERS.index(o.tier) if o.tier in TIERS else 0, o.size_mb)
+
+    current = next((o for o in options if o.id == model_id), None)
+    if current is None:
+        return ""
+    smaller = [o for o in options if rank(o) < rank(current)]
+    return max(smaller, key=rank).id if smaller else ""
 
 
 def _best(results: dict[int, float], prefer_small: bool = True) -> int:
@@ -127,14 +147,16 @@ def run_autotune(
     """Measure, write `data_dir/tuning.json` (source "measured"), and return a report."""
     from mongars_edge.hardware.probe import probe
     from mongars_edge.hardware.tuning import profile_for
+    from mongars_edge.inference.catalog import auto_options
+    from mongars_edge.inference.manager import AUTO, MEASURED_PROFILE_FILE, model_spec
     from mongars_edge.inference.models import ModelStore
-    from mongars_edge.runtime import MEASURED_PROFILE_FILE
 
     data_dir = settings.resolved_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     facts = probe(settings.sysroot, data_dir)
-    heuristic = profile_for(facts)
-    model_id, path = ModelStore(data_dir).resolve(settings.model)
+    options = auto_options()
+    heuristic = profile_for(facts, options)
+    model_id, path = ModelStore(data_dir).resolve(model_spec(settings, heuristic))
     if echo:
         echo(
             f"measuring {model_id} on {facts.cpu_count} CPU cores (heuristic: "
@@ -166,7 +188,19 @@ def run_autotune(
         f"measured: {agg[chosen['n_parallel']]:.1f} tok/s aggregate vs {agg[1]:.1f} alone"
     )
     reasons["n_batch"] = f"measured: best prompt speed with {model_id}"
-    profile = dataclasses.replace(heuristic, **chosen, reasons=reasons, source="measured")
+    model = heuristic.model
+    best_gen = gen[chosen["n_threads"]]
+    if settings.model == AUTO and model_id == heuristic.model and best_gen < MIN_CHAT_TOK_S:
+        smaller = demoted(heuristic.model, options)
+        if smaller:
+            reasons["model"] = (
+                f"measured {best_gen:.1f} tok/s with {model_id}, below the {MIN_CHAT_TOK_S:g} "
+                f"tok/s a conversation needs: {smaller} instead"
+            )
+            model = smaller
+    profile = dataclasses.replace(
+        heuristic, **chosen, model=model, reasons=reasons, source="measured"
+    )
     target = data_dir / MEASURED_PROFILE_FILE
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(profile.to_dict(), indent=2), encoding="utf-8")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
+from mongars_edge.hardware.tuning import ModelOption
 from mongars_edge.inference.errors import ModelNotFoundError
 from mongars_edge.inference.pypi import WheelPart
 
@@ -154,3 +155,13 @@ def package_file(package: str, filename: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def auto_options(catalog: dict[str, CatalogEntry] | None = None) -> list[ModelOption]:
+    """The chat models the tuning profile may choose (`auto = true`), with their sizes."""
+    entries = load_catalog() if catalog is None else catalog
+    return [
+        ModelOption(e.id, e.tier, e.size_bytes >> 20)
+        for e in entries.values()
+        if e.auto and e.kind == "chat"
+    ]

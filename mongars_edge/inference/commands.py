@@ -55,17 +55,23 @@ def add_commands(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def models_list(config_path: Path | None, as_json: bool, **flags: Any) -> None:
         """Show the catalog and what is on this box."""
+        from mongars_edge.hardware.probe import probe
+        from mongars_edge.inference.manager import load_profile, model_spec
         from mongars_edge.inference.models import ModelStore, describe
+        from mongars_edge.speech.service import stt_model_for
 
         settings = _settings(config_path, **flags)
-        store = ModelStore(settings.resolved_data_dir())
+        data_dir = settings.resolved_data_dir()
+        store = ModelStore(data_dir)
+        profile = load_profile(probe(settings.sysroot, data_dir), data_dir)
+        chosen = (model_spec(settings, profile), stt_model_for(settings, profile))
         rows = store.list()
         if as_json:
             click.echo(json.dumps([describe(r) for r in rows], indent=2))
             return
         for row in rows:
             e = row.entry
-            mark = "*" if row.id in (settings.model, settings.stt_model) else " "
+            mark = "*" if row.id in chosen else " "
             state = "installed" if row.installed else "-"
             if e is None:
                 click.echo(f"{mark} {row.id:<28} {'chat':<6} {'local':<7} {state:<10} {row.path}")
@@ -143,7 +149,9 @@ def add_commands(main: click.Group) -> None:
 
         settings = _settings(config_path, **flags)
         data_dir = settings.resolved_data_dir()
-        _, base = ModelStore(data_dir).resolve(settings.model)
+        from mongars_edge.inference.manager import model_spec
+
+        _, base = ModelStore(data_dir).resolve(model_spec(settings))
         adapter = AdapterStore(data_dir).add(file, base, name)
         click.echo(f"added {adapter.name} ({adapter.id}) for {adapter.base_model}")
 

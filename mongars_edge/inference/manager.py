@@ -10,16 +10,19 @@ background and loaded when it is whole. Admins pull, load and remove models at r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from mongars_edge.errors import InvalidRequestError
-from mongars_edge.hardware.tuning import memory_budget_mb, model_need_mb
+from mongars_edge.errors import InvalidRequestError, MongarsError
+from mongars_edge.hardware.tuning import TuningProfile, memory_budget_mb, model_need_mb, profile_for
+from mongars_edge.inference.catalog import auto_options
 from mongars_edge.inference.errors import (
     DownloadCancelledError,
     ModelNotFoundError,
@@ -29,7 +32,6 @@ from mongars_edge.inference.models import DEFAULT_MODEL, ModelStore
 
 if TYPE_CHECKING:
     from mongars_edge.hardware.probe import HardwareFacts
-    from mongars_edge.hardware.tuning import TuningProfile
     from mongars_edge.inference.catalog import CatalogEntry
     from mongars_edge.inference.local import LocalEngine
     from mongars_edge.inference.worker import Heartbeat
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 AUTO: Final = "auto"
 OFF: Final = "off"
+MEASURED_PROFILE_FILE: Final = "tuning.json"
 
 
 @dataclass
@@ -52,6 +55,10 @@ class PullState:
     error: str | None = None
     started_at: float = field(default_factory=time.time)
     load_when_done: bool = False
+    # Run once the model is whole (e.g. the speech service switching to it).
+    then: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    # What waits for it meanwhile, shown on /health until the download is done.
+    because: str = ""
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,10 +103,7 @@ class ModelManager:
 
     def chosen(self) -> str:
         """The model the settings ask for: an id, a GGUF path, or the profile's choice."""
-        spec = self.settings.model
-        if spec == AUTO:
-            return self.profile.model or DEFAULT_MODEL
-        return spec
+        return model_spec(self.settings, self.profile)
 
     async def start(self) -> None:
         """Load the chosen model, or the tiny one while the chosen one downloads."""
@@ -130,16 +134,13 @@ class ModelManager:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def problems(self) -> list[str]:
-        """What /health shows about the chat model."""
+        """What /health shows about the models: a chosen one still downloading, or failed."""
         out = []
+        for state in self.pulls.values():
+            if state.because and state.state != "done":
+                out.append(f"{state.because}{_progress(state, state.id)}")
         if self.wanted and self.local.loaded:
-            state = self.pulls.get(self.wanted)
-            how = ""
-            if state is not None and state.state == "running" and state.total:
-                how = f" ({100 * state.done / state.total:.0f}% downloaded)"
-            elif state is not None and state.error:
-                how = f" (the download failed: {state.error}; retry from the page or with "
-                how += f"`mongars-edge models pull {self.wanted}`)"
+            how = _progress(self.pulls.get(self.wanted), self.wanted)
             out.append(
                 f"the chosen model {self.wanted} is not installed yet: "
                 f"{self.local.info.id} answers meanwhile{how}"
@@ -194,8 +195,16 @@ class ModelManager:
         self.on_change()
         return model_id
 
-    def pull(self, model_id: str, *, load_when_done: bool = False) -> PullState:
-        """Start (or join) a background download of a catalog model."""
+    def pull(
+        self,
+        model_id: str,
+        *,
+        load_when_done: bool = False,
+        then: Callable[[], Awaitable[None]] | None = None,
+        because: str = "",
+    ) -> PullState:
+        """Start (or join) a background download of a catalog model. `then` runs once it is
+        whole; `because` says on /health what waits for it meanwhile."""
         entry = self.store.entry(model_id)  # ModelNotFoundError names the known ones
         running = self.pulls.get(model_id)
         if running is not None and running.state == "running":
@@ -203,7 +212,13 @@ class ModelManager:
             return running
         if entry.embedded:
             raise InvalidRequestError(f"{model_id} ships with the box: there is nothing to pull")
-        state = PullState(model_id, total=entry.size_bytes, load_when_done=load_when_done)
+        state = PullState(
+            model_id,
+            total=entry.size_bytes,
+            load_when_done=load_when_done,
+            then=then,
+            because=because,
+        )
         self.pulls[model_id] = state
         task = asyncio.ensure_future(self._run_pull(state))
         self._tasks.add(task)
@@ -227,12 +242,15 @@ class ModelManager:
         state.state = "done"
         state.done = state.total
         log.info("model %s pulled", state.id)
-        if state.load_when_done and (not self.wanted or self.wanted == state.id):
-            try:
+        try:
+            if state.load_when_done and (not self.wanted or self.wanted == state.id):
                 await self.load(state.id)
-            except Exception as exc:  # the box keeps serving what it has
-                state.error = f"downloaded, but it could not be loaded: {exc}"
-                log.warning("cannot load %s after pulling it: %s", state.id, exc)
+            if state.then is not None:
+                await state.then()
+        except Exception as exc:  # the box keeps serving what it has
+            state.state = "failed"
+            state.error = f"downloaded, but it could not be loaded: {exc}"
+            log.warning("cannot load %s after pulling it: %s", state.id, exc)
         self.on_change()
 
     def cancel_pull(self, model_id: str) -> None:
@@ -291,8 +309,58 @@ class ModelManager:
         return entry.sampling.overrides()
 
 
+def _progress(state: PullState | None, model_id: str) -> str:
+    if state is None:
+        return ""
+    if state.state == "running" and state.total:
+        return f" ({100 * state.done / state.total:.0f}% downloaded)"
+    if state.error:
+        return (
+            f" (the download failed: {state.error}; retry from the page or with "
+            f"`mongars-edge models pull {model_id}`)"
+        )
+    return ""
+
+
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def load_profile(facts: HardwareFacts, data_dir: Path) -> TuningProfile:
+    """The measured profile from `mongars-edge bench` when present, else the heuristic one."""
+    try:
+        options = auto_options()
+    except MongarsError as exc:  # no catalog installed: the profile names no model
+        log.warning("%s", exc)
+        options = []
+    heuristic = profile_for(facts, options)
+    path = data_dir / MEASURED_PROFILE_FILE
+    if not path.is_file():
+        return heuristic
+    try:
+        measured = TuningProfile.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable measured profile %s: %s", path, exc)
+        return heuristic
+    if not measured.model:  # written before the profile chose a model
+        measured = dataclasses.replace(
+            measured,
+            model=heuristic.model,
+            reasons={**measured.reasons, "model": heuristic.reasons["model"]},
+        )
+    return measured
+
+
+def model_spec(settings: Settings, profile: TuningProfile | None = None) -> str:
+    """The model the settings choose: `auto` asks the tuning profile (probed when not given)."""
+    if settings.model != AUTO:
+        return settings.model
+    if profile is None:
+        from mongars_edge.hardware.probe import probe
+
+        data_dir = settings.resolved_data_dir()
+        profile = load_profile(probe(settings.sysroot, data_dir), data_dir)
+    return profile.model or DEFAULT_MODEL

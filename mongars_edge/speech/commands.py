@@ -156,7 +156,7 @@ def _threads() -> int:
 
 def _load_tts(settings: Any) -> Any:
     from mongars_edge.hardware.probe import probe
-    from mongars_edge.runtime import load_profile
+    from mongars_edge.inference.manager import load_profile
     from mongars_edge.speech.tts import TextToSpeech
 
     data_dir = settings.resolved_data_dir()

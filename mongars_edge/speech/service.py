@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, TypeVar
 from mongars_edge.errors import MongarsError, UnavailableError
 
 if TYPE_CHECKING:
+    from mongars_edge.hardware.tuning import TuningProfile
     from mongars_edge.runtime import Runtime
+    from mongars_edge.settings import Settings
     from mongars_edge.speech.stt import SpeechToText
     from mongars_edge.speech.tts import TextToSpeech
 
@@ -33,11 +35,42 @@ async def _load_tts(runtime: Runtime) -> TextToSpeech:
     )
 
 
+def stt_model_for(settings: Settings, profile: TuningProfile) -> str:
+    """The `stt_model` setting, with auto resolved by the hardware profile."""
+    return profile.stt_model if settings.stt_model == "auto" else settings.stt_model
+
+
+def stt_choice(runtime: Runtime) -> str:
+    return stt_model_for(runtime.settings, runtime.profile)
+
+
 async def _load_stt(runtime: Runtime) -> SpeechToText:
-    from mongars_edge.speech.stt import SpeechToText
+    """The chosen Whisper model; a catalog model not downloaded yet is pulled in the
+    background while the bundled English one hears (then the chosen one takes over)."""
+    from mongars_edge.speech.stt import DEFAULT_MODEL, SpeechToText
 
     threads = max(1, min(4, runtime.facts.cpu_count))
-    return await asyncio.to_thread(SpeechToText.load, runtime.settings.stt_model, threads)
+    name = stt_choice(runtime)
+    data_dir = runtime.data_dir
+    try:
+        return await asyncio.to_thread(SpeechToText.load, name, threads, data_dir=data_dir)
+    except UnavailableError as exc:
+        models = runtime.models
+        pullable = models is not None and name in models.store.catalog and name != DEFAULT_MODEL
+        if not pullable or models is None:
+            raise
+        log.warning("%s; %s hears meanwhile", exc, DEFAULT_MODEL)
+    stt = await asyncio.to_thread(SpeechToText.load, DEFAULT_MODEL, threads, data_dir=data_dir)
+
+    async def switch() -> None:
+        await stt.switch(name, threads, data_dir=data_dir)
+
+    models.pull(
+        name,
+        then=switch,
+        because=f"speech-to-text hears English only ({DEFAULT_MODEL}) until {name} is installed",
+    )
+    return stt
 
 
 async def _maybe(

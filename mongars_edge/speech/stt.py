@@ -112,19 +112,21 @@ class SpeechToText:
         data_dir: Path | None = None,
     ) -> SpeechToText:
         """Load the model (blocking: call from a thread)."""
-        from faster_whisper import WhisperModel
+        return cls(*_open_model(name, threads, device, data_dir))
 
-        path = model_dir(name, data_dir)
-        compute = "int8" if device == "cpu" else "int8_float16"
-        try:
-            model = WhisperModel(
-                str(path), device=device, compute_type=compute, cpu_threads=max(1, threads)
-            )
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise UnavailableError(f"cannot load the Whisper model at {path}: {exc}") from None
-        multilingual = bool(getattr(model.model, "is_multilingual", False))
-        log.info("speech-to-text loaded", extra={"model": str(path), "multilingual": multilingual})
-        return cls(model, path.name if _is_path(name) else name, multilingual)
+    async def switch(
+        self, name: str, threads: int = 2, device: str = "cpu", data_dir: Path | None = None
+    ) -> None:
+        """Load another model and use it from the next transcription on (whoever holds this
+        object, the Wyoming server included, hears with the new one)."""
+        model, label, multilingual = await asyncio.to_thread(
+            _open_model, name, threads, device, data_dir
+        )
+
+        def swap() -> None:  # on the worker thread, between two transcriptions
+            self._model, self.name, self.multilingual = model, label, multilingual
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, swap)
 
     def languages(self) -> list[str]:
         return ["en", "fr"] if self.multilingual else ["en"]
@@ -188,6 +190,24 @@ class SpeechToText:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+
+
+def _open_model(
+    name: str, threads: int, device: str, data_dir: Path | None
+) -> tuple[Any, str, bool]:
+    from faster_whisper import WhisperModel
+
+    path = model_dir(name, data_dir)
+    compute = "int8" if device == "cpu" else "int8_float16"
+    try:
+        model = WhisperModel(
+            str(path), device=device, compute_type=compute, cpu_threads=max(1, threads)
+        )
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise UnavailableError(f"cannot load the Whisper model at {path}: {exc}") from None
+    multilingual = bool(getattr(model.model, "is_multilingual", False))
+    log.info("speech-to-text loaded", extra={"model": str(path), "multilingual": multilingual})
+    return model, path.name if _is_path(name) else name, multilingual
 
 
 def _language(language: str | None) -> str | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mongars_edge.hardware import HardwareFacts, probe, profile_for
+from mongars_edge.inference.catalog import auto_options
 
 SYSROOTS = Path(__file__).resolve().parents[1] / "fixtures" / "sysroots"
 JETSON_ONNX = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -31,28 +32,37 @@ class Expect:
     providers: tuple[str, ...]
     speech: bool
     stt: bool
+    model: str
+    stt_model: str
 
 
+Q15, Q05 = "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct"
 CASES = {
     "pi5-8gb": Expect(
         "raspberry-pi-5", "aarch64", 4, 8062, False, None, None, "sd",
-        "llama.cpp-cpu", 4, 4, "medium", CPU_ONNX, True, True,
+        "llama.cpp-cpu", 4, 4, "medium", CPU_ONNX, True, True, Q15, "whisper-base",
     ),
     "pi4-4gb": Expect(
         "raspberry-pi-4", "aarch64", 4, 3793, False, None, None, "ssd",
-        "llama.cpp-cpu", 4, 2, "small", CPU_ONNX, True, False,
+        "llama.cpp-cpu", 4, 2, "small", CPU_ONNX, True, False, Q05, "tiny.en",
     ),
+    "pi4-2gb": Expect(
+        "raspberry-pi-4", "aarch64", 4, 1848, False, None, None, "ssd",
+        "llama.cpp-cpu", 4, 1, "small", CPU_ONNX, True, False, Q05, "tiny.en",
+    ),
+    # The largest catalog model a box may choose is the 1.5B: a Jetson gets it too.
     "jetson-orin-nano-8gb": Expect(
         "jetson-orin-nano", "aarch64", 6, 7619, True, "6.0", "15W", "nvme",
-        "llama.cpp-cuda", 5, 4, "large", JETSON_ONNX, True, True,
+        "llama.cpp-cuda", 5, 4, "large", JETSON_ONNX, True, True, Q15, "whisper-base",
     ),
     "jetson-agx-orin-64gb": Expect(
         "jetson-agx-orin", "aarch64", 12, 62827, True, "6.2", "MAXN", "emmc",
-        "llama.cpp-cuda", 11, 8, "large", JETSON_ONNX, True, True,
+        "llama.cpp-cuda", 11, 8, "large", JETSON_ONNX, True, True, Q15, "whisper-base",
     ),
+    # Two AVX2 cores generate 15-24 tok/s with the 1.5B (docs/inference.md).
     "x86-vm-amx": Expect(
         "x86_64-generic", "x86_64", 2, 7940, False, None, None, "virtual",
-        "llama.cpp-cpu", 2, 4, "small", CPU_ONNX, True, True,
+        "llama.cpp-cpu", 2, 4, "medium", CPU_ONNX, True, True, Q15, "whisper-base",
     ),
 }  # fmt: skip
 
@@ -88,7 +98,7 @@ def test_fixture_facts(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_fixture_profile(name: str) -> None:
-    profile, want = profile_for(_facts(name)), CASES[name]
+    profile, want = profile_for(_facts(name), auto_options()), CASES[name]
     got = (
         profile.backend,
         profile.n_threads,
@@ -97,6 +107,8 @@ def test_fixture_profile(name: str) -> None:
         profile.onnx_providers,
         profile.speech,
         profile.stt,
+        profile.model,
+        profile.stt_model,
     )
     assert got == (
         want.backend,
@@ -106,7 +118,10 @@ def test_fixture_profile(name: str) -> None:
         want.providers,
         want.speech,
         want.stt,
+        want.model,
+        want.stt_model,
     )
+    assert profile.reasons["model"].startswith("the largest catalog model")
     assert profile.source == "heuristic"
     assert set(profile.reasons) == set(profile.to_dict()) - {"reasons", "source"}
     assert all(reason.strip() for reason in profile.reasons.values())

@@ -50,6 +50,7 @@ def test_summary_shape() -> None:
         "ctx": 4096,
         "parallel": 4,
         "tier": "medium",
+        "model": "",
         "source": "heuristic",
     }
 

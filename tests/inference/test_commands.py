@@ -83,7 +83,7 @@ def test_adapters_for_another_model_are_refused(data_dir: Path, models: dict[str
 
 def test_bench_writes_a_measured_profile(data_dir: Path, models: dict[str, Path]) -> None:
     from mongars_edge.hardware.probe import probe
-    from mongars_edge.runtime import load_profile
+    from mongars_edge.inference.manager import load_profile
 
     code, out = run(
         "bench", "--quick", "--json", "--data-dir", str(data_dir), "--model", str(models["tiny"])

@@ -26,6 +26,8 @@ from tests.helpers import clean_env, free_port
 
 # Small and quiet: one inference thread (shared CI machines), no speech, no mesh.
 TEST_SETTINGS: dict[str, Any] = {
+    "model": "smollm2-135m-instruct",
+    "stt_model": "tiny.en",
     "mesh": False,
     "speech": "off",
     "stt": "off",
