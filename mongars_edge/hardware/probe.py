@@ -317,9 +317,12 @@ def _audio(r: _Reader) -> tuple[str, ...]:
     return tuple(cards)
 
 
-def probe(sysroot: Path = Path("/"), data_dir: Path | None = None) -> HardwareFacts:
-    """Read this box's (or a recorded sysroot's) hardware facts; never raises."""
-    r = _Reader(Path(sysroot))
+def probe(
+    sysroot: Path = Path("/"), data_dir: Path | None = None, *, quiet: bool = False
+) -> HardwareFacts:
+    """Read this box's (or a recorded sysroot's) hardware facts; never raises. `quiet` logs
+    what is missing at debug (commands that only need the profile's choices)."""
+    r = _Reader(Path(sysroot), quiet=quiet)
     cpus, cpu_board = _cpuinfo(r)
     arch = _arch(r, cpus)
     model_strings = _device_tree(r, "model", arch)

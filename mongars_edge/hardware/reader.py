@@ -20,17 +20,18 @@ _CMD_PATH = os.pathsep.join(
 class SysrootReader:
     """Reads files under the sysroot and collects one warning per missing or garbled source."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, quiet: bool = False) -> None:
         self.root = root
         self.live = _is_live(root)
         self.warnings: list[str] = []
+        self._level = logging.DEBUG if quiet else logging.WARNING
 
     def path(self, rel: str) -> Path:
         return self.root / rel.lstrip("/")
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
-        log.warning("hardware probe: %s", message)
+        log.log(self._level, "hardware probe: %s", message)
 
     def text(self, rel: str, *, required: bool = True) -> str | None:
         """Read a file as text; None when missing (warned if required) or unreadable (warned)."""

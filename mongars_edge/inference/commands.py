@@ -50,7 +50,7 @@ def _auto_models(settings: Any) -> list[str]:
     from mongars_edge.speech.service import stt_model_for, wanted
 
     data_dir = settings.resolved_data_dir()
-    profile = load_profile(probe(settings.sysroot, data_dir), data_dir)
+    profile = load_profile(probe(settings.sysroot, data_dir, quiet=True), data_dir)
     names = [model_spec(settings, profile)]
     if wanted(settings.stt, profile.stt):
         names.append(stt_model_for(settings, profile))
@@ -79,7 +79,7 @@ def add_commands(main: click.Group) -> None:
         settings = _settings(config_path, **flags)
         data_dir = settings.resolved_data_dir()
         store = ModelStore(data_dir)
-        profile = load_profile(probe(settings.sysroot, data_dir), data_dir)
+        profile = load_profile(probe(settings.sysroot, data_dir, quiet=True), data_dir)
         chosen = (model_spec(settings, profile), stt_model_for(settings, profile))
         rows = store.list()
         if as_json:

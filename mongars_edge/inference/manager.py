@@ -362,5 +362,5 @@ def model_spec(settings: Settings, profile: TuningProfile | None = None) -> str:
         from mongars_edge.hardware.probe import probe
 
         data_dir = settings.resolved_data_dir()
-        profile = load_profile(probe(settings.sysroot, data_dir), data_dir)
+        profile = load_profile(probe(settings.sysroot, data_dir, quiet=True), data_dir)
     return profile.model or DEFAULT_MODEL

@@ -29,7 +29,7 @@ def test_models_list_shows_the_embedded_default(data_dir: Path) -> None:
 def test_models_list_shows_pypi_and_speech_models(data_dir: Path) -> None:
     code, out = run("models", "list", "--data-dir", str(data_dir))
     assert code == 0
-    lines = {line.split()[0].lstrip("*"): line for line in out.splitlines() if line.strip()}
+    lines = {line[2:].split()[0]: line for line in out.splitlines() if line.strip()}
     assert " chat " in lines["qwen2.5-coder-1.5b-instruct"]
     assert " pypi " in lines["qwen2.5-coder-1.5b-instruct"]
     assert " speech " in lines["whisper-base"]
