@@ -142,8 +142,11 @@ class Runtime:
     async def _open_models(self) -> None:
         """The local engine and the model manager that loads the chosen model into it."""
         from mongars_edge.inference.local import LocalEngine
-        from mongars_edge.inference.manager import ModelManager
+        from mongars_edge.inference.manager import OFF, ModelManager
 
+        if self.settings.model == OFF:
+            log.info("inference disabled (model = off)")
+            return
         local = LocalEngine()
         self._stack.push_async_callback(local.close)
         self.models = ModelManager(

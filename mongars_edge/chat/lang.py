@@ -48,6 +48,7 @@ _EN_WORDS: Final = _words(
     i'm you're it's don't doesn't can't isn't won't i've i'll what's that's let's
     know think want need like make get go going tell give time today tomorrow yesterday
     now always never something anything nothing good well really help english
+    plus minus times equals
     """
 )
 # Words that settle it for Quebec French (and only count as French evidence).

@@ -262,6 +262,14 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "Title": {"type": "object", "properties": {"title": {"type": "string"}}},
+    "ModelChoice": {
+        "type": "object",
+        "required": ["model"],
+        "properties": {
+            "model": {"type": "string", "description": "a catalog id (or, to load, a GGUF path)"},
+            "load": {"type": "boolean", "description": "pull: load it once it is whole"},
+        },
+    },
     "PairCode": {
         "type": "object",
         "required": ["code"],
@@ -473,7 +481,37 @@ def _paths() -> dict[str, Any]:
             "delete": _op("Revoke a token", _ok(None, "204")),
         },
         "/api/hardware": {"get": _op("Hardware facts and tuning profile", _ok(_OBJECT))},
-        "/api/models": {"get": _op("Loaded models and engine load", _ok(_OBJECT))},
+        "/api/models": {
+            "get": _op(
+                "The models: answering now, installable, downloads, engine load", _ok(_OBJECT)
+            )
+        },
+        "/api/models/pull": {
+            "post": _op(
+                "Download a catalog model in the background (administrators)",
+                _ok(_OBJECT, "202"),
+                requestBody=_body(_ref("ModelChoice")),
+            )
+        },
+        "/api/models/load": {
+            "post": _op(
+                "Make an installed model the one that answers (administrators)",
+                _ok(_OBJECT),
+                requestBody=_body(_ref("ModelChoice")),
+            )
+        },
+        "/api/models/{model_id}": {
+            "parameters": [
+                {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "delete": _op("Delete a downloaded model (administrators)", _ok(None, "204")),
+        },
+        "/api/models/{model_id}/pull": {
+            "parameters": [
+                {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "delete": _op("Cancel a model's download (administrators)", _ok(None, "204")),
+        },
         "/api/adapters": {"get": _op("Stored LoRA adapters", _ok(_LIST))},
         "/api/peers": {"get": _op("Mesh peers", _ok(_LIST))},
         "/api/peers/pair": {

@@ -73,7 +73,18 @@ async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
     assert pair.status_code == 409  # no mesh in these tests
     assert (await client.delete("/api/peers/abc", headers=admin)).status_code == 409
     health = (await client.get("/health")).json()
-    assert set(health) == {"status", "version", "model", "uptime_s", "board", "profile", "problems"}
+    assert set(health) == {
+        "status",
+        "version",
+        "model",
+        "model_setting",
+        "uptime_s",
+        "board",
+        "profile",
+        "speech",
+        "problems",
+    }
+    assert health["model"] == "smollm2-135m-instruct"
 
 
 async def test_metrics_for_admins(client: httpx.AsyncClient, runtime: Runtime) -> None:
