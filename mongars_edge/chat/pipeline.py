@@ -465,9 +465,8 @@ def _worth_recalling(hit: Hit) -> bool:
     always fills the prompt: e5-small scores unrelated short sentences 0.70-0.80 against a
     query, related ones 0.80-0.95, so below the floor a hit needs a full-text match too.
     """
-    if hit.source == "message":
-        if hit.kind != "user" or _only_a_question(hit.text):
-            return False
+    if hit.source == "message" and (hit.kind != "user" or _only_a_question(hit.text)):
+        return False
     return (hit.similarity or 0.0) >= _RECALL_MIN_SIMILARITY or hit.text_rank is not None
 
 
