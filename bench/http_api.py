@@ -12,6 +12,11 @@ Prints:
      yields its first token -> the client has parsed it), with a timing shim around the engine.
      The difference of the two TTFT medians is printed too, as a cross-check: it carries the
      noise of two ~1 s prefills.
+ (e) prefix reuse through the pipeline: a real conversation over HTTP (the user's memories
+     recalled into it): the second turn's time to first token with the first turn's KV kept /
+     with the prefix cache dropped before it (target <= 0.3); and the first turn of a new
+     conversation (the persona and system prefix kept from another one) / the same first turn
+     cold (target <= 0.5), with its time to first token.
 Both sides are greedy on the same prompt, with the prefix cache dropped before every run, and
 the runs alternate. Rates count tokens after the first over the time since the first.
 """
@@ -33,6 +38,7 @@ import uvicorn
 
 from mongars_edge.chat.pipeline import Turn
 from mongars_edge.inference.engine import ChatRequest, Engine, Message, Sampling, TokenEvent
+from mongars_edge.inference.models import ModelStore
 from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
 from mongars_edge.web import create_app
@@ -118,6 +124,51 @@ async def _http(
     return stamps[0] - t0, _rate(stamps), before, after
 
 
+FIRST = "Je m'appelle Éloïse. Raconte-moi l'histoire de Rimouski, en détail."
+SECOND = "Et qu'est-ce qu'on peut visiter là-bas l'été?"
+
+
+async def _ttft(
+    client: httpx.AsyncClient, headers: dict[str, str], text: str, conversation: Any, n: int
+) -> tuple[float, Any]:
+    """(time to the first streamed token, the conversation id) of one turn over HTTP."""
+    body = {
+        "model": "mongars",
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": n,
+        "temperature": 0,
+        "stream": True,
+        "conversation_id": conversation,
+    }
+    first = 0.0
+    t0 = time.perf_counter()
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp:
+        resp.raise_for_status()
+        conv = resp.headers.get("x-conversation-id")
+        async for line in resp.aiter_lines():
+            if not first and line.startswith("data: ") and '"content":"' in line:
+                chunk = json.loads(line[6:])
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter() - t0
+    return first, conv
+
+
+async def _reuse_round(
+    client: httpx.AsyncClient, headers: dict[str, str], engine: Any, n: int
+) -> dict[str, float]:
+    """One round of (e): two conversations, each asked its second turn warm and cold."""
+    out: dict[str, float] = {}
+    await engine.drop_prefix_cache()
+    out["first_cold"], _ = await _ttft(client, headers, FIRST, "new", n)
+    # Another conversation ran: the persona and system prefix wait in the cache.
+    out["first_new_conversation"], warm_conv = await _ttft(client, headers, FIRST, "new", n)
+    out["second_reuse"], _ = await _ttft(client, headers, SECOND, int(warm_conv), 4)
+    _t, cold_conv = await _ttft(client, headers, FIRST, "new", n)
+    await engine.drop_prefix_cache()
+    out["second_cold"], _ = await _ttft(client, headers, SECOND, int(cold_conv), 4)
+    return out
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="bench-http-"))
     overrides: dict[str, Any] = {
@@ -127,6 +178,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "stt": "off",
         "wyoming_port": 0,
         "n_parallel": 2,
+        # A catalog id is found where `make serve` pulled it (.data), as a path: this run's
+        # own data dir is new and empty.
+        "model": str(ModelStore(Path(args.models_from)).resolve(args.model)[1]),
     }
     if args.threads:
         overrides["n_threads"] = args.threads
@@ -139,6 +193,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await runtime.memory.flush_vectors()
         engine = runtime.engine
         assert engine is not None
+        model_id = engine.info.id
         shim = Stamped(runtime.chat_engine())
         runtime.chat._engine = lambda: shim
         config = uvicorn.Config(
@@ -152,6 +207,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}"}
         direct: list[tuple[float, float, float]] = []
         http: list[tuple[float, float, float, float]] = []
+        reuse: list[dict[str, float]] = []
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             await _http(client, headers, 8, shim)  # warm-up: embedder, sockets, caches
             await _direct(runtime, user.id, 8)
@@ -160,6 +216,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 direct.append(await _direct(runtime, user.id, args.tokens))
                 await engine.drop_prefix_cache()
                 http.append(await _http(client, headers, args.tokens, shim))
+                reuse.append(await _reuse_round(client, headers, engine, args.tokens))
         server.should_exit = True
         await serve
     direct_rate = statistics.median(r for _t, r, _n in direct)
@@ -168,7 +225,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     ttft_http = statistics.median(h[0] for h in http)
     difference = [h[0] - d[0] for h, d in zip(http, direct, strict=True)]
     prepare_ms = statistics.median(p for _t, _r, p in direct) * 1000
+    med = {k: statistics.median(r[k] for r in reuse) for k in reuse[0]}
     return {
+        "model": model_id,
         "rounds": args.rounds,
         "tokens": args.tokens,
         "direct_tok_s": round(direct_rate, 1),
@@ -182,6 +241,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "ttft_difference_p50_ms": round(statistics.median(difference) * 1000, 1),
         "recall_memories": len(MEMORIES),
         "pipeline_prepare_p50_ms": round(prepare_ms, 1),
+        "reuse_ms": {k: round(v * 1000, 1) for k, v in med.items()},
+        "e_second_turn_reuse_over_cold": round(med["second_reuse"] / med["second_cold"], 3),
+        "e_new_conversation_over_cold": round(med["first_new_conversation"] / med["first_cold"], 3),
     }
 
 
@@ -190,11 +252,14 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="catalog id or GGUF")
+    parser.add_argument("--models-from", default=".data", help="data dir holding pulled models")
     parser.add_argument("--json", action="store_true")
     result = asyncio.run(main(parser.parse_args()))
     if parser.parse_args().json:
         print(json.dumps(result, indent=2))
     else:
+        print(f"model {result['model']}, {result['rounds']} rounds")
         print(
             f"(a) tokens/s HTTP stream / engine direct: {result['http_over_direct']:.3f}"
             f"  ({result['http_tok_s']} / {result['direct_tok_s']} tok/s; target >= 0.97)"
@@ -216,4 +281,13 @@ if __name__ == "__main__":
         print(
             f"    of which the pipeline's prepare (recall, style, budget), p50: "
             f"{result['pipeline_prepare_p50_ms']} ms"
+        )
+        ms = result["reuse_ms"]
+        print(
+            f"(e) second turn TTFT over HTTP: reuse {ms['second_reuse']} ms / cold "
+            f"{ms['second_cold']} ms = {result['e_second_turn_reuse_over_cold']}  (target <= 0.3)"
+        )
+        print(
+            f"    first turn of a new conversation: {ms['first_new_conversation']} ms / cold "
+            f"{ms['first_cold']} ms = {result['e_new_conversation_over_cold']}  (target <= 0.5)"
         )

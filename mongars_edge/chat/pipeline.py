@@ -59,7 +59,8 @@ _RECALLED_CHARS: Final = 300
 _DEFAULT_LANG: Final[Lang] = "fr"  # the home language of the box
 _RECALL_MIN_SIMILARITY: Final = 0.80  # see _worth_recalling
 _INLINE_FIT_CHARS: Final = 1000  # ~0.5 ms of tokenizing on x86, no more than a thread hop
-_KEPT_STYLES: Final = 4096  # conversations whose starting style is remembered
+_KEPT_CONVERSATIONS: Final = 4096  # conversations whose prompts are remembered (_Said)
+_KEPT_MESSAGES: Final = 256  # messages remembered per conversation
 SAMPLING_FIELDS: Final = frozenset(f.name for f in fields(Sampling))
 SamplingDefaults = Callable[[str], Mapping[str, float | int]]
 
@@ -128,11 +129,10 @@ class ChatPipeline:
         self.settings = settings
         self._sampling_defaults = sampling_defaults
         self.styles = StyleBook(data_dir / "chat")
-        # The style directives each conversation started with. The style book learns from every
-        # message, so its directives change now and then (the first ones appear after two
-        # messages); kept per conversation, the system message stays the same from turn to turn
-        # and every turn reuses the KV prefix of the one before. In memory only, like that KV.
-        self._conversation_style: OrderedDict[tuple[int, Lang], list[str]] = OrderedDict()
+        # What each conversation's prompts said, so the next turn's prompt starts with exactly
+        # the tokens of the last one and reuses its KV prefix (see _Said). In memory only, as
+        # that KV is.
+        self._said: OrderedDict[int, _Said] = OrderedDict()
         self.observer: PipelineObserver | None = None
         # Memory extraction after each turn and idle-time consolidation (memory issue).
         self.memory_worker: MemoryWorker | None = None
@@ -204,6 +204,7 @@ class ChatPipeline:
                 if turn.memory:
                     recall_job = self._start_recall(jobs, user_id, _last_user(history), turn)
             client_system = "\n\n".join(m.content for m in incoming if m.role == "system")
+            said = self._said_in(conversation_id)
             dialogue = history + [m for m in incoming if m.role != "system"]
             user_texts = [m.content for m in dialogue if m.role == "user"]
             query = user_texts[-1] if user_texts else ""
@@ -218,26 +219,28 @@ class ChatPipeline:
                     memories = [_recalled_line(h) for h in hits]
                     if self.observer is not None:
                         self.observer.recall_done(recall_s)
-                style = (await profile_job).directives(lang)
-                if conversation_id is not None:
-                    style = self._style_of(conversation_id, lang, style)
+                style = said.style_for(lang, (await profile_job).directives(lang))
         finally:
             await jobs.settle()
 
         engine = self._engine()
         sampling = self._sampling(turn, turn.model or engine.info.id)
         fit_args = (engine, engine.info.n_ctx, sampling.max_tokens, lang, style, memories)
-        size = sum(len(m.content) for m in dialogue) + len(client_system) + sum(map(len, memories))
+        prompted = [*said.as_prompted(history), *dialogue[len(history) :]]
+        size = sum(len(m.content) for m in prompted) + len(client_system) + sum(map(len, memories))
         if size <= _INLINE_FIT_CHARS:  # a thread hop would cost more than the tokenizing
-            messages, trimmed, max_tokens = _fit(*fit_args, client_system, dialogue)
+            messages, trimmed, max_tokens = _fit(*fit_args, client_system, prompted)
         else:
             messages, trimmed, max_tokens = await asyncio.to_thread(
-                _fit, *fit_args, client_system, dialogue
+                _fit, *fit_args, client_system, prompted
             )
         if turn.new_conversation:
             title = " ".join(query.split())[:_TITLE_CHARS]
             conversation_id = (await self.store.create_conversation(user_id, title)).id
-            self._style_of(conversation_id, lang, style)
+        if conversation_id is not None:
+            said = self._remember(conversation_id, said)
+            if dialogue and messages[-1].role == "user":
+                said.prompted_as(dialogue[-1].content, messages[-1].content)
         to_store: list[NewMessage] = []
         if conversation_id is not None:
             to_store = [NewMessage(m.role, m.content) for m in incoming if m.role != "system"]
@@ -272,16 +275,16 @@ class ChatPipeline:
         fill = {k: v for k, v in defaults.items() if k not in turn.sampling_set}
         return replace(turn.sampling, **fill) if fill else turn.sampling  # type: ignore[arg-type]
 
-    def _style_of(self, conversation_id: int, lang: Lang, style: list[str]) -> list[str]:
-        key = (conversation_id, lang)
-        kept = self._conversation_style.get(key)
-        if kept is None:
-            kept = self._conversation_style[key] = style
-            while len(self._conversation_style) > _KEPT_STYLES:
-                self._conversation_style.popitem(last=False)
-        else:
-            self._conversation_style.move_to_end(key)
-        return kept
+    def _said_in(self, conversation_id: int | None) -> _Said:
+        said = self._said.get(conversation_id) if conversation_id is not None else None
+        return said if said is not None else _Said()
+
+    def _remember(self, conversation_id: int, said: _Said) -> _Said:
+        self._said[conversation_id] = said
+        self._said.move_to_end(conversation_id)
+        while len(self._said) > _KEPT_CONVERSATIONS:
+            self._said.popitem(last=False)
+        return said
 
     def _start_recall(
         self, jobs: _Jobs, user_id: int, query: str, turn: Turn
@@ -454,6 +457,39 @@ def _language(user_texts: Sequence[str], preferred: Lang | None) -> Lang:
         if found is not None:
             return found
     return preferred or _DEFAULT_LANG
+
+
+class _Said:
+    """What one conversation's prompts said beyond its stored messages.
+
+    A turn's prompt is its stored history plus the new message, with the memories recalled for
+    it riding on that message and the style directives in the system message. Stored, the
+    message is what the user typed; rendered again next turn without its memories, the prompt
+    would part from the cached one at that message, and a style directive learned meanwhile
+    would change the very first tokens. Remembering both keeps every turn's prompt a
+    continuation of the last one, so its KV prefix is reused (bench/http_api.py (e)).
+    """
+
+    def __init__(self) -> None:
+        self._style: dict[str, list[str]] = {}
+        self._prompted: OrderedDict[str, str] = OrderedDict()
+
+    def style_for(self, lang: Lang, learned: list[str]) -> list[str]:
+        return self._style.setdefault(lang, learned)
+
+    def prompted_as(self, typed: str, sent: str) -> None:
+        if sent != typed:
+            self._prompted[typed] = sent
+            while len(self._prompted) > _KEPT_MESSAGES:
+                self._prompted.popitem(last=False)
+
+    def as_prompted(self, history: list[Message]) -> list[Message]:
+        return [
+            Message(m.role, self._prompted[m.content])
+            if m.role == "user" and m.content in self._prompted
+            else m
+            for m in history
+        ]
 
 
 def _worth_recalling(hit: Hit) -> bool:

@@ -47,7 +47,8 @@ async def test_recalled_memory_reaches_the_prompt_only_with_memory_on(runtime: R
 
 async def test_changing_recalls_keep_the_kv_prefix_of_the_conversation(runtime: Runtime) -> None:
     """Memories recalled for each new question do not reset the conversation's prompt prefix:
-    the second turn reuses the KV cache of the first up to the first question."""
+    the first question keeps the memories it was asked with, so the second turn reuses the
+    whole first prompt's KV."""
     uid = await _user(runtime)
     await runtime.memory.add_memory(uid, "The user's cat is named Biscuit.")
     await runtime.memory.add_memory(uid, "The user's boat is called Marée Haute.")
@@ -71,11 +72,13 @@ async def test_changing_recalls_keep_the_kv_prefix_of_the_conversation(runtime: 
         uid,
     )
     assert "Marée Haute" in second.request.messages[-1].content
-    assert second.request.messages[1].content == "Tell me about my cat."
+    assert "Biscuit" in first.request.messages[-1].content
+    assert second.request.messages[1] == first.request.messages[-1]
+    stored = await runtime.memory.get_messages(uid, first.conversation_id or 0)
+    assert stored[0].content == "Tell me about my cat."  # what the user typed
     final = await _drain(runtime, second)
     assert final.usage is not None
-    system_tokens = runtime.chat_engine().count_tokens(second.request.messages[0].content)
-    assert final.usage.cached_tokens > system_tokens
+    assert final.usage.cached_tokens >= done.usage.prompt_tokens
 
 
 async def test_language_follows_the_user(runtime: Runtime) -> None:
@@ -173,3 +176,20 @@ async def test_statements_become_memories_after_the_turn(runtime: Runtime) -> No
     # The next question recalls it into the prompt.
     later = await runtime.chat.prepare(_turn("Où est-ce que j'habite?"), uid)
     assert "Rimouski" in later.request.messages[-1].content
+
+
+async def test_a_conversation_keeps_the_style_it_started_with(runtime: Runtime) -> None:
+    """The style book learns from every message; a conversation's system message does not
+    change under it (that would drop the KV prefix of every earlier turn), a new one follows."""
+    uid = await _user(runtime)
+    casual = ["salut, ça va?", "ok cool, pis toi?", "lol ouin, chu tanné", "tsé, faque pis"]
+    first = await runtime.chat.prepare(_turn(casual[0], new_conversation=True), uid)
+    await _drain(runtime, first)
+    systems = {first.request.messages[0].content}
+    for text in casual[1:]:
+        later = await runtime.chat.prepare(_turn(text, conversation_id=first.conversation_id), uid)
+        await _drain(runtime, later)
+        systems.add(later.request.messages[0].content)
+    assert len(systems) == 1
+    fresh = await runtime.chat.prepare(_turn("salut!", new_conversation=True), uid)
+    assert fresh.request.messages[0].content != first.request.messages[0].content
