@@ -19,6 +19,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
+    Iterable,
     Mapping,
     Sequence,
 )
@@ -190,9 +191,11 @@ class ChatPipeline:
                 if not turn.regenerate:
                     recall_job = self._start_recall(jobs, user_id, _last_user(incoming), turn)
             history: list[Message] = []
+            in_conversation: set[int] = set()
             if conversation_id is not None:
                 stored = await self.store.get_messages(user_id, conversation_id)
                 history = _history(stored)
+                in_conversation = {m.id for m in stored}
             if turn.regenerate:
                 if conversation_id is None:
                     raise InvalidRequestError("regenerate needs a conversation_id")
@@ -216,7 +219,11 @@ class ChatPipeline:
             if turn.memory:
                 if recall_job is not None:
                     hits, recall_s = await recall_job
-                    memories = [_recalled_line(h) for h in hits]
+                    # What the conversation already holds (a memory taken from one of its own
+                    # messages, a line recalled for an earlier turn) is not said again.
+                    memories = said.new_lines(
+                        _recalled_line(h) for h in hits if not _from(in_conversation, h)
+                    )
                     if self.observer is not None:
                         self.observer.recall_done(recall_s)
                 style = said.style_for(lang, (await profile_job).directives(lang))
@@ -240,7 +247,7 @@ class ChatPipeline:
         if conversation_id is not None:
             said = self._remember(conversation_id, said)
             if dialogue and messages[-1].role == "user":
-                said.prompted_as(dialogue[-1].content, messages[-1].content)
+                said.prompted_as(dialogue[-1].content, messages[-1].content, memories)
         to_store: list[NewMessage] = []
         if conversation_id is not None:
             to_store = [NewMessage(m.role, m.content) for m in incoming if m.role != "system"]
@@ -473,15 +480,22 @@ class _Said:
     def __init__(self) -> None:
         self._style: dict[str, list[str]] = {}
         self._prompted: OrderedDict[str, str] = OrderedDict()
+        self._recalled: set[str] = set()
 
     def style_for(self, lang: Lang, learned: list[str]) -> list[str]:
         return self._style.setdefault(lang, learned)
 
-    def prompted_as(self, typed: str, sent: str) -> None:
+    def prompted_as(self, typed: str, sent: str, recalled: list[str]) -> None:
         if sent != typed:
             self._prompted[typed] = sent
             while len(self._prompted) > _KEPT_MESSAGES:
                 self._prompted.popitem(last=False)
+            if len(self._recalled) < _KEPT_MESSAGES:
+                self._recalled.update(recalled)
+
+    def new_lines(self, lines: Iterable[str]) -> list[str]:
+        """Recalled lines this conversation's prompts have not carried yet."""
+        return [line for line in dict.fromkeys(lines) if line not in self._recalled]
 
     def as_prompted(self, history: list[Message]) -> list[Message]:
         return [
@@ -490,6 +504,11 @@ class _Said:
             else m
             for m in history
         ]
+
+
+def _from(messages: set[int], hit: Hit) -> bool:
+    """Whether `hit` comes from these messages only (a memory of the conversation itself)."""
+    return bool(hit.source_message_ids) and messages >= set(hit.source_message_ids)
 
 
 def _worth_recalling(hit: Hit) -> bool:
