@@ -23,7 +23,11 @@ def ask(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
         with urllib.request.urlopen(request, timeout=240) as resp:
             data = json.loads(resp.read())
         choice = data["choices"][0]
-        return {"text": choice["message"]["content"], "finish": choice["finish_reason"]}
+        return {
+            "text": choice["message"]["content"],
+            "finish": choice["finish_reason"],
+            "model": data["model"],
+        }
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
