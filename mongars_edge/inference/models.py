@@ -110,7 +110,8 @@ class ModelStore:
         return dest if dest.is_file() else None
 
     def resolve(self, spec: str) -> tuple[str, Path]:
-        """A `model` setting (catalog id or GGUF path) -> (id, path); ModelNotFoundError."""
+        """A `model` setting (catalog id, the id of a GGUF in the models folder, or a GGUF
+        path) -> (id, path); ModelNotFoundError."""
         if spec in self.catalog:
             entry = self.catalog[spec]
             if entry.kind != "chat":
@@ -131,6 +132,9 @@ class ModelStore:
             if not path.is_file():
                 raise ModelNotFoundError(f"model file {path} does not exist")
             return path.stem, path
+        stray = self.dir / f"{spec}.gguf"
+        if stray.is_file():  # listed by `list()` under its file name
+            return spec, stray
         return self.entry(spec).id, Path()  # raises with the list of known ids
 
     def list(self) -> list[InstalledModel]:

@@ -261,7 +261,7 @@ async def check_model(runtime: Runtime, model: str) -> str | None:
     that names what is available."""
     engine = runtime.engine
     local = engine.info.id if engine is not None and engine.loaded else None
-    if model in (local, runtime.settings.model, *ALIASES):
+    if model in (local, *ALIASES):
         if local is None and runtime.router is None:
             raise UnavailableError("no chat model is loaded on this box (the model setting is off)")
         return None

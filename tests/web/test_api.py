@@ -242,3 +242,46 @@ async def test_no_model_is_503(data_dir: Path) -> None:
             assert reply.json()["error"]["type"] == "server_error"
             models = (await client.get("/v1/models", headers=headers)).json()["data"]
             assert all("e5" in m["id"] for m in models)
+
+
+async def test_models_are_switched_and_removed_by_administrators(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """A stray GGUF in data_dir/models is listed, loaded (on demand too), and removed; only
+    administrators change what the box runs."""
+    import shutil
+
+    from tests.inference.gen_models import build_all
+
+    stray = runtime.data_dir / "models" / "stray.gguf"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(build_all()["tiny"], stray)
+    user = await bearer(runtime, "ana")
+    admin = await bearer(runtime, "root", admin=True)
+    listing = (await client.get("/api/models", headers=user)).json()
+    rows = {row["id"]: row for row in listing["catalog"]}
+    assert rows["smollm2-135m-instruct"]["loaded"] and rows["stray"]["installed"]
+    assert not rows["stray"]["loaded"]
+    assert listing["recommended"] == runtime.profile.model
+    cards = {c["id"]: c for c in (await client.get("/v1/models", headers=user)).json()["data"]}
+    assert cards["smollm2-135m-instruct"]["loaded"] and not cards["stray"]["loaded"]
+
+    load = {"model": "stray"}
+    assert (await client.post("/api/models/load", json=load, headers=user)).status_code == 403
+    missing = await client.post("/api/models/load", json={"model": "nope"}, headers=admin)
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
+    assert (await client.post("/api/models/load", json=load, headers=admin)).json() == {
+        "loaded": "stray"
+    }
+    assert (await client.get("/health")).json()["model"] == "stray"
+    refused = await client.delete("/api/models/stray", headers=admin)
+    assert refused.status_code == 400 and "answering now" in refused.json()["error"]["message"]
+
+    # Naming an installed model loads it, as Ollama does.
+    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}
+    reply = await client.post("/v1/chat/completions", json=body | {"max_tokens": 2}, headers=user)
+    assert reply.status_code == 200 and reply.json()["model"] == "smollm2-135m-instruct"
+    assert (await client.delete("/api/models/stray", headers=admin)).status_code == 204
+    assert not stray.exists()
+    gone = await client.post("/api/models/pull", json={"model": "stray"}, headers=admin)
+    assert gone.status_code == 404
