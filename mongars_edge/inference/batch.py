@@ -9,23 +9,31 @@ class ChunkSize:
     """How many prompt tokens ride along with running streams in one step.
 
     Measured, not modelled: after each mixed step (streams decoding and a prompt prefilling)
-    the chunk grows by half while the step stayed well under the stall target, and shrinks in
-    proportion when it went over. A least-squares fit of step time was tried first: with most
-    steps of 1-4 tokens its slope is noise, and one mis-fit let a 500-token chunk stall streams
-    for seconds.
+    the chunk grows by half while the step stayed well under the stall target, and shrinks when
+    it went over, to what the room left by the decoders' own step (`base_s`, measured on steps
+    without a prompt) holds at the cost per prompt token just seen. A least-squares fit of step
+    time was tried first: with most steps of 1-4 tokens its slope is noise, and one mis-fit let
+    a 500-token chunk stall streams for seconds. It starts small: on a 1.5B model three
+    streams' step alone takes ~150 ms on 2 cores, and one 16-token chunk doubled it.
     """
 
-    def __init__(self, target_s: float, *, start: int = 16, minimum: int = 8) -> None:
+    def __init__(self, target_s: float, *, start: int = 4, minimum: int = 1) -> None:
         self.target_s = target_s
         self.minimum = minimum
         self.tokens = start
 
-    def learn(self, dt: float, n_prefill: int) -> None:
-        """Feed the duration of a mixed step that carried `n_prefill` prompt tokens."""
+    def learn(self, dt: float, n_prefill: int, base_s: float = 0.0) -> None:
+        """Feed the duration of a mixed step that carried `n_prefill` prompt tokens; `base_s`
+        is the recent duration of a step of the same decoders alone (0: unknown)."""
         if n_prefill < self.tokens:
             return  # the prompt ran out before the chunk did: says nothing about the limit
         if dt > self.target_s:
-            self.tokens = max(self.minimum, int(self.tokens * 0.9 * self.target_s / dt))
+            if 0 < base_s < dt:
+                per_token = (dt - base_s) / n_prefill
+                room = max(0.0, self.target_s - base_s)
+                self.tokens = max(self.minimum, int(0.9 * room / per_token))
+            else:
+                self.tokens = max(self.minimum, int(self.tokens * 0.9 * self.target_s / dt))
         elif dt < 0.7 * self.target_s:
             self.tokens = int(self.tokens * 1.5) + 1
 

@@ -66,8 +66,9 @@ class EngineConfig:
     # holds, so prefixes kept in cells slowed a lone stream by 10-15% on the 135M model.
     # 0 keeps them in cells.
     prefix_ram_mb: int = 512
-    # Longest pause a prefill chunk may cause the streams already running.
-    stall_target_s: float = 0.15
+    # Longest pause a prefill chunk may cause the streams already running (bench (d): <= 300 ms,
+    # less the noise of a shared box).
+    stall_target_s: float = 0.25
     chat_template: str | None = None
     # Flash attention: faster on CPU and GPU, and what llama-server uses by default.
     flash_attn: bool = True

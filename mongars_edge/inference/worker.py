@@ -81,6 +81,8 @@ class Worker:
         self._group_turn = 0
         self._stopping = False
         self.chunk = ChunkSize(config.stall_target_s)
+        # Duration of a step of n decoders and no prompt (EWMA), for the chunk size.
+        self._decode_s: dict[int, float] = {}
         self.gen_tok_s = 0.0
         self.prompt_tok_s = 0.0
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -399,7 +401,10 @@ class Worker:
     def _learn_cost(self, dt: float, n_tokens: int, n_decoders: int) -> None:
         n_prefill = n_tokens - n_decoders
         if n_decoders and n_prefill:
-            self.chunk.learn(dt, n_prefill)
+            self.chunk.learn(dt, n_prefill, self._decode_s.get(n_decoders, 0.0))
+        elif n_decoders:
+            last = self._decode_s.get(n_decoders)
+            self._decode_s[n_decoders] = dt if last is None else 0.8 * last + 0.2 * dt
         if dt <= 0:
             return
         if n_decoders:

@@ -75,7 +75,7 @@ async def test_idle_and_busy_signals() -> None:
 def test_chunk_grows_while_fast_and_shrinks_when_slow() -> None:
     from mongars_edge.inference.batch import ChunkSize
 
-    chunk = ChunkSize(0.2, start=32)
+    chunk = ChunkSize(0.2, start=32, minimum=8)
     chunk.learn(0.05, 32)
     assert chunk.tokens == 49
     chunk.learn(0.05, 10)  # the prompt ended early: no lesson
@@ -86,3 +86,15 @@ def test_chunk_grows_while_fast_and_shrinks_when_slow() -> None:
         chunk.learn(5.0, chunk.tokens)
     assert chunk.budget(500) == 8
     assert ChunkSize(0.2, start=900).budget(500) == 500
+
+
+def test_chunk_fits_the_room_the_decoders_leave() -> None:
+    """Streams whose own step takes 150 ms leave 100 ms of a 250 ms target: at 25 ms a prompt
+    token (a 16-token chunk made the step 550 ms), 3 tokens fit."""
+    from mongars_edge.inference.batch import ChunkSize
+
+    chunk = ChunkSize(0.25, start=16)
+    chunk.learn(0.55, 16, base_s=0.15)
+    assert chunk.tokens == 3
+    chunk.learn(0.5, 3, base_s=0.45)  # the decoders alone use the target: one token a step
+    assert chunk.budget(512) == 1
