@@ -78,9 +78,12 @@ def predict(
     # Continuous batching: aggregate throughput grows sub-linearly with running sequences.
     per_seq = rate * float(running) ** 0.6 / running
     mine = prompt_tokens / prate + gen_tokens / per_seq
-    # Requests beyond the slots wait for a typical request per slot ahead of them.
+    # Requests beyond the slots wait for whole waves of typical requests ahead of them. Counted
+    # in whole waves: a burst then fills every box's slots before any box starts another wave,
+    # whatever the boxes' measured rates say (they differ by 10-30% from noise alone, and one
+    # request too many makes a box run a third wave while the other idles: bench/mesh.py).
     typical = prompt_tokens / prate + EXPECTED_GEN_TOKENS / per_seq
-    waves = max(0, ahead - slots + 1) / slots
+    waves = ahead // slots
     total: float = waves * typical + mine
     return total
 

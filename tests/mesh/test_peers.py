@@ -97,3 +97,14 @@ def test_a_loopback_box_does_not_advertise() -> None:
     assert not _advertise(MeshConfig(host="::1", port=0))
     assert _advertise(MeshConfig(host="10.77.0.1", port=0))
     assert _advertise(MeshConfig(host="127.0.0.1", port=0, mdns_interfaces=("10.77.0.1",)))
+
+
+def test_a_burst_fills_every_box_before_a_second_wave() -> None:
+    """16 requests at once on two boxes of 4 slots whose measured rates differ by 25%: each
+    takes 8 (two waves); one more on either would make it run a third wave alone."""
+    counts = [0, 0]
+    rates = [12.0, 9.6]
+    for _ in range(16):
+        costs = [predict(0, counts[i], 4, rates[i], 100.0, 40, 64) for i in range(2)]
+        counts[costs.index(min(costs))] += 1
+    assert counts == [8, 8]
