@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,7 @@ class Index:
         self.projects: dict[str, list[dict[str, object]]] = {}
         self.blobs: dict[str, bytes] = {}
         self.cut: dict[str, int] = {}  # file name -> bytes sent before the connection drops
+        self.pace: dict[str, float] = {}  # file name -> seconds between 4 KiB chunks (a slow link)
         self.before_file: Callable[[str], None] | None = None
         self.requests: list[tuple[str, str | None]] = []  # (file name, Range header)
         index = self
@@ -110,8 +112,14 @@ class Index:
                     self.wfile.flush()
                     self.connection.close()
                     return
+                pace = index.pace.get(name, 0.0)
+                step = 4096 if pace else len(body) or 1
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(body)  # a cancelled client hangs up mid-body
+                    for at in range(0, len(body), step):  # a cancelled client hangs up mid-body
+                        self.wfile.write(body[at : at + step])
+                        if pace:
+                            self.wfile.flush()
+                            time.sleep(pace)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -112,8 +112,14 @@ def test_speak_toggle_push_to_talk_and_barge_in(server: Server, browser: Browser
     # The box offers speech: both buttons appear.
     expect(page.locator("#speak-toggle")).to_be_visible()
     expect(page.locator("#ptt")).to_be_visible()
+    expect(page.locator("#ptt svg")).to_be_visible()
+    expect(page.locator("#speak-toggle svg.off")).to_be_visible()
     page.click("#speak-toggle")
     expect(page.locator("#speak-toggle")).to_have_attribute("aria-pressed", "true")
+    # Its icon follows: a speaker with sound waves, drawn in SVG (no emoji font needed).
+    expect(page.locator("#speak-toggle svg.on")).to_be_visible()
+    expect(page.locator("#speak-toggle svg.off")).to_be_hidden()
+    expect(page.locator("#speak-toggle")).to_have_attribute("aria-label", "Stop reading replies")
 
     # A streamed reply is spoken sentence by sentence, and the audio plays to its end.
     page.evaluate("window.mongars.send('Say hello and tell me one fact about the sun.')")

@@ -12,6 +12,16 @@
       placeholder: "Écrivez un message…", copy: "Copier", copied: "Copié", regenerate: "Régénérer",
       rename: "Renommer", del: "Supprimer", confirmDelete: "Supprimer cette conversation?",
       newTitle: "Nouveau titre :", untitled: "Sans titre", error: "Erreur", stopped: "arrêté",
+      menu: "Menu", close: "Fermer", modelNow: "Modèle qui répond", noModel: "aucun modèle",
+      manageModels: "Gérer les modèles", models: "Modèles de conversation",
+      answering: "Répond maintenant", installed: "Installé", notInstalled: "Pas sur la boîte",
+      builtIn: "Intégré", recommended: "Recommandé pour cette boîte",
+      downloading: "Téléchargement", failed: "Échec du téléchargement", cancelled: "Téléchargement annulé",
+      download: "Télécharger", loadWhenDone: "Charger une fois téléchargé", load: "Charger",
+      loading: "Chargement…", remove: "Supprimer", confirmRemove: "Supprimer ce modèle de la boîte ?",
+      yesRemove: "Oui, supprimer", cancel: "Annuler", cancelPull: "Annuler le téléchargement",
+      tier_tiny: "Très petit", tier_small: "Petit", tier_medium: "Moyen", tier_large: "Grand",
+      mb: "Mo", gb: "Go",
     },
     en: {
       setupCode: "Setup code", name: "Name", password: "Password",
@@ -21,6 +31,16 @@
       placeholder: "Write a message…", copy: "Copy", copied: "Copied", regenerate: "Regenerate",
       rename: "Rename", del: "Delete", confirmDelete: "Delete this conversation?",
       newTitle: "New title:", untitled: "Untitled", error: "Error", stopped: "stopped",
+      menu: "Menu", close: "Close", modelNow: "Model answering", noModel: "no model",
+      manageModels: "Manage models", models: "Chat models",
+      answering: "Answering now", installed: "Installed", notInstalled: "Not on this box",
+      builtIn: "Built in", recommended: "Recommended for this box",
+      downloading: "Downloading", failed: "Download failed", cancelled: "Download cancelled",
+      download: "Download", loadWhenDone: "Load when done", load: "Load",
+      loading: "Loading…", remove: "Remove", confirmRemove: "Remove this model from the box?",
+      yesRemove: "Yes, remove", cancel: "Cancel", cancelPull: "Cancel download",
+      tier_tiny: "Tiny", tier_small: "Small", tier_medium: "Medium", tier_large: "Large",
+      mb: "MB", gb: "GB",
     },
   };
   const langs = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language || "fr"];
@@ -36,6 +56,21 @@
     return node;
   }
   function emit(name, detail) { document.dispatchEvent(new CustomEvent("mongars:" + name, { detail })); }
+  // Icons are inline SVG drawn with the text colour: no emoji or symbol font is needed.
+  const ICONS = { rename: "M4 20h4L19 9l-4-4L4 16zM13.5 6.5l4 4", del: "M6 6l12 12M18 6L6 18" };
+  function icon(name) {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg"), path = document.createElementNS(ns, "path");
+    svg.setAttribute("class", "i"); svg.setAttribute("viewBox", "0 0 24 24"); svg.setAttribute("aria-hidden", "true");
+    path.setAttribute("d", ICONS[name]);
+    svg.appendChild(path);
+    return svg;
+  }
+  function iconButton(cls, name) {
+    const b = el("button", cls); b.type = "button"; b.title = t(name); b.setAttribute("aria-label", t(name));
+    b.appendChild(icon(name));
+    return b;
+  }
 
   // ---- safe markdown: fenced code, headings, lists, quotes, paragraphs, inline code/bold/italic/links
   function inline(parent, text) {
@@ -113,6 +148,9 @@
   function applyStrings() {
     document.documentElement.lang = lang === "fr" ? "fr-CA" : "en";
     document.querySelectorAll("[data-i18n]").forEach((n) => { n.textContent = t(n.dataset.i18n); });
+    document.querySelectorAll("[data-i18n-label]").forEach((n) => {
+      n.title = t(n.dataset.i18nLabel); if (n.tagName === "BUTTON") n.setAttribute("aria-label", n.title);
+    });
     $("input").placeholder = t("placeholder");
   }
   function showAuth(setup) {
@@ -129,6 +167,7 @@
     $("auth").hidden = true; $("app").hidden = false;
     if (location.pathname !== "/") history.replaceState(null, "", "/" + location.hash);
     $("me").textContent = state.user.name;
+    emit("signed-in", { user: state.user });
     await loadConversations();
     const m = location.hash.match(/c=(\d+)/);
     if (m) await openConversation(Number(m[1])); else newConversation();
@@ -156,6 +195,7 @@
   $("logout").addEventListener("click", async () => {
     try { await api("POST", "/api/logout", {}); } catch (e) { /* signed out anyway */ }
     state.user = null; state.csrf = null; location.hash = "";
+    emit("signed-out", {});
     showAuth(false);
   });
 
@@ -169,7 +209,7 @@
       if (c.id === state.conversation) li.className = "active";
       const a = el("a", "", c.title || t("untitled")); a.href = "#c=" + c.id;
       a.addEventListener("click", (ev) => { ev.preventDefault(); openConversation(c.id); $("app").classList.remove("menu"); });
-      const ren = el("button", "rename", "✎"); ren.title = t("rename"); ren.setAttribute("aria-label", t("rename"));
+      const ren = iconButton("rename", "rename");
       ren.addEventListener("click", async () => {
         const title = prompt(t("newTitle"), c.title);
         if (title === null) return;
@@ -177,7 +217,7 @@
         await loadConversations();
         if (c.id === state.conversation) $("title").textContent = title;
       });
-      const del = el("button", "delete", "✕"); del.title = t("del"); del.setAttribute("aria-label", t("del"));
+      const del = iconButton("delete", "del");
       del.addEventListener("click", async () => {
         if (!confirm(t("confirmDelete"))) return;
         await api("DELETE", "/api/conversations/" + c.id);
@@ -321,6 +361,7 @@
   $("menu").addEventListener("click", (ev) => { ev.stopPropagation(); $("app").classList.toggle("menu"); });
   document.querySelector(".chat").addEventListener("click", () => $("app").classList.remove("menu"));
 
-  window.mongars = { send, stop, conversationId: () => state.conversation };
+  // For models.js, voice.js and tests.
+  window.mongars = { send, stop, conversationId: () => state.conversation, api, t, el, lang, user: () => state.user };
   start().catch((e) => { document.body.textContent = t("error") + ": " + e.message; });
 })();

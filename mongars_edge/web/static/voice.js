@@ -169,7 +169,7 @@
   // ---- speak toggle
   function paintToggle() {
     const b = $("speak-toggle");
-    b.textContent = v.enabled ? "🔊" : "🔈";
+    // index.html holds both icons; app.css shows the one matching aria-pressed.
     b.setAttribute("aria-pressed", v.enabled ? "true" : "false");
     b.title = v.enabled ? L.speakOff : L.speakOn;
     b.setAttribute("aria-label", b.title);
