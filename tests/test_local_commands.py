@@ -16,7 +16,9 @@ def test_doctor_passes_on_a_good_box(tmp_path: Path) -> None:
 def test_doctor_fails_and_says_the_fix_for_a_missing_model(tmp_path: Path) -> None:
     missing = tmp_path / "nope.gguf"
     config = _config(tmp_path, missing)
-    env_result = run_cli("doctor", "--data-dir", str(tmp_path), "--config", str(config))
+    env = clean_env()
+    del env["MONGARS_MODEL"]  # the config file names the model
+    env_result = run_cli("doctor", "--data-dir", str(tmp_path), "--config", str(config), env=env)
     assert env_result.returncode == 1
     assert "FAIL chat model" in env_result.stdout
     assert "fix:" in env_result.stdout
