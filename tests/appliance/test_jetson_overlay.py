@@ -12,14 +12,15 @@ import pytest
 from tests.appliance.conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _build(out: Path, models: str | None) -> Path:
     if os.geteuid() != 0:
         pytest.skip("build_image.sh needs root")
-    out = tmp_path_factory.mktemp("jetson")
+    env = {**os.environ, "OUT": str(out)}
+    if models is not None:
+        env["IMAGE_MODELS"] = models
     result = subprocess.run(
         [str(REPO / "build_image.sh"), "jetson"],
-        env={**os.environ, "OUT": str(out)},
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -27,6 +28,12 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Without its models (1.2 GB from PyPI): the slow test below checks those."""
+    return _build(tmp_path_factory.mktemp("jetson"), "")
 
 
 def test_overlay_contents(overlay: Path) -> None:
@@ -60,3 +67,16 @@ def test_overlay_contents(overlay: Path) -> None:
         readme = tar.extractfile("./usr/share/doc/mongars-edge/README.overlay")
         assert readme is not None
         assert b"l4t_create_default_user" in readme.read()
+
+
+@pytest.mark.slow
+def test_the_overlay_carries_the_models_a_jetson_chooses(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """What a Jetson's profile chooses ships with the overlay, pulled and verified when built."""
+    built = _build(tmp_path_factory.mktemp("jetson-models"), None)
+    with tarfile.open(built) as tar:
+        members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+    gguf = members["usr/share/mongars-edge/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"]
+    assert gguf.size == 1117320768 and gguf.mode & 0o444 == 0o444
+    assert "usr/share/mongars-edge/stt/whisper-base/model.bin" in members

