@@ -12,7 +12,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from mongars_edge import __version__
-from mongars_edge.errors import MongarsError, UnavailableError
+from mongars_edge.datadir import make_dir
+from mongars_edge.errors import UnavailableError
 from mongars_edge.hardware.probe import HardwareFacts, probe
 from mongars_edge.hardware.tuning import TuningProfile, profile_for
 from mongars_edge.settings import Settings
@@ -93,13 +94,7 @@ class Runtime:
         return time.monotonic() - self.started_at
 
     async def __aenter__(self) -> Self:
-        try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MongarsError(
-                f"cannot create the data directory {self.data_dir}: {exc.strerror}; "
-                "choose another with --data-dir"
-            ) from None
+        make_dir(self.data_dir)
         try:
             await self._open_services()
         except BaseException:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hypothesis
 import pytest
+
+from tests.helpers import clean_env
 
 # Hypothesis' per-example deadline is a wall-clock assertion: a cold first call (an import, a
 # codec's first use) or a busy CI box fails it with "flaky". Correctness is what is checked here.
@@ -65,6 +68,21 @@ def no_blocking_in_loop() -> Iterator[None]:
         asyncio_log.removeHandler(catcher)
     if catcher.hits:
         pytest.fail("blocking call inside the event loop: " + "; ".join(catcher.hits))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_box_of_the_developer() -> Iterator[None]:
+    """In-process commands (CliRunner) look for the local box where nobody serves, as the
+    subprocesses of tests.helpers.clean_env do: a `make serve` on this machine stays out."""
+    saved = os.environ.get("MONGARS_PORT")
+    os.environ["MONGARS_PORT"] = clean_env()["MONGARS_PORT"]
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MONGARS_PORT", None)
+        else:
+            os.environ["MONGARS_PORT"] = saved
 
 
 @pytest.fixture

@@ -140,16 +140,21 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
             click.echo(f"{row['node_id']}  {row['address'] or '-':<21} {row['why']}")
 
     @peers_cmd.command("remove")
+    @common
     @click.argument("node_id")
     @click.pass_context
-    def peers_remove(ctx: click.Context, node_id: str) -> None:
+    def peers_remove(
+        ctx: click.Context, /, config_path: Path | None, node_id: str, **flags: Any
+    ) -> None:
         """Revoke a member: its key is unpinned here and the revocation is signed and gossiped."""
         from mongars_edge.errors import NotFoundError
         from mongars_edge.mesh.identity import Identity
         from mongars_edge.mesh.members import MemberFile
 
-        config_path, flags = ctx.obj
-        settings = make_settings(config_path, **flags)
+        # The options are accepted before `remove` too (`peers --data-dir D remove ID`).
+        group_config, group_flags = ctx.obj
+        flags = {k: v if v is not None else group_flags.get(k) for k, v in flags.items()}
+        settings = make_settings(config_path or group_config, **flags)
         data_dir = settings.resolved_data_dir()
         me = Identity.load_or_create(data_dir)
         with MemberFile(data_dir).changing() as state:
