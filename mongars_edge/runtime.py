@@ -130,9 +130,19 @@ class Runtime:
         if self.settings.mesh and self.engine is not None:
             from mongars_edge.mesh.service import open_mesh
 
-            self.mesh, self.router = await self._stack.enter_async_context(
+            mesh, self.router = await self._stack.enter_async_context(
                 open_mesh(self.settings, self.data_dir, self.engine)
             )
+            self.mesh = mesh
+            wanted = self.settings.mesh_port
+            if wanted and mesh.port != wanted:
+                # Said on /health, not only in the log: a second box on the same machine is
+                # the usual cause, and `pair --join --peer` needs the port it really got.
+                self.problems.append(
+                    f"mesh port {wanted} is taken (another box on this machine?); the mesh "
+                    f"listens on {mesh.port} instead: give each box its own mesh_port "
+                    "(serve --mesh-port)"
+                )
         await self._open_chat()
 
     async def _open_chat(self) -> None:
