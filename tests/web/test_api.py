@@ -74,7 +74,13 @@ async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
     assert pair.status_code == 409  # no mesh in these tests
     assert (await client.delete("/api/peers/abc", headers=admin)).status_code == 409
     health = (await client.get("/health")).json()
-    assert set(health) == {"status", "version", "model", "uptime_s", "board", "profile", "problems"}
+    public = {"status", "version", "model", "uptime_s", "board", "profile", "problems"}
+    # A client on this machine also learns where the data is (the CLI follows it)...
+    assert set(health) == public | {"data_dir"} and health["data_dir"] == str(runtime.data_dir)
+    # ...a client elsewhere on the LAN does not.
+    lan = httpx.ASGITransport(app=create_app(runtime), client=("192.168.1.9", 40000))
+    async with httpx.AsyncClient(transport=lan, base_url="http://192.168.1.20:8080") as remote:
+        assert set((await remote.get("/health")).json()) == public
 
 
 async def test_metrics_for_admins(client: httpx.AsyncClient, runtime: Runtime) -> None:
