@@ -128,9 +128,9 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         else:
             state = _running_state(data_dir) or {}
             for row in state.get("peers", []):
-                if not row.get("paired") and row.get("address"):
-                    where, _, number = str(row["address"]).rpartition(":")
-                    targets.append((where, int(number)))
+                where, _, number = str(row.get("address") or "").rpartition(":")
+                if not row.get("paired") and where and number.isdigit():
+                    targets.append((where.strip("[]"), int(number)))
             if not targets:
                 raise PairingError(
                     "no unpaired box seen on the network; is this box serving? "
