@@ -31,9 +31,6 @@ NEEDS_BOX: Final = frozenset(
         "memory export",
         "peers",
         "peers remove",
-        "models rm",
-        "adapters rm",
-        "voices rm",
     }
 )
 #: Commands that only read from the data dir (or talk to the server): they never write there.

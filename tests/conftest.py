@@ -6,13 +6,12 @@ import asyncio
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hypothesis
 import pytest
-
-from tests.helpers import clean_env
 
 # Hypothesis' per-example deadline is a wall-clock assertion: a cold first call (an import, a
 # codec's first use) or a busy CI box fails it with "flaky". Correctness is what is checked here.
@@ -72,10 +71,12 @@ def no_blocking_in_loop() -> Iterator[None]:
 
 @pytest.fixture(autouse=True, scope="session")
 def no_box_of_the_developer() -> Iterator[None]:
-    """In-process commands (CliRunner) look for the local box where nobody serves, as the
+    """In-process commands (CliRunner) look for the local box on a port nobody serves, as the
     subprocesses of tests.helpers.clean_env do: a `make serve` on this machine stays out."""
     saved = os.environ.get("MONGARS_PORT")
-    os.environ["MONGARS_PORT"] = clean_env()["MONGARS_PORT"]
+    with socket.socket() as sock:  # not tests.helpers: this file is copied alone (test_loop_guard)
+        sock.bind(("127.0.0.1", 0))
+        os.environ["MONGARS_PORT"] = str(sock.getsockname()[1])
     try:
         yield
     finally:
