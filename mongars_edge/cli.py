@@ -13,10 +13,18 @@ from typing import Any, TypeVar
 
 import click
 
-from mongars_edge import __version__
+from mongars_edge import __version__, datadir
 from mongars_edge.errors import MongarsError
+from mongars_edge.localbox import (
+    ask_data_dir,
+    local_url,
+    remove_marker,
+    same_place,
+    serving_url,
+    write_marker,
+)
 from mongars_edge.logsetup import configure_logging
-from mongars_edge.settings import Settings, load_settings
+from mongars_edge.settings import Settings, describe, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,12 @@ def _common_options(func: F) -> F:
             type=click.Path(path_type=Path, dir_okay=False),
             help="Config file (TOML). Default: /etc/mongars-edge/config.toml when present.",
         ),
-        click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory."),
+        click.option(
+            "--data-dir",
+            type=click.Path(path_type=Path),
+            help="Data directory. Default: the one of the box serving on this machine, else "
+            "/var/lib/mongars-edge as root, else ~/.local/share/mongars-edge.",
+        ),
         click.option(
             "--log-level",
             type=click.Choice(["debug", "info", "warning", "error"]),
@@ -69,9 +82,57 @@ def _common_options(func: F) -> F:
 
 
 def _settings(config_path: Path | None, **flags: Any) -> Settings:
-    """Build the one Settings object and configure logging from it."""
+    """Build the one Settings object, configure logging, and check the data dir for the command.
+
+    Every command but `serve` first asks the box serving on this machine (host and port
+    settings) where it keeps its data: with no data dir chosen, the command acts on that
+    one; with another one chosen, it says that they differ.
+    """
     settings = load_settings(config_path=config_path, cli=flags)
     configure_logging(settings.log_level, settings.log_format)
+    command = _command_name()
+    if command != "serve":
+        # The TUI and chat say themselves what they found (tui.app.find_daemon).
+        settings = _follow_running_box(settings, quiet=command in ("tui", "chat"))
+    give_back = datadir.check(settings.resolved_data_dir(), command)
+    ctx = click.get_current_context(silent=True)
+    if give_back is not None and ctx is not None:
+        ctx.find_root().call_on_close(give_back)
+    return settings
+
+
+def _command_name() -> str:
+    """The running command without the program name, e.g. "peers remove"."""
+    ctx = click.get_current_context(silent=True)
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+def _follow_running_box(settings: Settings, *, quiet: bool = False) -> Settings:
+    mine = settings.resolved_data_dir()
+    if settings.data_dir is not None and serving_url(mine) is not None:
+        return settings  # the chosen data dir is a running box's own (maybe on another port)
+    url = local_url(settings.host, settings.port)
+    theirs = ask_data_dir(url)
+    if theirs is None or same_place(mine, theirs):
+        return settings
+    if settings.data_dir is None:  # chosen nowhere: act on the box that is running
+        if not quiet:
+            click.echo(
+                f"note: using {theirs}, the data dir of the box serving on {url} "
+                "(--data-dir chooses another)",
+                err=True,
+            )
+        return settings.replace(data_dir=theirs)
+    if not quiet:
+        click.echo(
+            f"note: the box serving on {url} keeps its data in {theirs}, not in {mine}; "
+            f"pass --data-dir {theirs} to act on it",
+            err=True,
+        )
     return settings
 
 
@@ -81,17 +142,54 @@ def main() -> None:
     """monGARS Edge: a private assistant in a box on your own network."""
 
 
+# Settings whose `serve` flags are written out above; every other setting gets a generated one.
+_HAND_MADE_FLAGS = frozenset(
+    {"data_dir", "log_level", "log_format", "host", "port", "model", "mesh", "speech"}
+)
+
+
+def _setting_options(func: F) -> F:
+    """One `serve` flag per remaining setting (`mesh_port` -> `--mesh-port`), help from Settings."""
+    types: dict[str, Any] = {"int": int, "float": float, "Path": click.Path(path_type=Path)}
+    for item in reversed(describe()):
+        name = item["name"]
+        if name in _HAND_MADE_FLAGS:
+            continue
+        kind = str(Settings.__dataclass_fields__[name].type)
+        choices = item["choices"]
+        option = click.option(
+            "--" + name.replace("_", "-"),
+            name,
+            type=click.Choice(choices) if choices else types.get(kind, str),
+            help=item["help"],
+        )
+        func = option(func)
+    return func
+
+
 @main.command()
 @_common_options
 @click.option("--host", help="Address to listen on (0.0.0.0 for the whole LAN).")
 @click.option("--port", type=int, help="HTTP port.")
 @click.option("--model", help="Catalog id or GGUF path of the chat model.")
-@click.option("--no-mesh", "mesh", flag_value=False, default=None, help="Do not join the mesh.")
+@click.option("--mesh/--no-mesh", "mesh", default=None, help="Join the mesh (default) or not.")
 @click.option(
     "--no-speech", "speech", flag_value="off", default=None, help="Turn text-to-speech off."
 )
-def serve(config_path: Path | None, **flags: Any) -> None:
-    """Run the appliance: web page, API, inference, memory, speech and mesh."""
+@click.option(
+    "--speech",
+    "speech_mode",
+    type=click.Choice(["auto", "on", "off"]),
+    help="Text-to-speech: auto (decided by the hardware profile), on or off.",
+)
+@_setting_options
+def serve(config_path: Path | None, speech_mode: str | None, **flags: Any) -> None:
+    """Run the appliance: web page, API, inference, memory, speech and mesh.
+
+    Every setting is also a flag here (docs/settings.md lists them).
+    """
+    if speech_mode is not None:
+        flags["speech"] = speech_mode
     settings = _settings(config_path, **flags)
     asyncio.run(_serve(settings))
 
@@ -107,6 +205,8 @@ async def _serve(settings: Settings) -> None:
     # after the model has loaded.
     listener = _listen(settings.host, settings.port)
     async with Runtime(settings) as runtime:
+        url = local_url(settings.host, listener.getsockname()[1])
+        await asyncio.to_thread(write_marker, runtime.data_dir, url)
         config = uvicorn.Config(
             create_app(runtime),
             fd=listener.fileno(),
@@ -128,6 +228,7 @@ async def _serve(settings: Settings) -> None:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            await asyncio.to_thread(remove_marker, runtime.data_dir)
     listener.close()
     log.info("stopped cleanly")
 

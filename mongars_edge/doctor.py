@@ -34,7 +34,7 @@ def _data_dir(settings: Settings) -> Check:
     path = settings.resolved_data_dir()
     probe_dir = path if path.exists() else path.parent
     writable = os.access(probe_dir, os.W_OK)
-    fix = f"create it and give the service user write access: chown mongars {path}"
+    fix = f"create it and give the service user write access: chown mongars-edge {path}"
     return Check("data directory", writable, str(path), "" if writable else fix)
 
 

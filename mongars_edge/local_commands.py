@@ -59,16 +59,15 @@ def add_commands(
 async def _chat(
     settings: Any, text: str, url: str | None, token: str | None, conversation: str | None
 ) -> None:
-    from mongars_edge.tui.app import default_url
+    from mongars_edge.localbox import local_url, serving_url
+    from mongars_edge.tui.app import find_daemon
     from mongars_edge.tui.client import DaemonClient, LocalToken
 
     source: str | LocalToken | None = token
-    if url is None:
-        url = default_url(settings.host, settings.port)
-        if token is None:
-            local = LocalToken(settings.resolved_data_dir())
-            local.check()
-            source = local
+    if token is None:
+        url, source = find_daemon(settings, url)
+    elif url is None:
+        url = serving_url(settings.resolved_data_dir()) or local_url(settings.host, settings.port)
     client = DaemonClient(url, source)
     try:
         conversation_id = conversation

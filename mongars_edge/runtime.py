@@ -12,7 +12,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from mongars_edge import __version__
-from mongars_edge.errors import MongarsError, UnavailableError
+from mongars_edge.datadir import make_dir
+from mongars_edge.errors import UnavailableError
 from mongars_edge.hardware.probe import HardwareFacts, probe
 from mongars_edge.hardware.tuning import TuningProfile
 from mongars_edge.inference.manager import load_profile
@@ -96,13 +97,7 @@ class Runtime:
         return time.monotonic() - self.started_at
 
     async def __aenter__(self) -> Self:
-        try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MongarsError(
-                f"cannot create the data directory {self.data_dir}: {exc.strerror}; "
-                "choose another with --data-dir"
-            ) from None
+        make_dir(self.data_dir)
         try:
             await self._open_services()
         except BaseException:
@@ -134,9 +129,19 @@ class Runtime:
         if self.settings.mesh and self.engine is not None:
             from mongars_edge.mesh.service import open_mesh
 
-            self.mesh, self.router = await self._stack.enter_async_context(
+            mesh, self.router = await self._stack.enter_async_context(
                 open_mesh(self.settings, self.data_dir, self.engine)
             )
+            self.mesh = mesh
+            wanted = self.settings.mesh_port
+            if wanted and mesh.port != wanted:
+                # Said on /health, not only in the log: a second box on the same machine is
+                # the usual cause, and `pair --join --peer` needs the port it really got.
+                self.problems.append(
+                    f"mesh port {wanted} is taken (another box on this machine?); the mesh "
+                    f"listens on {mesh.port} instead: give each box its own mesh_port "
+                    "(serve --mesh-port)"
+                )
         await self._open_chat()
 
     async def _open_models(self) -> None:

@@ -33,10 +33,11 @@ def _setting(
 class Settings:
     """Every knob of the box; built once by the CLI and passed explicitly."""
 
-    data_dir: Path = _setting(
-        Path(""),
-        "Where the database, models, adapters and keys live. Empty: /var/lib/mongars-edge "
-        "when running as root, else ~/.local/share/mongars-edge.",
+    data_dir: Path | None = _setting(
+        None,
+        "Where the database, models, adapters and keys live. Unset: the data dir of the box "
+        "serving on this machine (host and port settings), else /var/lib/mongars-edge when "
+        "running as root, else ~/.local/share/mongars-edge.",
     )
     host: str = _setting("127.0.0.1", "Address the HTTP server listens on (0.0.0.0 for the LAN).")
     port: int = _setting(
@@ -164,16 +165,21 @@ class Settings:
     )
 
     def resolved_data_dir(self) -> Path:
-        """The data directory, with the empty default resolved for this user."""
-        if str(self.data_dir) not in ("", "."):
-            return self.data_dir.expanduser()
-        if os.geteuid() == 0:
-            return _SYSTEM_DATA_DIR
-        return Path.home() / ".local" / "share" / "mongars-edge"
+        """The data directory as an absolute path; when unset, this user's default."""
+        if self.data_dir is not None:
+            return Path(os.path.abspath(self.data_dir.expanduser()))
+        return default_data_dir()
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed, validated like every other source."""
         return load_settings(cli=changes, base=self)
+
+
+def default_data_dir() -> Path:
+    """Where an unset data_dir points for this user (before asking a running box)."""
+    if os.geteuid() == 0:
+        return _SYSTEM_DATA_DIR
+    return Path.home() / ".local" / "share" / "mongars-edge"
 
 
 def setting_names() -> list[str]:
@@ -221,10 +227,11 @@ def _coerce(f: dataclasses.Field[Any], raw: object, source: str) -> object:
             if isinstance(raw, bool):
                 raise ValueError
             value = float(raw)  # type: ignore[arg-type]
-        elif kind == "Path":
+        elif kind in ("Path", "Path | None"):
             if not isinstance(raw, str | Path):
                 raise ValueError
-            value = Path(raw)
+            # An empty value means unset where unset is allowed ("." is the current directory).
+            value = None if kind == "Path | None" and str(raw) == "" else Path(raw)
         elif kind == "tuple[str, ...]":
             value = _to_tuple(raw)
         else:
@@ -253,6 +260,7 @@ def _allowed(f: dataclasses.Field[Any]) -> str:
         "int": "a whole number",
         "float": "a number",
         "Path": "a file system path",
+        "Path | None": "a file system path (empty: unset)",
         "tuple[str, ...]": "a comma-separated list (or a TOML list of strings)",
         "str": "text",
     }

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,6 +67,23 @@ def no_blocking_in_loop() -> Iterator[None]:
         asyncio_log.removeHandler(catcher)
     if catcher.hits:
         pytest.fail("blocking call inside the event loop: " + "; ".join(catcher.hits))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_box_of_the_developer() -> Iterator[None]:
+    """In-process commands (CliRunner) look for the local box on a port nobody serves, as the
+    subprocesses of tests.helpers.clean_env do: a `make serve` on this machine stays out."""
+    saved = os.environ.get("MONGARS_PORT")
+    with socket.socket() as sock:  # not tests.helpers: this file is copied alone (test_loop_guard)
+        sock.bind(("127.0.0.1", 0))
+        os.environ["MONGARS_PORT"] = str(sock.getsockname()[1])
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MONGARS_PORT", None)
+        else:
+            os.environ["MONGARS_PORT"] = saved
 
 
 @pytest.fixture

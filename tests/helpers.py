@@ -27,12 +27,17 @@ TEST_MODELS: dict[str, str] = {
     "MONGARS_MODEL": "smollm2-135m-instruct",
     "MONGARS_STT_MODEL": "tiny.en",
 }
+#: The port command-line runs in tests look at for "the box serving on this machine"
+#: (mongars_edge.localbox): one nobody serves, so a developer's own `make serve` on the default
+#: port never joins a test. Tests that mean a box pass its port.
+_NOBODY_PORT = str(free_port())
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment minus any MONGARS_* a developer may have set, with the test models."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONGARS_")}
     env.update(TEST_MODELS)
+    env["MONGARS_PORT"] = _NOBODY_PORT
     env.update(extra)
     return env
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from mongars_edge.chat.lang import Lang
+from mongars_edge.datadir import write_private
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,9 @@ class StyleBook:
         """Fold one message into the user's profile and store it. Blocking: call in a thread."""
         with self._lock:
             profile = self.get(user_id).observe(measure(text))
-            self.folder.mkdir(parents=True, exist_ok=True)
-            path = self._path(user_id)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(asdict(profile)), encoding="utf-8")
-            os.replace(tmp, path)
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # How a person writes is personal: owner-only, like the database.
+            write_private(self._path(user_id), json.dumps(asdict(profile)))
             return profile
 
     def forget(self, user_id: int) -> None:

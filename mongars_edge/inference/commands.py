@@ -159,6 +159,8 @@ def add_commands(main: click.Group) -> None:
         if as_json:
             click.echo(json.dumps([asdict(a) for a in adapters], indent=2))
             return
+        if not adapters:
+            click.echo("no adapters on this box (add one: mongars-edge adapters add FILE)")
         for a in adapters:
             click.echo(f"{a.id}  {a.name:<24} {a.architecture:<8} {a.base_model}")
 

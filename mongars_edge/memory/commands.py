@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -144,6 +145,9 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         if output is None:
             click.echo(text)
             return
-        output.write_text(text + "\n", encoding="utf-8")
-        output.chmod(0o600)  # personal data
+        # Personal data: owner-only from the first byte, whatever the umask.
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
         click.echo(f"exported {user!r} to {output}", err=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from mongars_edge.datadir import create_private, make_dir
 from mongars_edge.errors import NotFoundError
 from mongars_edge.memory import schema
 from mongars_edge.memory.accounts import AccountsMixin
@@ -92,7 +93,7 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
             await store._stop()
 
     async def _start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._create_file)
         await self._writer.start()
         try:
             await self._writer.run(schema.migrate, transaction=False)
@@ -109,6 +110,12 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
         if self.embedder is not None and self._background:
             self._vector_task = asyncio.create_task(self._vector_loop(), name="memory-vectors")
             self._wake.set()
+
+    def _create_file(self) -> None:
+        # Owner-only whatever the umask: it holds every conversation (its -wal and -shm
+        # files take the same mode from it).
+        make_dir(self.path.parent)
+        create_private(self.path)
 
     async def _stop(self) -> None:
         if self._vector_task is not None:

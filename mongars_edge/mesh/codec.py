@@ -2,7 +2,8 @@
 
 A frame is a 4-byte big-endian length and that many bytes; a frame longer than MAX_FRAME is
 refused from its header alone. A message is msgpack `[tag, [field, ...]]`; every field is
-type-checked on the way in, so a decoded message is always well-formed.
+type-checked on the way in, so a decoded message is always well-formed. Fields added after a
+message first shipped come last and have a default: a message without them still decodes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import struct
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, Final, Union
 
 import msgpack
@@ -133,6 +134,9 @@ class Telemetry(Msg):
     throttled: bool
     adapters: list[str]
     accepting: bool
+    #: The port this box's mesh listens on (0: not said), so that a box it dialled can dial
+    #: it back: the source port of a dialled connection is not the listening port.
+    port: int = 0
 
 
 @dataclass(frozen=True)
@@ -232,9 +236,11 @@ def decode(data: bytes) -> Msg:
         raise CodecError(f"unknown message type {tag!r}")
     cls = _REGISTRY[tag]
     hints = _hints(cls)
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    if len(values) != len(names):
-        raise CodecError(f"{cls.__name__}: {len(values)} fields, expected {len(names)}")
+    every = fields(cls)  # type: ignore[arg-type]
+    required = sum(1 for f in every if f.default is MISSING)
+    names = [f.name for f in every][: len(values)]
+    if not required <= len(values) <= len(every):
+        raise CodecError(f"{cls.__name__}: {len(values)} fields, expected {len(every)}")
     for name, value in zip(names, values, strict=True):
         if not _conforms(value, hints[name]):
             raise CodecError(f"{cls.__name__}.{name}: unexpected {type(value).__name__}")

@@ -35,6 +35,47 @@ def _running_state(data_dir: Path) -> dict[str, Any] | None:
     return state
 
 
+def _wait_linked(data_dir: Path, node_id: str, timeout_s: float) -> dict[str, Any] | None:
+    """The running server's row for *node_id* once linked; the last row seen (or {}) if the
+    link did not come within *timeout_s*; None when no server runs on *data_dir*."""
+    end = time.monotonic() + timeout_s
+    row: dict[str, Any] = {}
+    while True:
+        state = _running_state(data_dir)
+        if state is None:
+            return None
+        row = next((r for r in state.get("peers", []) if r.get("node_id") == node_id), row)
+        if row.get("linked") or time.monotonic() >= end:
+            return row
+        time.sleep(0.2)
+
+
+def _linked_line(data_dir: Path, node_id: str, timeout_s: float = 15.0) -> str:
+    """What `pair` says about the link to a box it just paired with."""
+    row = _wait_linked(data_dir, node_id, timeout_s)
+    if row is None:
+        return f"this box is not serving: it links to {node_id} when it starts (`serve`)"
+    if row.get("linked"):
+        return f"linked to {node_id} at {row.get('address') or '?'}"
+    why = row.get("why") or "not seen yet"
+    return f"not linked to {node_id} yet ({why}); it keeps trying: see `mongars-edge peers`"
+
+
+def _own_address(state: dict[str, Any]) -> str:
+    """HOST:PORT other boxes give `pair --join --peer` to reach this one's mesh."""
+    host = str(state.get("host") or "")
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - listening everywhere: name one address
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect(("192.0.2.1", 9))  # picks the outgoing interface; sends nothing
+                host = str(probe.getsockname()[0])
+        except OSError:
+            host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{state.get('port') or 8765}"
+
+
 def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[..., Any]) -> None:
     """Register the mesh commands on the CLI group."""
 
@@ -55,14 +96,18 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         data_dir = settings.resolved_data_dir()
         me = Identity.load_or_create(data_dir)
         if code is None:
-            if _running_state(data_dir) is None:
+            running = _running_state(data_dir)
+            if running is None:
                 raise PairingError(
                     "this box is not serving; start it (`mongars-edge serve`) so peers can reach it"
                 )
             before = set(MemberFile(data_dir).read().members)
             shown = pairing.open_window(data_dir, ttl)
             click.echo(f"pairing code: {shown}")
-            click.echo(f"on the new box: mongars-edge pair --join {shown}  (valid {ttl:.0f} s)")
+            click.echo(
+                f"on the new box: mongars-edge pair --join {shown} --peer "
+                f"{_own_address(running)}  (valid {ttl:.0f} s)"
+            )
             end = time.monotonic() + ttl
             while time.monotonic() < end and pairing.window_open(data_dir):
                 time.sleep(0.2)
@@ -71,6 +116,8 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
             if not joined:
                 raise PairingError("nobody joined with that code (wrong code, expired, or none)")
             click.echo("paired: " + ", ".join(sorted(joined)))
+            for node_id in sorted(joined):
+                click.echo(_linked_line(data_dir, node_id))
             return
         targets: list[tuple[str, int]] = []
         if peer:
@@ -81,9 +128,9 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         else:
             state = _running_state(data_dir) or {}
             for row in state.get("peers", []):
-                if not row.get("paired") and row.get("address"):
-                    where, _, number = str(row["address"]).rpartition(":")
-                    targets.append((where, int(number)))
+                where, _, number = str(row.get("address") or "").rpartition(":")
+                if not row.get("paired") and where and number.isdigit():
+                    targets.append((where.strip("[]"), int(number)))
             if not targets:
                 raise PairingError(
                     "no unpaired box seen on the network; is this box serving? "
@@ -96,11 +143,14 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
                     pairing.join(target_host, target_port, code, me, data_dir, socket.gethostname())
                 )
             except MeshError as exc:
+                if peer:  # the one address given: its error is the whole story
+                    raise
                 errors.append(f"{target_host}:{target_port}: {exc}")
                 if "did not match" in str(exc):
                     break
                 continue
             click.echo(f"joined the mesh through {member}; this box is {me.node_id}")
+            click.echo(_linked_line(data_dir, member))
             return
         raise PairingError("pairing failed: " + "; ".join(errors))
 
@@ -140,16 +190,21 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
             click.echo(f"{row['node_id']}  {row['address'] or '-':<21} {row['why']}")
 
     @peers_cmd.command("remove")
+    @common
     @click.argument("node_id")
     @click.pass_context
-    def peers_remove(ctx: click.Context, node_id: str) -> None:
+    def peers_remove(
+        ctx: click.Context, /, config_path: Path | None, node_id: str, **flags: Any
+    ) -> None:
         """Revoke a member: its key is unpinned here and the revocation is signed and gossiped."""
         from mongars_edge.errors import NotFoundError
         from mongars_edge.mesh.identity import Identity
         from mongars_edge.mesh.members import MemberFile
 
-        config_path, flags = ctx.obj
-        settings = make_settings(config_path, **flags)
+        # The options are accepted before `remove` too (`peers --data-dir D remove ID`).
+        group_config, group_flags = ctx.obj
+        flags = {k: v if v is not None else group_flags.get(k) for k, v in flags.items()}
+        settings = make_settings(config_path or group_config, **flags)
         data_dir = settings.resolved_data_dir()
         me = Identity.load_or_create(data_dir)
         with MemberFile(data_dir).changing() as state:

@@ -104,6 +104,8 @@ class Member:
     verify_key: bytes
     added_at: float
     name: str = ""
+    #: HOST:PORT this box paired through (`pair --join --peer`): dialled without mDNS.
+    address: str = ""
 
 
 @dataclass
@@ -186,7 +188,9 @@ class MeshState:
         state = cls(bytes.fromhex(data["mesh_id"]))
         for m in data["members"]:
             key = bytes.fromhex(m["verify_key"])
-            state.members[m["node_id"]] = Member(m["node_id"], key, m["added_at"], m["name"])
+            state.members[m["node_id"]] = Member(
+                m["node_id"], key, m["added_at"], m["name"], str(m.get("address") or "")
+            )
         state.revoked = {str(k): float(v) for k, v in data["revoked"].items()}
         for raw in data["records"]:
             mesh_id, subject, key, action, issued, signer, sig = raw

@@ -166,19 +166,58 @@ def _admit(join: PairJoin, me: Identity, data_dir: Path) -> tuple[MemberRecord, 
         return record, [r.to_wire() for r in state.all_records()], state.mesh_id
 
 
+def _unreachable(host: str, port: int, exc: OSError) -> PairingError:
+    if isinstance(exc, TimeoutError):
+        reason = "timed out"
+    elif isinstance(exc, ConnectionRefusedError):
+        reason = "connection refused"
+    else:
+        reason = (exc.strerror or str(exc)).lower()
+    return PairingError(
+        f"cannot reach {host}:{port} ({reason}): is the member serving, and is {port} its mesh "
+        "port? `mongars-edge pair` on the member prints the --peer to give"
+    )
+
+
+async def _first_reply(reader: asyncio.StreamReader, host: str, port: int) -> bytes:
+    """The member's first frame; a web server's answer is named as such (a common mix-up)."""
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            header = await reader.readexactly(codec.HEADER_SIZE)
+    except TimeoutError:
+        raise PairingError(f"{host}:{port} answered nothing; is it a box's mesh port?") from None
+    except (asyncio.IncompleteReadError, OSError):
+        why = f"{host}:{port} closed the connection; is it a box's mesh port?"
+        raise PairingError(why) from None
+    if header == b"HTTP":
+        raise PairingError(
+            f"{host}:{port} is a web server (the box's HTTP port?); --peer wants the member's "
+            "mesh port (the mesh_port setting, 8765 by default)"
+        )
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            return await reader.readexactly(codec.frame_length(header))
+    except (TimeoutError, asyncio.IncompleteReadError, OSError):
+        raise PairingError(f"{host}:{port} stopped answering during pairing") from None
+
+
 async def join(host: str, port: int, code: str, me: Identity, data_dir: Path, name: str) -> str:
-    """The joining side; returns the member's node id. PairingError says what went wrong."""
+    """The joining side; returns the member's node id. PairingError says what went wrong.
+
+    The member's address is remembered with its key, so that this box dials it there even
+    where mDNS does not reach (another subnet, loopback, multicast filtered).
+    """
     password = normalize(code)
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError) as exc:
-        raise PairingError(f"cannot reach {host}:{port} ({exc})") from None
+        raise _unreachable(host, port, exc) from None
     try:
         spake = SPAKE2_A(password, idA=_ID_JOINER, idB=_ID_MEMBER)
         write_frame(writer, codec.encode(PairStart(codec.PROTOCOL_VERSION, spake.start())))
         await writer.drain()
-        reply = codec.decode(await read_frame(reader, HANDSHAKE_TIMEOUT_S))
+        reply = codec.decode(await _first_reply(reader, host, port))
         if isinstance(reply, codec.Error):
             raise PairingError(reply.message)
         if not isinstance(reply, PairReply):
@@ -199,16 +238,18 @@ async def join(host: str, port: int, code: str, me: Identity, data_dir: Path, na
         writer.close()
     if not isinstance(welcome, PairWelcome) or node_id_of(welcome.verify_key) != welcome.node_id:
         raise PairingError("the member sent an inconsistent identity")
-    await asyncio.to_thread(_adopt, welcome, me, data_dir)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    await asyncio.to_thread(_adopt, welcome, me, data_dir, address)
     return welcome.node_id
 
 
-def _adopt(welcome: PairWelcome, me: Identity, data_dir: Path) -> None:
+def _adopt(welcome: PairWelcome, me: Identity, data_dir: Path, address: str) -> None:
     with MemberFile(data_dir).changing() as state:
         if state.mesh_id != welcome.mesh_id:
             state.mesh_id = welcome.mesh_id
             state.records.clear()
         state.pin(welcome.node_id, welcome.verify_key)
+        state.members[welcome.node_id].address = address
         pending = []
         for raw in welcome.records:
             with contextlib.suppress(AuthError):

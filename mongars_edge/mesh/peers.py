@@ -91,6 +91,7 @@ def sanitize(t: Telemetry) -> Telemetry:
         throttled=t.throttled,
         adapters=[a[:64] for a in t.adapters[:256]],
         accepting=t.accepting,
+        port=t.port if 0 < t.port < 65536 else 0,
     )
 
 

@@ -106,7 +106,11 @@ class MeshService:
             self._server = await asyncio.start_server(self._on_connection, bind, self.config.port)
         except OSError as exc:
             # Another program holds the mesh port: take any free one (mDNS says which).
-            log.warning("mesh port %d unavailable (%s); using a free port", self.config.port, exc)
+            log.warning(
+                "mesh port %d unavailable (%s); using a free port (set mesh_port to choose)",
+                self.config.port,
+                exc.strerror or exc,
+            )
             self._server = await asyncio.start_server(self._on_connection, bind, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.config.mdns and _advertise(self.config):
@@ -228,8 +232,12 @@ class MeshService:
 
     def _handle(self, link: Link, msg: Msg) -> None:
         if isinstance(msg, codec.Telemetry):
-            peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id))
+            peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id, host=link.address))
             peer.telemetry, peer.telemetry_at = sanitize(msg), time.monotonic()
+            if peer.telemetry.port and not (peer.host and peer.port):
+                # A box that dialled us: its address is where the link came from, at the port
+                # it listens on (the link's own source port is not one it accepts on).
+                peer.host, peer.port = peer.host or link.address, peer.telemetry.port
         elif isinstance(msg, codec.TokenChunk | codec.End | codec.Error):
             queue = self._streams.get((id(link), msg.stream_id))
             if queue is not None:
@@ -327,6 +335,7 @@ class MeshService:
             throttled=False,
             adapters=adapters,
             accepting=engine is not None,
+            port=self.port,
         )
 
     async def _gossip_loop(self) -> None:
@@ -349,6 +358,12 @@ class MeshService:
         for peer in self.peers.values():
             if peer.host and peer.port and self.state.key_of(peer.node_id) is not None:
                 out.append((peer.node_id, peer.host, peer.port))
+        located = {key for key, _, _ in out}
+        for member in self.state.members.values():
+            # Paired through an address (`pair --join --peer`): no mDNS needed to find it.
+            host, _, port = member.address.rpartition(":")
+            if member.node_id not in located and host and port.isdigit():
+                out.append((member.node_id, host.strip("[]"), int(port)))
         for addr in self.config.static_peers:
             host, _, port = addr.rpartition(":")
             if host and port.isdigit():
@@ -389,7 +404,8 @@ class MeshService:
         self._backoff.pop(key, None)
         if expect is None:
             self._static_ids[key] = link.peer_id
-        peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id, source="static"))
+        source = "static" if expect is None else "paired"
+        peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id, source=source))
         peer.host, peer.port = host, port
         self._spawn(self._run_link(link))
 

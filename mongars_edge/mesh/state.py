@@ -7,6 +7,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from mongars_edge.datadir import write_private
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.identity import mesh_dir
 from mongars_edge.mesh.members import mesh_hash
@@ -29,7 +30,9 @@ def remember_addresses(service: MeshService) -> None:
             node_id, address = str(row["node_id"]), str(row["address"])
             host, _, port = address.rpartition(":")
             if service.state.key_of(node_id) is not None and host and port.isdigit():
-                service.peers[node_id] = Peer(node_id, host, int(port), source="remembered")
+                service.peers[node_id] = Peer(
+                    node_id, host.strip("[]"), int(port), source="remembered"
+                )
         except (KeyError, TypeError):
             continue
 
@@ -42,7 +45,7 @@ def report(service: MeshService) -> dict[str, Any]:
         rows.append(
             {
                 "node_id": peer.node_id,
-                "address": f"{peer.host}:{peer.port}" if peer.host else "",
+                "address": _address(peer),
                 "source": peer.source,
                 "paired": service.state.key_of(peer.node_id) is not None,
                 "linked": peer.linked,
@@ -74,8 +77,11 @@ def report(service: MeshService) -> dict[str, Any]:
     }
 
 
+def _address(peer: Peer) -> str:
+    """HOST:PORT where the box accepts links; only the host while its port is not known."""
+    host = f"[{peer.host}]" if ":" in peer.host else peer.host
+    return f"{host}:{peer.port}" if host and peer.port else host
+
+
 def write_state(service: MeshService) -> None:
-    path = mesh_dir(service.data_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report(service), indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_private(mesh_dir(service.data_dir) / STATE_FILE, json.dumps(report(service), indent=1))

@@ -15,6 +15,8 @@ from textual.reactive import reactive
 from textual.worker import Worker
 
 from mongars_edge.errors import MongarsError
+from mongars_edge.localbox import ask_data_dir, local_url, same_place, serving_url
+from mongars_edge.runtime import DATABASE_FILE
 from mongars_edge.settings import Settings
 from mongars_edge.tui.client import (
     LOCAL_TOKEN_FILE,
@@ -22,6 +24,7 @@ from mongars_edge.tui.client import (
     DaemonDown,
     DaemonError,
     LocalToken,
+    LocalTokenError,
 )
 from mongars_edge.tui.screens.chat import ChatScreen
 from mongars_edge.tui.screens.hardware import HardwareScreen
@@ -138,39 +141,63 @@ class _EventLogHandler(logging.Handler):
         self.app.events.append(f"{record.levelname.lower()} {record.name}: {record.getMessage()}")
 
 
-def default_url(host: str, port: int) -> str:
-    """The daemon URL on this box, from the serve settings."""
-    if host in ("", "0.0.0.0"):  # noqa: S104 - a listen address, turned into loopback here
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+def _holds_box(data_dir: Path) -> bool:
+    return (data_dir / LOCAL_TOKEN_FILE).exists() or (data_dir / DATABASE_FILE).exists()
 
 
-def local_data_dir(settings: Settings) -> Path:
-    """Where the local daemon keeps its token: the data_dir setting, else the appliance's.
+def find_daemon(settings: Settings, url: str | None) -> tuple[str, LocalToken]:
+    """The local daemon's URL and its admin token, found as the CLI finds a box.
 
-    The `mongars` SSH user is not root, so an unset data_dir would resolve under its own
-    home; on an appliance the daemon's data lives in /var/lib/mongars-edge.
+    The data dir is the one chosen (--data-dir, MONGARS_DATA_DIR, config) or, when none is,
+    the one of the box answering on this machine (see `localbox`); the URL is the one that
+    box serves that data dir on. Everything else stops the TUI before its screen opens, with
+    one line saying what to pass (LocalTokenError, exit status 77).
     """
-    chosen = settings.resolved_data_dir()
-    unset = str(settings.data_dir) in ("", ".")
-    if unset and not (chosen / LOCAL_TOKEN_FILE).exists() and APPLIANCE_DATA_DIR.is_dir():
-        return APPLIANCE_DATA_DIR
-    return chosen
+    data_dir = settings.resolved_data_dir()
+    if url is not None:  # a URL without a token: fine if it is a box on this machine
+        theirs = ask_data_dir(url)
+        if theirs is None:
+            raise LocalTokenError(
+                f"no token for {url}: pass --token (on that box, `mongars-edge tokens create "
+                "NAME` makes one), or run the TUI on that box without --url"
+            )
+        data_dir = theirs
+    else:
+        url = serving_url(data_dir)
+        if url is None:
+            url = local_url(settings.host, settings.port)
+            theirs = ask_data_dir(url)
+            if theirs is not None and settings.data_dir is None:
+                data_dir = theirs  # no data dir chosen: the box running here is the one
+            elif theirs is not None and not same_place(theirs, data_dir):
+                raise LocalTokenError(
+                    f"the box serving on {url} keeps its data (and token) in {theirs}, and no "
+                    f"box serves {data_dir}: pass --data-dir {theirs}, or --url and --token"
+                )
+            if theirs is None:
+                # The daemon is down (or restarting). On an appliance the SSH user is not
+                # root, so an unset data_dir resolves under its own home: use the service's.
+                unset = settings.data_dir is None
+                if unset and not _holds_box(data_dir) and _holds_box(APPLIANCE_DATA_DIR):
+                    data_dir = APPLIANCE_DATA_DIR
+                if not _holds_box(data_dir):
+                    raise LocalTokenError(
+                        f"no box found: nothing answers on {url} and {data_dir} holds no box. "
+                        "Start one (mongars-edge serve), or pass --data-dir DIR (the one `serve` "
+                        "uses), or --url URL and --token TOKEN"
+                    )
+    token = LocalToken(data_dir)
+    token.check()  # a permission problem is said before the screen opens
+    return url, token
 
 
 def run_tui(settings: Settings, *, url: str | None, token: str | None) -> None:
     """Open the TUI on this terminal against the daemon at *url* (default: this box)."""
     source: str | LocalToken | None = token
-    if url is None:
-        url = default_url(settings.host, settings.port)
-        if token is None:
-            local = LocalToken(local_data_dir(settings))
-            local.check()  # a permission problem is said before the screen opens
-            source = local
+    if token is None:
+        url, source = find_daemon(settings, url)
+    elif url is None:
+        url = serving_url(settings.resolved_data_dir()) or local_url(settings.host, settings.port)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise MongarsError(
             "the TUI needs a terminal; over SSH, connect with `ssh -t` (or without -T)"

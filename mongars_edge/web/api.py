@@ -377,12 +377,13 @@ async def peers(request: Request) -> JSONResponse:
     await require_user(request)
     mesh = getattr(_rt(request), "mesh", None)
     if mesh is None:
-        return JSONResponse({"node_id": None, "peers": [], "data": []})
+        return JSONResponse({"node_id": None, "data": []})
     from mongars_edge.mesh.state import report
 
     body = report(mesh)
     body.pop("pid", None)
-    return JSONResponse(body | {"data": body["peers"]})
+    body["data"] = body.pop("peers")  # a list is `data`, as everywhere in the API
+    return JSONResponse(body)
 
 
 def _mesh_on(runtime: Runtime) -> Any:

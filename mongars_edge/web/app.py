@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mongars_edge.errors import MongarsError
+from mongars_edge.localbox import same_machine
 from mongars_edge.runtime import Runtime
 from mongars_edge.web import api, openai
 from mongars_edge.web.http import BodyLimit, error_response
@@ -56,6 +57,10 @@ async def health(request: Request) -> JSONResponse:
         "speech": runtime.speech_summary(),
         "problems": problems,
     }
+    server = request.scope.get("server")
+    if same_machine(request.client.host if request.client else None, server and server[0]):
+        # Only for clients on this machine: the CLI follows it (mongars_edge.localbox).
+        body["data_dir"] = str(runtime.data_dir)
     return JSONResponse(body)
 
 

@@ -18,6 +18,7 @@ import hmac
 import logging
 import os
 import secrets
+import shlex
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -221,8 +222,10 @@ class Accounts:
             self.setup_code = _new_setup_code()
             log.warning(
                 "no administrator yet: open the chat page at /setup and enter the one-time "
-                "setup code %s (or run `mongars-edge users add NAME --admin --password-stdin`)",
+                "setup code %s (or run `mongars-edge users add NAME --admin --password-stdin "
+                "--data-dir %s`)",
                 self.setup_code,
+                shlex.quote(str(self.data_dir)),
             )
 
     @property

@@ -21,7 +21,6 @@ def _store_path(settings: Any) -> Path:
     from mongars_edge.runtime import DATABASE_FILE
 
     data_dir: Path = settings.resolved_data_dir()
-    data_dir.mkdir(parents=True, exist_ok=True)
     return data_dir / DATABASE_FILE
 
 
@@ -70,7 +69,10 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
             async with MemoryStore.open(_store_path(settings)) as store:
                 return await store.list_users()
 
-        for user in asyncio.run(run()):
+        found = asyncio.run(run())
+        if not found:
+            click.echo("no users yet (add one: mongars-edge users add NAME --password-stdin)")
+        for user in found:
             click.echo(f"{user.id:>4}  {user.name}{'  (admin)' if user.is_admin else ''}")
 
     @main.group("tokens")

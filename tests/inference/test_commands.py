@@ -64,6 +64,8 @@ def test_adapters_add_list_rm(data_dir: Path, models: dict[str, Path]) -> None:
     code, out = run("adapters", "rm", "pirate", "--data-dir", str(data_dir))
     assert code == 0
     assert not stored.exists()
+    code, out = run("adapters", "list", "--data-dir", str(data_dir))
+    assert code == 0 and out.startswith("no adapters on this box (add one:")
 
 
 def test_adapters_for_another_model_are_refused(data_dir: Path, models: dict[str, Path]) -> None:

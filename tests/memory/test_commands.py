@@ -61,4 +61,12 @@ def test_missing_database_is_one_clear_line(tmp_path: Path) -> None:
         main, ["memory", "search", "alice", "x", "--data-dir", str(tmp_path / "none")]
     )
     assert result.exit_code != 0
+    # A data dir that does not exist is caught before the store (datadir.check)...
+    assert "no box keeps its data in" in result.output and "--data-dir" in result.output
+    assert result.output.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        main, ["memory", "search", "alice", "x", "--data-dir", str(tmp_path / "empty")]
+    )
+    assert result.exit_code != 0  # ...one without a database by the command
     assert "no database in" in result.output

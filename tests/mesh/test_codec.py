@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -65,6 +66,7 @@ SAMPLES = st.one_of(
         st.booleans(),
         st.lists(TEXT, max_size=3),
         st.booleans(),
+        st.integers(0, 65535),
     ),
 )
 
@@ -205,3 +207,15 @@ def test_responder_impersonation_is_detected() -> None:
     lie = codec.HsResp(resp.version, B.node_id, resp.eph, resp.sig)
     with pytest.raises(AuthError, match="bad signature"):
         init.finish(codec.encode(lie))
+
+
+def test_a_message_without_its_newer_trailing_fields_still_decodes() -> None:
+    # Telemetry gained `port`; a box that does not send it is still understood (port 0).
+    full = Telemetry("n", "m", 0, 0, 1, 1.0, 1.0, 40.0, False, [], True, 8765)
+    tag, values = msgpack.unpackb(codec.encode(full))
+    older = codec.decode(msgpack.packb([tag, values[:-1]], use_bin_type=True))
+    assert isinstance(older, Telemetry) and older.port == 0
+    with pytest.raises(CodecError):  # a required field missing is still refused
+        codec.decode(msgpack.packb([tag, values[:-2]], use_bin_type=True))
+    with pytest.raises(CodecError):  # and so are fields nobody knows
+        codec.decode(msgpack.packb([tag, [*values, 1]], use_bin_type=True))

@@ -36,7 +36,8 @@ def test_peers_remove_revokes_a_member(data_dir: Path) -> None:
     other = Identity.generate()
     with MemberFile(data_dir).changing() as state:
         state.pin(other.node_id, other.verify_key)
-    code, out = run("peers", "--data-dir", str(data_dir), "remove", other.node_id[:8])
+    # The options after the subcommand, as the README appends them (and before, as before).
+    code, out = run("peers", "remove", other.node_id[:8], "--data-dir", str(data_dir))
     assert code == 0 and "revoked" in out
     state = MemberFile(data_dir).read()
     assert state.key_of(other.node_id) is None and other.node_id in state.revoked

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import pytest
 from textual.widgets import DataTable
@@ -12,6 +15,7 @@ from mongars_edge.tui.screens.memories import MemoriesScreen
 from mongars_edge.tui.screens.mesh import NOT_AVAILABLE, MeshScreen
 from mongars_edge.tui.widgets import ConfirmScreen
 from tests.conftest import SYSROOTS
+from tests.helpers import run_cli
 from tests.tui.conftest import AppFactory
 from tests.tui.daemon import Daemon
 from tests.tui.pilot import screen_text, until
@@ -31,6 +35,23 @@ async def test_hardware_screen_shows_board_profile_and_live_rows(
         for label in ("tokens/s", "queue", "temperature", "throttling", "tuning profile"):
             assert label in text
         assert "backend" in text  # a profile row from /health or /api/hardware
+
+
+async def test_hardware_screen_names_the_tiers_as_models_list_does(
+    daemon: Daemon, make_app: AppFactory
+) -> None:
+    listed = await asyncio.to_thread(run_cli, "models", "list", "--json")
+    rows = {row["id"]: row for row in json.loads(listed.stdout)}
+    app = make_app()
+    async with app.run_test(size=(120, 50)) as pilot:
+        await until(pilot, lambda: app.daemon_state == "up")
+        await pilot.press("f3")
+        # The model's own tier beside its id; the profile's is the largest this box runs.
+        await until(pilot, lambda: app.health.get("model") in rows)
+        tier = rows[str(app.health["model"])]["tier"]
+        await until(pilot, lambda: f"({tier} tier)" in screen_text(app))
+        await until(pilot, lambda: "largest tier" in screen_text(app))
+        assert "model_tier" not in screen_text(app)
 
 
 async def test_mesh_screen_says_not_available_on_a_no_mesh_daemon(
@@ -78,6 +99,34 @@ async def test_memories_screen_lists_searches_and_forgets(
             await until(pilot, lambda: memory_id not in [r.value for r in table.rows])
         left = (await http.get("/api/memories")).json()["data"]
         assert all(str(m["id"]) != memory_id for m in left)
+
+
+async def test_a_memory_search_also_shows_past_messages(
+    chat_api: Daemon, make_app: AppFactory
+) -> None:
+    said = "Our oboe rehearsal moved to the Mile End library."
+    headers = {"Authorization": f"Bearer {chat_api.token()()}"}
+    async with httpx.AsyncClient(base_url=chat_api.url, headers=headers, timeout=120) as http:
+        body = {
+            "model": "default",
+            "messages": [{"role": "user", "content": said}],
+            "max_tokens": 1,
+        }
+        sent = await http.post("/v1/chat/completions", json=body | {"conversation_id": "new"})
+        assert sent.status_code == 200, sent.text
+        app = make_app()
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.daemon_state == "up")
+            await pilot.press("f2")
+            await until(pilot, lambda: isinstance(app.screen, MemoriesScreen))
+            await pilot.press("ctrl+f", *"oboe", "enter")
+            await until(pilot, lambda: "messages matching 'oboe'" in screen_text(app))
+            assert "msg user" in screen_text(app) and "Mile End" in screen_text(app)
+            table = app.screen.query_one(DataTable)
+            table.focus()
+            await pilot.press("delete")  # a message is not forgotten from here
+            await pilot.pause()
+            assert not isinstance(app.screen, ConfirmScreen)
 
 
 async def test_logs_screen_shows_connection_events(daemon: Daemon, make_app: AppFactory) -> None:

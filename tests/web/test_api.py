@@ -65,7 +65,8 @@ async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
     assert models["chat"]["id"] == "smollm2-135m-instruct"
     assert models["load"]["n_parallel"] >= 1
     assert (await client.get("/api/adapters", headers=headers)).json() == {"data": []}
-    assert (await client.get("/api/peers", headers=headers)).json()["peers"] == []
+    peers = (await client.get("/api/peers", headers=headers)).json()
+    assert peers["data"] == [] and "peers" not in peers
     pair = await client.post("/api/peers/pair", json={"code": "x"}, headers=headers)
     assert pair.status_code == 403  # administrators only
     admin = await bearer(runtime, "root", admin=True)
@@ -73,7 +74,7 @@ async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
     assert pair.status_code == 409  # no mesh in these tests
     assert (await client.delete("/api/peers/abc", headers=admin)).status_code == 409
     health = (await client.get("/health")).json()
-    assert set(health) == {
+    public = {
         "status",
         "version",
         "model",
@@ -85,6 +86,12 @@ async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
         "problems",
     }
     assert health["model"] == "smollm2-135m-instruct"
+    # A client on this machine also learns where the data is (the CLI follows it)...
+    assert set(health) == public | {"data_dir"} and health["data_dir"] == str(runtime.data_dir)
+    # ...a client elsewhere on the LAN does not.
+    lan = httpx.ASGITransport(app=create_app(runtime), client=("192.168.1.9", 40000))
+    async with httpx.AsyncClient(transport=lan, base_url="http://192.168.1.20:8080") as remote:
+        assert set((await remote.get("/health")).json()) == public
 
 
 async def test_metrics_for_admins(client: httpx.AsyncClient, runtime: Runtime) -> None:

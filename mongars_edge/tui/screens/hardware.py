@@ -25,6 +25,21 @@ if TYPE_CHECKING:
 _HISTORY = 60
 #: Facts (temperature, throttling) are re-read every this many ticks.
 _FACTS_EVERY = 10
+#: Profile keys shown under a clearer name: the profile's tier is the largest model tier the
+#: box can run, not the tier of the model it runs (`models list` shows that one).
+_PROFILE_LABELS = {"model_tier": "largest tier"}
+
+
+def catalog_tier(model: object) -> str | None:
+    """The tier the model catalog gives a model id (None for a GGUF path or an unknown id)."""
+    from mongars_edge.errors import MongarsError
+    from mongars_edge.inference.models import load_catalog
+
+    try:
+        entry = load_catalog().get(str(model))
+    except (MongarsError, OSError, ValueError):
+        return None
+    return None if entry is None else str(entry.tier)
 
 
 def local_temperature(root: Path = Path("/")) -> float | None:
@@ -67,6 +82,7 @@ class HardwareScreen(Screen[None]):
         self.hardware_note = ""
         self._ticks = 0
         self.live_temp: float | None = None
+        self.model_tier: str | None = None
 
     @property
     def mapp(self) -> MongarsApp:
@@ -115,6 +131,7 @@ class HardwareScreen(Screen[None]):
                 self.hardware_note = "/api/hardware is not available on this daemon"
             except DaemonError as exc:
                 self.hardware_note = f"/api/hardware: {exc}"
+            self.model_tier = await asyncio.to_thread(catalog_tier, self.mapp.health.get("model"))
         self.live_temp = None
         if _is_local(client.url):
             # On the box itself, read the sensors now: the daemon's facts date from its start.
@@ -152,7 +169,8 @@ class HardwareScreen(Screen[None]):
         live.add_column()
         live.add_row("status", _fmt(health.get("status")))
         live.add_row("board", _fmt(health.get("board") or facts.get("board")))
-        live.add_row("model", _fmt(health.get("model")))
+        tier = f" ({self.model_tier} tier)" if self.model_tier and health.get("model") else ""
+        live.add_row("model", _fmt(health.get("model")) + tier)
         live.add_row("uptime", _fmt(health.get("uptime_s"), " s"))
         live.add_row("tokens/s", _fmt(rate))
         queue = metrics.get("mongars_queue_depth")
@@ -183,5 +201,5 @@ class HardwareScreen(Screen[None]):
         table.add_column("value")
         for key, value in (profile or {}).items():
             if key != "reasons":
-                table.add_row(str(key), str(value))
+                table.add_row(_PROFILE_LABELS.get(str(key), str(key)), str(value))
         self.query_one("#profile", Static).update(table)

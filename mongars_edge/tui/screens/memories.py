@@ -1,4 +1,5 @@
-"""The memories screen: what the box remembers about you; search and delete."""
+"""The memories screen: what the box remembers about you; search (memories and past messages)
+and forget memories."""
 
 from __future__ import annotations
 
@@ -18,8 +19,16 @@ if TYPE_CHECKING:
     from mongars_edge.tui.app import MongarsApp
 
 
+#: Row keys of message hits; only memories (plain ids) can be forgotten here.
+_MESSAGE_KEY = "message:"
+
+
 def _text(memory: dict[str, Any]) -> str:
     return str(memory.get("text") or memory.get("content") or memory.get("summary") or "")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 class MemoriesScreen(Screen[None]):
@@ -37,7 +46,7 @@ class MemoriesScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield DaemonBanner(id="banner")
-        yield Input(placeholder="Search memories (Enter)", id="memory-search")
+        yield Input(placeholder="Search memories and past messages (Enter)", id="memory-search")
         yield Static("", id="memories-status")
         yield DataTable(id="memories", cursor_type="row", zebra_stripes=True)
         yield Footer(compact=True)
@@ -45,7 +54,8 @@ class MemoriesScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         table.add_column("id", key="id", width=8)
-        table.add_column("memory", key="text")
+        table.add_column("from", key="source", width=13)
+        table.add_column("memory or message", key="text")
         self.watch(self.mapp, "generation", self._on_connected, init=False)
         self.load()
 
@@ -82,13 +92,25 @@ class MemoriesScreen(Screen[None]):
             self._status(f"Cannot load memories: {exc}")
             return
         table.clear()
-        # A search also finds past messages; only memories can be forgotten here.
-        found = [m for m in items(body, "memories") if m.get("source", "memory") == "memory"]
-        for memory in found:
-            key = str(memory.get("id", ""))
-            table.add_row(key, Text(_text(memory), overflow="ellipsis", no_wrap=True), key=key)
-        label = f"matching {query!r}" if query else "in total"
-        self._status(f"{len(found)} memories {label} · Del forgets the selected one")
+        # A search also finds past messages (shown with their role); only memories can be
+        # forgotten here: a message goes with its conversation (Chat screen).
+        found = items(body, "data")
+        memories = 0
+        for hit in found:
+            is_memory = hit.get("source", "memory") == "memory"
+            memories += is_memory
+            ident = str(hit.get("id", ""))
+            key = ident if is_memory else _MESSAGE_KEY + ident
+            source = str(hit.get("kind") or "memory") if is_memory else f"msg {hit.get('kind', '')}"
+            text = Text(_text(hit), overflow="ellipsis", no_wrap=True)
+            table.add_row(ident, source.strip(), text, key=key)
+        shown = _count(memories, "memory", "memories")
+        if query:
+            messages = _count(len(found) - memories, "message", "messages")
+            shown += f" and {messages} matching {query!r}"
+        else:
+            shown += " in total"
+        self._status(f"{shown} · Del forgets the selected memory")
 
     @work(group="memory-delete", exclusive=True, exit_on_error=False)
     async def action_delete(self) -> None:
@@ -97,6 +119,9 @@ class MemoriesScreen(Screen[None]):
             return
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         if not key:
+            return
+        if key.startswith(_MESSAGE_KEY):
+            self.notify("A past message is forgotten with its conversation (Chat screen, Del).")
             return
         text = str(table.get_cell(key, "text"))[:60]
         if not await self.app.push_screen_wait(ConfirmScreen(f"Forget this memory?\n{text}")):

@@ -57,7 +57,10 @@ class MeshScreen(Screen[None]):
         yield DaemonBanner(id="banner")
         yield Static("", id="mesh-status")
         yield DataTable(id="peers", cursor_type="row", zebra_stripes=True)
-        yield Input(placeholder="Pairing code shown on the other box (Enter pairs)", id="pair-code")
+        yield Input(
+            placeholder="Code shown by `pair` on a member [and its HOST:PORT] (Enter pairs)",
+            id="pair-code",
+        )
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -94,7 +97,7 @@ class MeshScreen(Screen[None]):
             self._status(f"Cannot list peers: {exc}")
             return
         info = body if isinstance(body, dict) else {}
-        peers = items(body, "peers")
+        peers = items(body, "data")
         table.clear()
         if not peers and not info.get("node_id"):
             # An empty list from a daemon that says nothing about its own mesh: no mesh runs.
@@ -109,18 +112,21 @@ class MeshScreen(Screen[None]):
             table.add_row(name, addr, _state(peer), _load(peer), key=key)
         me = f"this box {info['node_id']} · " if info.get("node_id") else ""
         pairing = f" · pairing: {info['pairing']}" if info.get("pairing") else ""
-        self._status(f"{me}{len(peers)} peers{pairing} · ^p pairs with a code, Del unpairs")
+        count = f"{len(peers)} peer" if len(peers) == 1 else f"{len(peers)} peers"
+        self._status(f"{me}{count}{pairing} · ^p pairs with a code, Del unpairs")
 
     @on(Input.Submitted, "#pair-code")
     def _pair_submitted(self, event: Input.Submitted) -> None:
-        code = event.value.strip()
-        if code:
-            self.pair(code)
+        # "1234-5678" or, without mDNS, "1234-5678 192.168.1.20:8765" (what `pair` prints).
+        words = event.value.replace("--peer", " ").split()
+        if words:
+            self.pair(words[0], words[1] if len(words) > 1 else None)
 
     @work(group="mesh-change", exclusive=True, exit_on_error=False)
-    async def pair(self, code: str) -> None:
+    async def pair(self, code: str, peer: str | None = None) -> None:
+        body = {"code": code} if peer is None else {"code": code, "peer": peer}
         try:
-            await self.mapp.client.post_json("/api/peers/pair", {"code": code})
+            await self.mapp.client.post_json("/api/peers/pair", body)
         except NotAvailable:
             self._status(NOT_AVAILABLE)
             return
