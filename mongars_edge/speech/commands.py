@@ -91,9 +91,8 @@ def add_commands(
         from mongars_edge.speech.stt import SpeechToText
 
         samples = decode_audio(data)  # a bad file fails before the model loads
-        stt = SpeechToText.load(
-            settings.stt_model, threads=_threads(), data_dir=settings.resolved_data_dir()
-        )
+        data_dir = settings.resolved_data_dir()
+        stt = SpeechToText.load(_stt_model(settings), threads=_threads(), data_dir=data_dir)
         result = stt.transcribe_blocking(samples, language)
         if as_json:
             payload = {
@@ -162,3 +161,17 @@ def _load_tts(settings: Any) -> Any:
     data_dir = settings.resolved_data_dir()
     profile = load_profile(probe(settings.sysroot, data_dir), data_dir)
     return TextToSpeech.load(data_dir / "voices", profile.onnx_providers)
+
+
+def _stt_model(settings: Any) -> str:
+    """The speech-to-text model the settings choose (auto: the hardware profile's)."""
+    if settings.stt_model != "auto":
+        return str(settings.stt_model)
+    from mongars_edge.hardware.probe import probe
+    from mongars_edge.inference.manager import load_profile
+    from mongars_edge.speech.service import stt_model_for
+
+    data_dir = settings.resolved_data_dir()
+    return stt_model_for(
+        settings, load_profile(probe(settings.sysroot, data_dir, quiet=True), data_dir)
+    )
