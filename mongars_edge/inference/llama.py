@@ -302,19 +302,23 @@ class LlamaEngine:
         prepared = asyncio.ensure_future(
             asyncio.to_thread(self._prepare, request, asyncio.get_running_loop())
         )
+        self._scheduler.preparing += 1
         try:
-            req = await asyncio.shield(prepared)
-        except asyncio.CancelledError:
-            prepared.add_done_callback(_free_prepared)  # the thread still builds a sampler
-            raise
-        req.deadline = time.perf_counter() + self.config.request_deadline_s
-        try:
-            self._scheduler.submit(
-                req, user=request.user_id, deadline_s=self.config.request_deadline_s
-            )
-        except BaseException:
-            _free_sampler(req.sampler)
-            raise
+            try:
+                req = await asyncio.shield(prepared)
+            except asyncio.CancelledError:
+                prepared.add_done_callback(_free_prepared)  # the thread still builds a sampler
+                raise
+            req.deadline = time.perf_counter() + self.config.request_deadline_s
+            try:
+                self._scheduler.submit(
+                    req, user=request.user_id, deadline_s=self.config.request_deadline_s
+                )
+            except BaseException:
+                _free_sampler(req.sampler)
+                raise
+        finally:
+            self._scheduler.preparing -= 1
         try:
             while True:
                 item = await req.queue.get()

@@ -46,6 +46,10 @@ class Scheduler(Generic[T]):
         self._idle.set()
         self._busy = asyncio.Event()
         self.arrivals = 0
+        # Requests being prepared (template, tokens, sampler) on their way to `submit`: the
+        # worker waits a moment for them before a first prefill, so that requests sent together
+        # start together (changed on the loop thread, read by the worker).
+        self.preparing = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach the event loop whose idle/busy events this scheduler sets."""

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _Delivery = list[tuple[_Request, TokenEvent | BaseException]]
+# Longest wait for requests still being prepared before a batch's first step (_gather_arrivals).
+_GATHER_S = 0.05
 
 
 class Heartbeat(Protocol):
@@ -86,6 +88,7 @@ class Worker:
         self.gen_tok_s = 0.0
         self.prompt_tok_s = 0.0
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._gathering_since = 0.0
         self._last_delivery = 0.0
 
     def call(self, command: Callable[[], None]) -> None:
@@ -131,6 +134,9 @@ class Worker:
                 self._expire(out)
                 self._admit(out)
                 self._reap(out)
+                if self._gather_arrivals():
+                    held.extend(out)
+                    continue
                 if self.active:
                     self._step(out)
                     if self.heartbeat is not None:
@@ -157,6 +163,23 @@ class Worker:
                 lowlevel.free_sampler(req.sampler)
                 out.append((req, EngineClosedError("the inference engine stopped")))
             self._deliver(held + out)
+
+    def _gather_arrivals(self) -> bool:
+        """True to wait a moment before the first step of a batch: requests sent together are
+        prepared (template, tokens) in threads and reach the queue a few ms apart; prefilled in
+        one step they all start together. Once one decodes, a late one would be fed in small
+        chunks behind it, and four streams sent at once ran 1.13x one stream instead of 1.35x
+        (1.5B model, 2 cores)."""
+        if self.scheduler.preparing <= 0 or any(a.pending is not None for a in self.active):
+            self._gathering_since = 0.0
+            return False
+        now = time.perf_counter()
+        if not self._gathering_since:
+            self._gathering_since = now
+        if now - self._gathering_since >= _GATHER_S:
+            return False
+        self.scheduler.wait_for_work(0.002)
+        return True
 
     def _due(self) -> bool:
         return time.perf_counter() - self._last_delivery >= self.config.deliver_every_s
