@@ -78,13 +78,21 @@ class ActivityTracker:
                 await self._changed.wait()
                 continue
             remaining = self.idle_after_s - (time.monotonic() - self._last)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), max(remaining, 0.001))
+            await _wait_at_most(self._changed, max(remaining, 0.001))
 
     async def wait_busy(self) -> None:
         while self._active == 0:
             self._changed.clear()
             await self._changed.wait()
+
+
+async def _wait_at_most(event: asyncio.Event, seconds: float) -> None:
+    """Wait for `event` or `seconds`, whichever comes first. Not `asyncio.wait_for`: on
+    Python 3.11 it can swallow a cancellation that lands as the event fires, and a worker
+    told to stop would then wait forever."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 async def yielding(idle: IdleSignal, work: Awaitable[T]) -> T:
@@ -359,8 +367,7 @@ class MemoryWorker:
                 log.log(level, "memory work paused: %s", exc, exc_info=level == logging.DEBUG)
                 self._failing = True
             if not again:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                await _wait_at_most(self._wake, self.poll_s)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[MemoryWorker]:

@@ -176,6 +176,21 @@ async def test_running_worker_picks_up_new_messages_without_a_hook(store: Memory
     assert texts == ["I live in Lyon.", "My name is Alice."]
 
 
+async def test_worker_stops_when_told_as_it_is_woken(store: MemoryStore) -> None:
+    """Stopping must win over a wake-up that lands in the same instant (Python 3.11's
+    wait_for used to swallow that cancellation and the worker never stopped)."""
+
+    async def wake_and_stop() -> None:
+        worker = MemoryWorker(store)
+        async with worker.running():
+            await asyncio.sleep(0.05)  # the loop is waiting for its next wake-up
+            worker._wake.set()
+
+    stopping = asyncio.create_task(wake_and_stop())
+    done, _ = await asyncio.wait({stopping}, timeout=10)
+    assert stopping in done, "the worker did not stop"
+
+
 class _Counts:
     """Shaped like the inference scheduler's idle signal: queued and running request counts."""
 
