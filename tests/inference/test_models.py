@@ -247,6 +247,7 @@ def test_models_an_image_ships_are_found_and_kept(
 ) -> None:
     """The Pi image and the Jetson overlay carry models read-only under /usr/share: found there,
     never downloaded again, never removed."""
+    from mongars_edge.inference.pypi import WheelPart
     from tests.inference.wheel_index import Index
 
     entry = m.CatalogEntry(
@@ -258,7 +259,7 @@ def test_models_an_image_ships_are_found_and_kept(
         filename="shipped.gguf",
         sha256="0" * 64,
         size_bytes=1,
-        parts=(m.pypi.WheelPart("nowhere-part1", "1.0.0", "0" * 64),),
+        parts=(WheelPart("nowhere-part1", "1.0.0", "0" * 64),),
     )
     system = tmp_path / "usr-share"
     (system / "models").mkdir(parents=True)
