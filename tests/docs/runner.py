@@ -8,7 +8,8 @@ one) and `/etc/hosts` also names kitchen-box.local (the TUI doc's example host).
 
 The box is started with the commands `make serve` runs (`make -n serve`, today
 `.venv/bin/mongars-edge serve --data-dir .data --host 127.0.0.1 --port 8080`), in a scratch
-checkout: links to this repository's files and `.venv`, a `.data` of its own.
+checkout: links to this repository's files and `.venv`, a `.data` of its own, and the suite's
+models (the 135M and tiny.en) named in its environment.
 The blocks of the document then run in order in one bash session (variables, the working
 directory and background jobs carry from block to block), each with `pipefail` and an ERR
 trap: a block passes when no command in it failed.
@@ -53,6 +54,11 @@ def _env(work: Path) -> dict[str, str]:
         HOME=str(work / "home"),
         LANG="C.UTF-8",
         TERM="xterm-256color",
+        # The suite's models, as everywhere in the tests: the profile's choice (the 1.5B and
+        # Whisper base) cannot be downloaded inside the namespaces, and would make every
+        # documented chat minutes long on CI's two cores.
+        MONGARS_MODEL="smollm2-135m-instruct",
+        MONGARS_STT_MODEL="tiny.en",
     )
     return env
 
