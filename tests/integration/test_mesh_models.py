@@ -43,6 +43,8 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
         a.start()
         b.start()
         lab.wait("both boxes serving", lambda: bool(a.state() and b.state()), 180)
+        # `pair --join` without an address joins a box the joiner's daemon has seen.
+        lab.wait("mDNS discovery", lambda: bool(b.state().get("peers")), 60)
         pair(a, b)
         lab.wait("the boxes linked", lambda: linked(a, b) and linked(b, a), 60)
         yield Two(a, b, Path(tiny).stem)
