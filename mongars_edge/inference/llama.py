@@ -15,20 +15,20 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mongars_edge.inference.engine import (
     ChatRequest,
     EngineLoad,
-    FinishReason,
     Message,
     ModelInfo,
     TokenEvent,
 )
 from mongars_edge.inference.errors import EngineClosedError, PromptTooLongError
 from mongars_edge.inference.scheduler import Scheduler
+from mongars_edge.inference.sequences import Request, free_sampler
 from mongars_edge.inference.templates import ChatTemplate
 
 if TYPE_CHECKING:
@@ -101,56 +101,6 @@ class EngineConfig:
         )
 
 
-@dataclass(eq=False)
-class _Request:
-    """One admitted request, shared by the loop (queue, cancelled) and the worker."""
-
-    request: ChatRequest
-    tokens: list[int]
-    sampler: Any
-    adapter: Path | None
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
-    t_submit: float = field(default_factory=time.perf_counter)
-    deadline: float = 0.0
-    cancelled: bool = False
-    done: bool = False
-    first_sent: bool = False  # worker thread only
-
-
-@dataclass(eq=False)
-class _Slot:
-    """A llama.cpp sequence id and the tokens whose KV it holds."""
-
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)
-    adapter: Path | None = None
-    conversation: str | None = None
-    last_used: float = 0.0
-    busy: bool = False
-    # The KV of `tokens`, copied to host RAM when the slot went idle (its cells are free then);
-    # None while the KV is in the cache's cells.
-    saved: Any = None
-
-
-@dataclass(eq=False)
-class _Active:
-    """A running sequence (worker thread only)."""
-
-    req: _Request
-    slot: _Slot
-    n_fed: int  # prompt tokens already in the KV cache
-    cached: int
-    text: Any  # TextStream
-    pending: int | None = None  # sampled, not yet decoded
-    n_gen: int = 0
-    out_index: int = -1
-    fed: list[int] = field(default_factory=list)
-    t_start: float = field(default_factory=time.perf_counter)
-    t_first: float = 0.0
-    t_last: float = 0.0
-
-
 class LlamaEngine:
     """The Engine for the local llama.cpp model (see `engine.Engine`)."""
 
@@ -166,7 +116,7 @@ class LlamaEngine:
         self._template = template
         self._adapters = adapters
         self._n_ctx = config.n_ctx
-        self._scheduler: Scheduler[_Request] = Scheduler(config.queue_size, config.n_parallel)
+        self._scheduler: Scheduler[Request] = Scheduler(config.queue_size, config.n_parallel)
         self._worker: Worker | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -235,7 +185,7 @@ class LlamaEngine:
             self._scheduler.finished()
             req.done = True
             req.queue.put_nowait(EngineClosedError("the engine stopped before this request ran"))
-            _free_sampler(req.sampler)
+            free_sampler(req.sampler)
         if worker is not None:
             await asyncio.to_thread(worker.free)
         await asyncio.to_thread(self._model.free)
@@ -257,7 +207,7 @@ class LlamaEngine:
         )
 
     @property
-    def scheduler(self) -> Scheduler[_Request]:
+    def scheduler(self) -> Scheduler[Request]:
         """Queue and idle signal (memory consolidation waits on `wait_idle`)."""
         return self._scheduler
 
@@ -315,7 +265,7 @@ class LlamaEngine:
                     req, user=request.user_id, deadline_s=self.config.request_deadline_s
                 )
             except BaseException:
-                _free_sampler(req.sampler)
+                free_sampler(req.sampler)
                 raise
         finally:
             self._scheduler.preparing -= 1
@@ -332,10 +282,10 @@ class LlamaEngine:
                 req.cancelled = True
                 if self._scheduler.remove(req):
                     req.done = True
-                    _free_sampler(req.sampler)
+                    free_sampler(req.sampler)
                 self._scheduler.wake()
 
-    def _prepare(self, request: ChatRequest, loop: asyncio.AbstractEventLoop) -> _Request:
+    def _prepare(self, request: ChatRequest, loop: asyncio.AbstractEventLoop) -> Request:
         """Template, tokens, sampler and adapter for a request (runs in a thread)."""
         from mongars_edge.inference import lowlevel
 
@@ -359,39 +309,9 @@ class LlamaEngine:
         if request.json_schema is not None:
             grammar = lowlevel.json_schema_grammar(request.json_schema)
         sampler = lowlevel.build_sampler(self._model, request.sampling, grammar)
-        return _Request(request, tokens, sampler, adapter, loop)
+        return Request(request, tokens, sampler, adapter, loop)
 
 
-def _free_prepared(done: asyncio.Future[_Request]) -> None:
+def _free_prepared(done: asyncio.Future[Request]) -> None:
     if not done.cancelled() and done.exception() is None:
-        _free_sampler(done.result().sampler)
-
-
-def _free_sampler(sampler: Any) -> None:
-    from mongars_edge.inference import lowlevel
-
-    lowlevel.free_sampler(sampler)
-
-
-def finish_event(
-    a: _Active, reason: FinishReason, text: str = "", error: str | None = None
-) -> TokenEvent:
-    """The last event of a stream, with usage and timings."""
-    from mongars_edge.inference.engine import Timings, Usage
-
-    now = time.perf_counter()
-    req = a.req
-    gen_s = (a.t_last - a.t_first) if a.t_first else 0.0
-    rate = (a.n_gen - 1) / gen_s if a.n_gen > 1 and gen_s > 0 else 0.0
-    return TokenEvent(
-        text=text,
-        finish_reason=reason,
-        usage=Usage(len(req.tokens), a.n_gen, a.cached),
-        timings=Timings(
-            queued_s=a.t_start - req.t_submit,
-            ttft_s=(a.t_first - req.t_submit) if a.t_first else 0.0,
-            generation_tok_s=rate,
-            total_s=now - req.t_submit,
-        ),
-        error=error,
-    )
+        free_sampler(done.result().sampler)
