@@ -24,7 +24,9 @@ from mongars_edge.inference.engine import (
     EngineLoad,
     Message,
     ModelInfo,
+    Prompt,
     TokenEvent,
+    as_request,
 )
 from mongars_edge.inference.errors import EngineClosedError, PromptTooLongError
 from mongars_edge.inference.scheduler import Scheduler
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AdapterResolver = Callable[[str], Path]
+# How long a prepared prompt counts as about to arrive (the worker waits 50 ms at most).
+_TICKET_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -245,30 +249,48 @@ class LlamaEngine:
             prompt_tok_s=w.prompt_tok_s if w else 0.0,
         )
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+    async def prepare(self, request: ChatRequest) -> Prompt:
+        """Render and tokenize once, in a thread; see `engine.Engine.prepare`."""
+        ticket = _Ticket(self._scheduler)
+        try:
+            prompt = await asyncio.to_thread(self._prompt, request, ticket)
+        except BaseException:
+            ticket.release()
+            raise
+        # Counted as about to arrive until it is streamed here, or until it surely went
+        # elsewhere (a peer, a trimmed retry): the worker waits for it before a batch starts.
+        asyncio.get_running_loop().call_later(_TICKET_S, ticket.release)
+        return prompt
+
+    async def stream(self, request: ChatRequest | Prompt) -> AsyncIterator[TokenEvent]:
         """Stream the reply to `request`; see `engine.Engine.stream`."""
         if self._closed or (self._thread is not None and not self._thread.is_alive()):
             raise EngineClosedError("the inference engine is stopped")
-        prepared = asyncio.ensure_future(
-            asyncio.to_thread(self._prepare, request, asyncio.get_running_loop())
-        )
+        loop = asyncio.get_running_loop()
+        chat = as_request(request)
+        ticket = request.owner if isinstance(request, Prompt) else None
+        mine = isinstance(ticket, _Ticket) and ticket.scheduler is self._scheduler
         self._scheduler.preparing += 1
         try:
-            try:
-                req = await asyncio.shield(prepared)
-            except asyncio.CancelledError:
-                prepared.add_done_callback(_free_prepared)  # the thread still builds a sampler
-                raise
+            if mine and not _needs_a_thread(chat):
+                assert isinstance(request, Prompt)
+                req = self._admit(request, loop)  # a few C calls: no thread hop
+            else:
+                prompt = request if mine and isinstance(request, Prompt) else None
+                req = await self._admit_in_thread(chat, prompt, loop)
             req.deadline = time.perf_counter() + self.config.request_deadline_s
             try:
                 self._scheduler.submit(
-                    req, user=request.user_id, deadline_s=self.config.request_deadline_s
+                    req, user=chat.user_id, deadline_s=self.config.request_deadline_s
                 )
             except BaseException:
                 free_sampler(req.sampler)
                 raise
         finally:
             self._scheduler.preparing -= 1
+            if mine:
+                assert isinstance(ticket, _Ticket)
+                ticket.release()
         try:
             while True:
                 item = await req.queue.get()
@@ -285,10 +307,21 @@ class LlamaEngine:
                     free_sampler(req.sampler)
                 self._scheduler.wake()
 
-    def _prepare(self, request: ChatRequest, loop: asyncio.AbstractEventLoop) -> Request:
-        """Template, tokens, sampler and adapter for a request (runs in a thread)."""
-        from mongars_edge.inference import lowlevel
+    async def _admit_in_thread(
+        self, chat: ChatRequest, prompt: Prompt | None, loop: asyncio.AbstractEventLoop
+    ) -> Request:
+        def work() -> Request:
+            return self._admit(prompt or self._prompt(chat, None), loop)
 
+        prepared = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            return await asyncio.shield(prepared)
+        except asyncio.CancelledError:
+            prepared.add_done_callback(_free_prepared)  # the thread still builds a sampler
+            raise
+
+    def _prompt(self, request: ChatRequest, ticket: _Ticket | None) -> Prompt:
+        """The one render and the one tokenization of a request (runs in a thread)."""
         text = self._template.render(
             request.messages, add_generation_prompt=True, assistant_prefix=request.assistant_prefix
         )
@@ -298,6 +331,14 @@ class LlamaEngine:
             tokens = tokens[1:]  # the template wrote BOS itself
         if len(tokens) + 1 > self._n_ctx:
             raise PromptTooLongError(len(tokens), self._n_ctx)
+        return Prompt(request, text, tuple(tokens), ticket or _Ticket(self._scheduler, held=False))
+
+    def _admit(self, prompt: Prompt, loop: asyncio.AbstractEventLoop) -> Request:
+        """Sampler and adapter for a prepared prompt (in a thread when a grammar or an adapter
+        has to be read)."""
+        from mongars_edge.inference import lowlevel
+
+        request = prompt.request
         adapter = None
         if request.adapter:
             if self._adapters is None:
@@ -309,7 +350,28 @@ class LlamaEngine:
         if request.json_schema is not None:
             grammar = lowlevel.json_schema_grammar(request.json_schema)
         sampler = lowlevel.build_sampler(self._model, request.sampling, grammar)
-        return Request(request, tokens, sampler, adapter, loop)
+        return Request(request, list(prompt.tokens), sampler, adapter, loop)
+
+
+class _Ticket:
+    """A prompt this engine prepared: counted in `Scheduler.preparing` until released."""
+
+    __slots__ = ("_held", "scheduler")
+
+    def __init__(self, scheduler: Scheduler[Request], *, held: bool = True) -> None:
+        self.scheduler = scheduler
+        self._held = held
+        if held:
+            scheduler.preparing += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.scheduler.preparing -= 1
+
+
+def _needs_a_thread(request: ChatRequest) -> bool:
+    return bool(request.adapter) or request.grammar is not None or request.json_schema is not None
 
 
 def _free_prepared(done: asyncio.Future[Request]) -> None:
