@@ -18,11 +18,12 @@ class WarnOnce:
         self._cap = cap
         self._told: OrderedDict[str, None] = OrderedDict()
 
-    def __call__(self, key: str, text: str, *args: object) -> bool:
-        """Log `text % args`; True when it went out at warning (the first time for `key`)."""
+    def __call__(self, key: str, text: str, *args: object, trace: bool = False) -> bool:
+        """Log `text % args`; True when it went out at warning (the first time for `key`).
+        `trace`: the repeats at debug carry the traceback."""
         if key in self._told:
             self._told.move_to_end(key)
-            self._log.debug(text, *args)
+            self._log.debug(text, *args, exc_info=trace)
             return False
         self._told[key] = None
         while len(self._told) > self._cap:
@@ -30,6 +31,6 @@ class WarnOnce:
         self._log.warning(text, *args)
         return True
 
-    def forget(self, key: str) -> None:
-        """The trouble is over: tell it again at warning if it comes back."""
-        self._told.pop(key, None)
+    def forget(self, key: str) -> bool:
+        """The trouble is over: tell it again at warning if it comes back. True if it was told."""
+        return self._told.pop(key, 0) is None
