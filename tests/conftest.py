@@ -114,7 +114,7 @@ _MODEL_FIXTURES = frozenset(
         "server",
     }
 )
-_MODEL_DIRS = ("integration", "appliance", "docs", "speech")
+_MODEL_DIRS = ("integration", "appliance", "docs", "speech", "tui")
 # Modules whose tests start `serve` themselves (tests.helpers.start_server, tests.web.conftest
 # start) without one of the fixtures above.
 _MODEL_MODULES = frozenset(
@@ -126,6 +126,10 @@ _MODEL_MODULES = frozenset(
         "test_openai_client.py",
         "test_auth.py",
         "test_pypi.py",
+        "test_schemathesis.py",
+        "test_crash.py",
+        "test_e5onnx.py",
+        "test_localbox.py",
         "test_models.py",
     }
 )
