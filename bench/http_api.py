@@ -37,7 +37,14 @@ import httpx
 import uvicorn
 
 from mongars_edge.chat.pipeline import Turn
-from mongars_edge.inference.engine import ChatRequest, Engine, Message, Sampling, TokenEvent
+from mongars_edge.inference.engine import (
+    ChatRequest,
+    Engine,
+    Message,
+    Prompt,
+    Sampling,
+    TokenEvent,
+)
 from mongars_edge.inference.models import ModelStore
 from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
@@ -67,7 +74,10 @@ class Stamped:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+    async def prepare(self, request: ChatRequest) -> Prompt:
+        return await self.inner.prepare(request)
+
+    async def stream(self, request: ChatRequest | Prompt) -> AsyncIterator[TokenEvent]:
         self.handed.append(time.perf_counter())
         first = True
         async for event in self.inner.stream(request):
@@ -94,7 +104,7 @@ async def _direct(runtime: Runtime, uid: int, n: int) -> tuple[float, float, flo
     engine = runtime.chat_engine()
     t0 = time.perf_counter()
     stamps: list[float] = []
-    async for event in engine.stream(prepared.request):
+    async for event in engine.stream(prepared.prompt):
         if event.text:
             stamps.append(time.perf_counter())
     return stamps[0] - t0, _rate(stamps), prepare_s

@@ -54,10 +54,11 @@ PROMPTS = [
 async def _origin(args: argparse.Namespace) -> dict[str, Any]:
     from mongars_edge.inference.engine import ChatRequest, Engine, Sampling, complete
     from mongars_edge.inference.llama import EngineConfig, LlamaEngine
-    from mongars_edge.inference.router import Router
     from mongars_edge.mesh import pairing
+    from mongars_edge.mesh.node import MeshConfig
     from mongars_edge.mesh.remote import RemoteEngine
-    from mongars_edge.mesh.service import MeshConfig, MeshService
+    from mongars_edge.mesh.router import Router
+    from mongars_edge.mesh.service import MeshService
     from tests.inference.gen_models import smollm2_path
 
     data = Path(args.data)
@@ -90,7 +91,7 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
         LlamaEngine.open(config) as engine,
         MeshService.open(mesh_config, data, engine) as mesh,
     ):
-        router = Router(engine, mesh)
+        router = Router(engine, mesh.node)
         if args.phase == "restart":
             pending: set[asyncio.Task[Any]] = set()
             end = time.monotonic() + 120
@@ -153,7 +154,7 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(2)  # let the queues drain before measuring latency at low load
         local_ttft: list[float] = []
         remote_ttft: list[float] = []
-        remote = RemoteEngine(mesh, peer_id, engine, 10.0)
+        remote = RemoteEngine(mesh.node, peer_id, engine, 10.0)
         for _ in range(args.latency_rounds):
             req = ChatRequest.of([("user", PROMPTS[0])], sampling=Sampling.greedy(1))
             for target, sink in ((engine, local_ttft), (remote, remote_ttft)):

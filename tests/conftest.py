@@ -91,3 +91,59 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+# Fixtures that load a llama.cpp model, a speech model or start a real server: a test using one
+# is a `model` test, so `pytest -m "not model"` runs the fast rest in seconds.
+_MODEL_FIXTURES = frozenset(
+    {
+        "models",
+        "smollm2",
+        "open_engine",
+        "published",
+        "boxes",
+        "tts",
+        "stt",
+        "embedder",
+        "store",
+        "daemon",
+        "chat_api",
+        "make_app",
+        "runtime",
+        "client",
+        "server",
+    }
+)
+_MODEL_DIRS = ("integration", "appliance", "docs", "speech", "tui")
+# Modules whose tests start `serve` themselves (tests.helpers.start_server, tests.web.conftest
+# start) without one of the fixtures above.
+_MODEL_MODULES = frozenset(
+    {
+        "test_cli.py",
+        "test_local_commands.py",
+        "test_smollm2.py",
+        "test_commands.py",
+        "test_openai_client.py",
+        "test_auth.py",
+        "test_pypi.py",
+        "test_schemathesis.py",
+        "test_crash.py",
+        "test_e5onnx.py",
+        "test_localbox.py",
+        "test_models.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).parent
+    for item in items:
+        path = Path(str(item.fspath))
+        parts = path.relative_to(tests_dir).parts if path.is_relative_to(tests_dir) else ()
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if (
+            fixtures & _MODEL_FIXTURES
+            or (parts and parts[0] in _MODEL_DIRS)
+            or path.name in _MODEL_MODULES
+        ):
+            item.add_marker(pytest.mark.model)

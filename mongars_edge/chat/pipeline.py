@@ -35,6 +35,7 @@ from mongars_edge.inference.engine import (
     ChatRequest,
     Engine,
     Message,
+    Prompt,
     Sampling,
     TokenEvent,
     complete,
@@ -59,7 +60,6 @@ _TITLE_CHARS: Final = 60
 _RECALLED_CHARS: Final = 300
 _DEFAULT_LANG: Final[Lang] = "fr"  # the home language of the box
 _RECALL_MIN_SIMILARITY: Final = 0.80  # see _worth_recalling
-_INLINE_FIT_CHARS: Final = 1000  # ~0.5 ms of tokenizing on x86, no more than a thread hop
 _KEPT_CONVERSATIONS: Final = 4096  # conversations whose prompts are remembered (_Said)
 _KEPT_MESSAGES: Final = 256  # messages remembered per conversation
 SAMPLING_FIELDS: Final = frozenset(f.name for f in fields(Sampling))
@@ -89,18 +89,22 @@ class Turn:
 
 @dataclass
 class Prepared:
-    """A turn ready to stream: the assembled engine request and what to store afterwards."""
+    """A turn ready to stream: the prepared prompt and what to store afterwards."""
 
     turn: Turn
     user_id: int
     conversation_id: int | None
-    request: ChatRequest
+    prompt: Prompt
     lang: Lang
     to_store: list[NewMessage]
     recalled: int
     recall_s: float
     trimmed: int
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def request(self) -> ChatRequest:
+        return self.prompt.request
 
 
 class PipelineObserver(Protocol):
@@ -232,18 +236,39 @@ class ChatPipeline:
 
         engine = self._engine()
         sampling = self._sampling(turn, turn.model or engine.info.id)
-        fit_args = (engine, engine.info.n_ctx, sampling.max_tokens, lang, style, memories)
         prompted = [*said.as_prompted(history), *dialogue[len(history) :]]
-        size = sum(len(m.content) for m in prompted) + len(client_system) + sum(map(len, memories))
-        if size <= _INLINE_FIT_CHARS:  # a thread hop would cost more than the tokenizing
-            messages, trimmed, max_tokens = _fit(*fit_args, client_system, prompted)
-        else:
-            messages, trimmed, max_tokens = await asyncio.to_thread(
-                _fit, *fit_args, client_system, prompted
-            )
         if turn.new_conversation:
             title = " ".join(query.split())[:_TITLE_CHARS]
             conversation_id = (await self.store.create_conversation(user_id, title)).id
+
+        def request_of(messages: list[Message], max_tokens: int) -> ChatRequest:
+            return ChatRequest(
+                messages=tuple(messages),
+                sampling=replace(sampling, max_tokens=max_tokens),
+                adapter=turn.adapter,
+                grammar=turn.grammar,
+                json_schema=turn.json_schema,
+                conversation_id=None if conversation_id is None else str(conversation_id),
+                user_id=str(user_id),
+                model=turn.model,
+            )
+
+        # Everything, measured once by the engine (one render, one tokenization, in a thread);
+        # only a prompt over budget is counted message by message and trimmed.
+        n_ctx = engine.info.n_ctx
+        budget = n_ctx - max(1, min(sampling.max_tokens, n_ctx // 2)) - _SAFETY
+        messages = _assemble(lang, style, memories, client_system, prompted)
+        trimmed = 0
+        try:
+            prompt: Prompt | None = await engine.prepare(request_of(messages, sampling.max_tokens))
+        except PromptTooLongError:
+            prompt = None
+        if prompt is None or prompt.n_tokens > budget:
+            fit_args = (engine, n_ctx, sampling.max_tokens, lang, style, memories)
+            messages, trimmed, _ = await asyncio.to_thread(_fit, *fit_args, client_system, prompted)
+            prompt = await engine.prepare(request_of(messages, sampling.max_tokens))
+        reply = min(sampling.max_tokens, max(1, n_ctx - prompt.n_tokens - _SAFETY))
+        prompt = prompt.with_request(request_of(messages, reply))
         if conversation_id is not None:
             said = self._remember(conversation_id, said)
             if dialogue and messages[-1].role == "user":
@@ -251,21 +276,11 @@ class ChatPipeline:
         to_store: list[NewMessage] = []
         if conversation_id is not None:
             to_store = [NewMessage(m.role, m.content) for m in incoming if m.role != "system"]
-        request = ChatRequest(
-            messages=tuple(messages),
-            sampling=replace(sampling, max_tokens=max_tokens),
-            adapter=turn.adapter,
-            grammar=turn.grammar,
-            json_schema=turn.json_schema,
-            conversation_id=None if conversation_id is None else str(conversation_id),
-            user_id=str(user_id),
-            model=turn.model,
-        )
         return Prepared(
             turn=turn,
             user_id=user_id,
             conversation_id=conversation_id,
-            request=request,
+            prompt=prompt,
             lang=lang,
             to_store=to_store,
             recalled=len(memories),
@@ -335,7 +350,7 @@ class ChatPipeline:
         final: TokenEvent | None = None
         started = False
         try:
-            events = engine.stream(prepared.request)
+            events = engine.stream(prepared.prompt)
             try:
                 async for event in events:
                     if not started:
@@ -535,6 +550,23 @@ def _recalled_line(hit: Hit) -> str:
     if len(text) > _RECALLED_CHARS:
         text = text[: _RECALLED_CHARS - 1] + "…"
     return text
+
+
+def _assemble(
+    lang: Lang, style: list[str], memories: list[str], client_system: str, dialogue: list[Message]
+) -> list[Message]:
+    """The whole prompt, as `_fit` makes it when everything fits."""
+    system = Message(
+        "system", prompts.system_prompt(lang, style=style, client_system=client_system)
+    )
+    kept = list(dialogue)
+    if kept and kept[-1].role == "user" and memories:
+        last = kept[-1]
+        kept[-1] = Message(last.role, prompts.with_memories(lang, memories, last.content))
+    # A history that starts with an answer confuses small models: start with a question.
+    while len(kept) > 1 and kept[0].role == "assistant":
+        kept.pop(0)
+    return [system, *kept]
 
 
 def _fit(

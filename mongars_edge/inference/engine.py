@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,34 @@ class ChatRequest:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """A request as one model reads it: the template rendered once and tokenized once.
+
+    `Engine.prepare` makes it in a worker thread; the router weighs places by `n_tokens` and
+    hands it on, and the engine that made it runs `tokens` as they are. `owner` is what that
+    engine needs to know the prompt for its own (opaque to everyone else); another engine, or
+    the same one after a model swap, prepares the request again.
+    """
+
+    request: ChatRequest
+    text: str
+    tokens: tuple[int, ...]
+    owner: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def with_request(self, request: ChatRequest) -> Prompt:
+        """The same prompt for a request that differs only in how it samples."""
+        return dataclasses.replace(self, request=request)
+
+
+def as_request(item: ChatRequest | Prompt) -> ChatRequest:
+    return item.request if isinstance(item, Prompt) else item
+
+
+@dataclass(frozen=True)
 class Usage:
     """Token counts of one request; `cached_tokens` of the prompt came from the prefix cache."""
 
@@ -171,8 +200,16 @@ class Engine(Protocol):
     @property
     def info(self) -> ModelInfo: ...
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+    async def prepare(self, request: ChatRequest) -> Prompt:
+        """Render and tokenize `request` once, in a worker thread (PromptTooLongError when it
+        leaves no room for a reply)."""
+        ...
+
+    def stream(self, request: ChatRequest | Prompt) -> AsyncIterator[TokenEvent]:
         """Stream the reply; stop iterating (or cancel the task) to cancel the request.
+
+        Given a Prompt this engine prepared, runs its tokens as they are; given a request (or
+        someone else's Prompt), prepares it first.
 
         Raises before the first event for requests that cannot start (QueueFullError,
         PromptTooLongError, AdapterNotFoundError, GrammarError); a failure after tokens
@@ -205,7 +242,7 @@ class Completion:
     error: str | None
 
 
-async def complete(engine: Engine, request: ChatRequest) -> Completion:
+async def complete(engine: Engine, request: ChatRequest | Prompt) -> Completion:
     """Run a request to the end and gather its text."""
     parts: list[str] = []
     ids: list[int] = []

@@ -15,20 +15,22 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mongars_edge.inference.engine import (
     ChatRequest,
     EngineLoad,
-    FinishReason,
     Message,
     ModelInfo,
+    Prompt,
     TokenEvent,
+    as_request,
 )
 from mongars_edge.inference.errors import EngineClosedError, PromptTooLongError
 from mongars_edge.inference.scheduler import Scheduler
+from mongars_edge.inference.sequences import Request, free_sampler
 from mongars_edge.inference.templates import ChatTemplate
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AdapterResolver = Callable[[str], Path]
+# How long a prepared prompt counts as about to arrive (the worker waits 50 ms at most).
+_TICKET_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -101,56 +105,6 @@ class EngineConfig:
         )
 
 
-@dataclass(eq=False)
-class _Request:
-    """One admitted request, shared by the loop (queue, cancelled) and the worker."""
-
-    request: ChatRequest
-    tokens: list[int]
-    sampler: Any
-    adapter: Path | None
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
-    t_submit: float = field(default_factory=time.perf_counter)
-    deadline: float = 0.0
-    cancelled: bool = False
-    done: bool = False
-    first_sent: bool = False  # worker thread only
-
-
-@dataclass(eq=False)
-class _Slot:
-    """A llama.cpp sequence id and the tokens whose KV it holds."""
-
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)
-    adapter: Path | None = None
-    conversation: str | None = None
-    last_used: float = 0.0
-    busy: bool = False
-    # The KV of `tokens`, copied to host RAM when the slot went idle (its cells are free then);
-    # None while the KV is in the cache's cells.
-    saved: Any = None
-
-
-@dataclass(eq=False)
-class _Active:
-    """A running sequence (worker thread only)."""
-
-    req: _Request
-    slot: _Slot
-    n_fed: int  # prompt tokens already in the KV cache
-    cached: int
-    text: Any  # TextStream
-    pending: int | None = None  # sampled, not yet decoded
-    n_gen: int = 0
-    out_index: int = -1
-    fed: list[int] = field(default_factory=list)
-    t_start: float = field(default_factory=time.perf_counter)
-    t_first: float = 0.0
-    t_last: float = 0.0
-
-
 class LlamaEngine:
     """The Engine for the local llama.cpp model (see `engine.Engine`)."""
 
@@ -166,7 +120,7 @@ class LlamaEngine:
         self._template = template
         self._adapters = adapters
         self._n_ctx = config.n_ctx
-        self._scheduler: Scheduler[_Request] = Scheduler(config.queue_size, config.n_parallel)
+        self._scheduler: Scheduler[Request] = Scheduler(config.queue_size, config.n_parallel)
         self._worker: Worker | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -235,7 +189,7 @@ class LlamaEngine:
             self._scheduler.finished()
             req.done = True
             req.queue.put_nowait(EngineClosedError("the engine stopped before this request ran"))
-            _free_sampler(req.sampler)
+            free_sampler(req.sampler)
         if worker is not None:
             await asyncio.to_thread(worker.free)
         await asyncio.to_thread(self._model.free)
@@ -257,7 +211,7 @@ class LlamaEngine:
         )
 
     @property
-    def scheduler(self) -> Scheduler[_Request]:
+    def scheduler(self) -> Scheduler[Request]:
         """Queue and idle signal (memory consolidation waits on `wait_idle`)."""
         return self._scheduler
 
@@ -295,30 +249,48 @@ class LlamaEngine:
             prompt_tok_s=w.prompt_tok_s if w else 0.0,
         )
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+    async def prepare(self, request: ChatRequest) -> Prompt:
+        """Render and tokenize once, in a thread; see `engine.Engine.prepare`."""
+        ticket = _Ticket(self._scheduler)
+        try:
+            prompt = await asyncio.to_thread(self._prompt, request, ticket)
+        except BaseException:
+            ticket.release()
+            raise
+        # Counted as about to arrive until it is streamed here, or until it surely went
+        # elsewhere (a peer, a trimmed retry): the worker waits for it before a batch starts.
+        asyncio.get_running_loop().call_later(_TICKET_S, ticket.release)
+        return prompt
+
+    async def stream(self, request: ChatRequest | Prompt) -> AsyncIterator[TokenEvent]:
         """Stream the reply to `request`; see `engine.Engine.stream`."""
         if self._closed or (self._thread is not None and not self._thread.is_alive()):
             raise EngineClosedError("the inference engine is stopped")
-        prepared = asyncio.ensure_future(
-            asyncio.to_thread(self._prepare, request, asyncio.get_running_loop())
-        )
+        loop = asyncio.get_running_loop()
+        chat = as_request(request)
+        ticket = request.owner if isinstance(request, Prompt) else None
+        mine = isinstance(ticket, _Ticket) and ticket.scheduler is self._scheduler
         self._scheduler.preparing += 1
         try:
-            try:
-                req = await asyncio.shield(prepared)
-            except asyncio.CancelledError:
-                prepared.add_done_callback(_free_prepared)  # the thread still builds a sampler
-                raise
+            if mine and not _needs_a_thread(chat):
+                assert isinstance(request, Prompt)
+                req = self._admit(request, loop)  # a few C calls: no thread hop
+            else:
+                prompt = request if mine and isinstance(request, Prompt) else None
+                req = await self._admit_in_thread(chat, prompt, loop)
             req.deadline = time.perf_counter() + self.config.request_deadline_s
             try:
                 self._scheduler.submit(
-                    req, user=request.user_id, deadline_s=self.config.request_deadline_s
+                    req, user=chat.user_id, deadline_s=self.config.request_deadline_s
                 )
             except BaseException:
-                _free_sampler(req.sampler)
+                free_sampler(req.sampler)
                 raise
         finally:
             self._scheduler.preparing -= 1
+            if mine:
+                assert isinstance(ticket, _Ticket)
+                ticket.release()
         try:
             while True:
                 item = await req.queue.get()
@@ -332,13 +304,24 @@ class LlamaEngine:
                 req.cancelled = True
                 if self._scheduler.remove(req):
                     req.done = True
-                    _free_sampler(req.sampler)
+                    free_sampler(req.sampler)
                 self._scheduler.wake()
 
-    def _prepare(self, request: ChatRequest, loop: asyncio.AbstractEventLoop) -> _Request:
-        """Template, tokens, sampler and adapter for a request (runs in a thread)."""
-        from mongars_edge.inference import lowlevel
+    async def _admit_in_thread(
+        self, chat: ChatRequest, prompt: Prompt | None, loop: asyncio.AbstractEventLoop
+    ) -> Request:
+        def work() -> Request:
+            return self._admit(prompt or self._prompt(chat, None), loop)
 
+        prepared = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            return await asyncio.shield(prepared)
+        except asyncio.CancelledError:
+            prepared.add_done_callback(_free_prepared)  # the thread still builds a sampler
+            raise
+
+    def _prompt(self, request: ChatRequest, ticket: _Ticket | None) -> Prompt:
+        """The one render and the one tokenization of a request (runs in a thread)."""
         text = self._template.render(
             request.messages, add_generation_prompt=True, assistant_prefix=request.assistant_prefix
         )
@@ -348,6 +331,14 @@ class LlamaEngine:
             tokens = tokens[1:]  # the template wrote BOS itself
         if len(tokens) + 1 > self._n_ctx:
             raise PromptTooLongError(len(tokens), self._n_ctx)
+        return Prompt(request, text, tuple(tokens), ticket or _Ticket(self._scheduler, held=False))
+
+    def _admit(self, prompt: Prompt, loop: asyncio.AbstractEventLoop) -> Request:
+        """Sampler and adapter for a prepared prompt (in a thread when a grammar or an adapter
+        has to be read)."""
+        from mongars_edge.inference import lowlevel
+
+        request = prompt.request
         adapter = None
         if request.adapter:
             if self._adapters is None:
@@ -359,39 +350,30 @@ class LlamaEngine:
         if request.json_schema is not None:
             grammar = lowlevel.json_schema_grammar(request.json_schema)
         sampler = lowlevel.build_sampler(self._model, request.sampling, grammar)
-        return _Request(request, tokens, sampler, adapter, loop)
+        return Request(request, list(prompt.tokens), sampler, adapter, loop)
 
 
-def _free_prepared(done: asyncio.Future[_Request]) -> None:
+class _Ticket:
+    """A prompt this engine prepared: counted in `Scheduler.preparing` until released."""
+
+    __slots__ = ("_held", "scheduler")
+
+    def __init__(self, scheduler: Scheduler[Request], *, held: bool = True) -> None:
+        self.scheduler = scheduler
+        self._held = held
+        if held:
+            scheduler.preparing += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.scheduler.preparing -= 1
+
+
+def _needs_a_thread(request: ChatRequest) -> bool:
+    return bool(request.adapter) or request.grammar is not None or request.json_schema is not None
+
+
+def _free_prepared(done: asyncio.Future[Request]) -> None:
     if not done.cancelled() and done.exception() is None:
-        _free_sampler(done.result().sampler)
-
-
-def _free_sampler(sampler: Any) -> None:
-    from mongars_edge.inference import lowlevel
-
-    lowlevel.free_sampler(sampler)
-
-
-def finish_event(
-    a: _Active, reason: FinishReason, text: str = "", error: str | None = None
-) -> TokenEvent:
-    """The last event of a stream, with usage and timings."""
-    from mongars_edge.inference.engine import Timings, Usage
-
-    now = time.perf_counter()
-    req = a.req
-    gen_s = (a.t_last - a.t_first) if a.t_first else 0.0
-    rate = (a.n_gen - 1) / gen_s if a.n_gen > 1 and gen_s > 0 else 0.0
-    return TokenEvent(
-        text=text,
-        finish_reason=reason,
-        usage=Usage(len(req.tokens), a.n_gen, a.cached),
-        timings=Timings(
-            queued_s=a.t_start - req.t_submit,
-            ttft_s=(a.t_first - req.t_submit) if a.t_first else 0.0,
-            generation_tok_s=rate,
-            total_s=now - req.t_submit,
-        ),
-        error=error,
-    )
+        free_sampler(done.result().sampler)

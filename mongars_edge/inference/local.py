@@ -14,7 +14,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
-from mongars_edge.inference.engine import ChatRequest, EngineLoad, Message, ModelInfo, TokenEvent
+from mongars_edge.inference.engine import (
+    ChatRequest,
+    EngineLoad,
+    Message,
+    ModelInfo,
+    Prompt,
+    TokenEvent,
+)
 from mongars_edge.inference.errors import EngineClosedError
 
 if TYPE_CHECKING:
@@ -111,7 +118,10 @@ class LocalEngine:
             return EngineLoad(0, 0, 1, 0.0, 0.0)
         return self._current.engine.load()
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+    async def prepare(self, request: ChatRequest) -> Prompt:
+        return await self.engine.prepare(request)
+
+    async def stream(self, request: ChatRequest | Prompt) -> AsyncIterator[TokenEvent]:
         loaded = self._current
         if loaded is None:
             raise EngineClosedError("no chat model is loaded on this box")

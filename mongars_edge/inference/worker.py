@@ -22,7 +22,7 @@ from mongars_edge.inference import lowlevel
 from mongars_edge.inference.batch import Batch, ChunkSize
 from mongars_edge.inference.engine import FinishReason, TokenEvent
 from mongars_edge.inference.errors import AdapterError, DeadlineExceededError, EngineClosedError
-from mongars_edge.inference.llama import _Active, _Request, _Slot, finish_event
+from mongars_edge.inference.sequences import Active, Request, Slot, finish_event
 from mongars_edge.inference.textstream import TextStream
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_Delivery = list[tuple[_Request, TokenEvent | BaseException]]
+_Delivery = list[tuple[Request, TokenEvent | BaseException]]
 # Longest wait for requests still being prepared before a batch's first step (_gather_arrivals).
 _GATHER_S = 0.05
 
@@ -52,7 +52,7 @@ class Worker:
         self,
         config: EngineConfig,
         model: LoadedModel,
-        scheduler: Scheduler[_Request],
+        scheduler: Scheduler[Request],
         heartbeat: Heartbeat | None = None,
     ) -> None:
         self.heartbeat = heartbeat
@@ -76,8 +76,8 @@ class Worker:
         # llama.cpp rounds the context up; a sequence is held to what was asked for.
         self.n_ctx = min(config.n_ctx, int(L.llama_n_ctx(self.ctx)))
         self.batch = Batch(config.n_batch)
-        self.slots = [_Slot(seq_id=i) for i in range(n_slots)]
-        self.active: list[_Active] = []
+        self.slots = [Slot(seq_id=i) for i in range(n_slots)]
+        self.active: list[Active] = []
         self.loras: dict[Path, Any] = {}
         self.current_adapter: Path | None = None
         self._group_turn = 0
@@ -210,7 +210,7 @@ class Worker:
                 out.append((req, exc))
                 continue
             slot, n_keep = self._assign_slot(req)
-            a = _Active(
+            a = Active(
                 req=req,
                 slot=slot,
                 n_fed=n_keep,
@@ -229,11 +229,11 @@ class Worker:
 
     # -- slots and prefix reuse ------------------------------------------------------------
 
-    def _assign_slot(self, req: _Request) -> tuple[_Slot, int]:
+    def _assign_slot(self, req: Request) -> tuple[Slot, int]:
         tokens = req.tokens
         limit = len(tokens) - 1  # the last prompt token is always decoded, for its logits
 
-        def common(slot: _Slot) -> int:
+        def common(slot: Slot) -> int:
             if slot.adapter != req.adapter or not self.config.prefix_cache:
                 return 0
             n = 0
@@ -276,13 +276,13 @@ class Worker:
         target.conversation = conv
         return target, n_keep
 
-    def _drop(self, slot: _Slot) -> None:
+    def _drop(self, slot: Slot) -> None:
         """Forget a slot's prefix, in cells or in RAM."""
         L.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
         slot.tokens = []
         slot.saved = None
 
-    def _stash(self, slot: _Slot) -> None:
+    def _stash(self, slot: Slot) -> None:
         """An idle slot's KV to host RAM, its cells freed (see EngineConfig.prefix_ram_mb)."""
         budget = self.config.prefix_ram_mb * 1024 * 1024
         if not budget or not slot.tokens or slot.saved is not None:
@@ -301,7 +301,7 @@ class Worker:
         while stashed and sum(ctypes.sizeof(s.saved) for s in stashed) > budget:
             self._drop(stashed.pop(0))
 
-    def _restore(self, source: _Slot, seq_id: int) -> bool:
+    def _restore(self, source: Slot, seq_id: int) -> bool:
         """Put `source`'s stashed KV back into the cells of `seq_id`; False if not stashed or
         it does not fit."""
         if source.saved is None:
@@ -350,8 +350,8 @@ class Worker:
 
     # -- one step --------------------------------------------------------------------------
 
-    def _pick_group(self) -> list[_Active]:
-        groups: dict[Path | None, list[_Active]] = defaultdict(list)
+    def _pick_group(self) -> list[Active]:
+        groups: dict[Path | None, list[Active]] = defaultdict(list)
         for a in self.active:
             groups[a.req.adapter].append(a)
         if len(groups) == 1:
@@ -435,7 +435,7 @@ class Worker:
         if n_prefill >= 32:
             self.prompt_tok_s = 0.8 * self.prompt_tok_s + 0.2 * (n_prefill / dt)
 
-    def _on_token(self, a: _Active, token: int, now: float, out: _Delivery) -> None:
+    def _on_token(self, a: Active, token: int, now: float, out: _Delivery) -> None:
         if not a.t_first:
             a.t_first = now
         a.t_last = now
@@ -461,7 +461,7 @@ class Worker:
 
     def _finish(
         self,
-        a: _Active,
+        a: Active,
         reason: FinishReason,
         out: _Delivery,
         *,

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from zeroconf import IPVersion, ServiceStateChange
@@ -21,7 +22,7 @@ from mongars_edge.mesh import codec
 from mongars_edge.mesh.peers import Peer
 
 if TYPE_CHECKING:
-    from mongars_edge.mesh.service import MeshService
+    from mongars_edge.mesh.node import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,16 @@ _RESOLVE_MS: Final = 3000
 _MAX_RESOLVING: Final = 32
 
 
-def txt_record(service: MeshService) -> dict[str, str]:
+def txt_record(node: NodeState) -> dict[str, str]:
     from mongars_edge.mesh.members import mesh_hash
 
-    caps = ["infer"] if service.engine is not None else []
+    caps = ["infer"] if node.engine is not None else []
     caps.append("adapters")
     return {
-        "id": service.me.node_id,
+        "id": node.me.node_id,
         "v": str(codec.PROTOCOL_VERSION),
-        "mesh": mesh_hash(service.state.mesh_id),
-        "port": str(service.port),
+        "mesh": mesh_hash(node.state.mesh_id),
+        "port": str(node.port),
         "caps": ",".join(caps),
     }
 
@@ -53,10 +54,11 @@ def parse_txt(props: dict[bytes, bytes | None]) -> dict[str, str]:
 
 
 class Discovery:
-    """Advertises this box and feeds the boxes it finds to the service."""
+    """Advertises this box and hands each box it finds to `seen`."""
 
-    def __init__(self, service: MeshService) -> None:
-        self.service = service
+    def __init__(self, node: NodeState, seen: Callable[[Peer], None]) -> None:
+        self.node = node
+        self._seen = seen
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
@@ -64,7 +66,7 @@ class Discovery:
         self._mesh = ""
 
     def _interfaces(self) -> list[str]:
-        cfg = self.service.config
+        cfg = self.node.config
         if cfg.mdns_interfaces:
             return list(cfg.mdns_interfaces)
         if cfg.host in ("0.0.0.0", "", "::"):  # noqa: S104
@@ -81,18 +83,18 @@ class Discovery:
 
     def _service_info(self) -> AsyncServiceInfo:
         interfaces = self._interfaces()
-        name = f"mongars-{self.service.me.node_id}.{SERVICE_TYPE}"
+        name = f"mongars-{self.node.me.node_id}.{SERVICE_TYPE}"
         kwargs: dict[str, Any] = {
             "addresses": [socket.inet_aton(a) for a in interfaces or _lan_addresses()]
         }
-        txt = txt_record(self.service)
+        txt = txt_record(self.node)
         self._mesh = txt["mesh"]
         return AsyncServiceInfo(
             SERVICE_TYPE,
             name,
-            port=self.service.port,
+            port=self.node.port,
             properties=txt,
-            server=f"mongars-{self.service.me.node_id}.local.",
+            server=f"mongars-{self.node.me.node_id}.local.",
             **kwargs,
         )
 
@@ -102,7 +104,7 @@ class Discovery:
         try:
             await (await self._zc.async_register_service(self._info, allow_name_change=True))
         except Exception as exc:  # zeroconf errors must not take the box down
-            self.service.warn_once("mdns-register", "cannot advertise on mDNS: %s", exc)
+            self.node.warn_once("mdns-register", "cannot advertise on mDNS: %s", exc)
 
     async def refresh(self) -> None:
         """Re-announce when the mesh id changed (after pairing)."""
@@ -110,7 +112,7 @@ class Discovery:
 
         if self._zc is None or self._info is None:
             return
-        if mesh_hash(self.service.state.mesh_id) == self._mesh:
+        if mesh_hash(self.node.state.mesh_id) == self._mesh:
             return
         self._info = self._service_info()
         with contextlib.suppress(Exception):
@@ -121,7 +123,7 @@ class Discovery:
     ) -> None:
         # A flood of adverts must not become a flood of tasks.
         if len(self._tasks) >= _MAX_RESOLVING:
-            self.service.warn_once("mdns-flood", "too many mDNS adverts at once; skipping some")
+            self.node.warn_once("mdns-flood", "too many mDNS adverts at once; skipping some")
             return
         if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
             self._task(self._resolve(service_type, name))
@@ -134,14 +136,14 @@ class Discovery:
         txt = parse_txt(info.properties)
         node_id = txt.get("id", "")
         addresses = info.parsed_addresses(IPVersion.V4Only)
-        if not node_id or node_id == self.service.me.node_id or not addresses or not info.port:
+        if not node_id or node_id == self.node.me.node_id or not addresses or not info.port:
             return
         try:
             version = int(txt.get("v", "0"))
         except ValueError:
             version = 0
         caps = tuple(c for c in txt.get("caps", "").split(",") if c)[:16]
-        self.service.seen(
+        self._seen(
             Peer(
                 node_id=node_id[:32],
                 host=addresses[0],

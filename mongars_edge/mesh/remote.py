@@ -21,16 +21,18 @@ from mongars_edge.inference.engine import (
     FinishReason,
     Message,
     ModelInfo,
+    Prompt,
     Timings,
     TokenEvent,
     Usage,
+    as_request,
 )
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.errors import PeerTimeoutError, PeerUnavailableError
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
-    from mongars_edge.mesh.service import MeshService
+    from mongars_edge.mesh.node import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,8 @@ def to_wire(request: ChatRequest, stream_id: int, model: str) -> codec.InferRequ
 class RemoteEngine:
     """Runs requests on one peer; `info`, `render` and `count_tokens` come from the local model."""
 
-    def __init__(self, service: MeshService, node_id: str, local: Engine, stall_s: float) -> None:
-        self._service = service
+    def __init__(self, node: NodeState, node_id: str, local: Engine, stall_s: float) -> None:
+        self._node = node
         self.node_id = node_id
         self._local = local
         self._stall_s = stall_s
@@ -74,19 +76,24 @@ class RemoteEngine:
         return self._local.render(messages, add_generation_prompt=add_generation_prompt)
 
     def load(self) -> EngineLoad:
-        peer = self._service.peers.get(self.node_id)
+        peer = self._node.peers.get(self.node_id)
         t = peer.telemetry if peer else None
         if t is None:
             return EngineLoad(0, 0, 1, 0.0, 0.0)
         return EngineLoad(t.queue_depth, t.active, t.n_parallel, t.gen_tok_s, t.prompt_tok_s)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
-        link = self._service.links.get(self.node_id)
+    async def prepare(self, request: ChatRequest) -> Prompt:
+        return await self._local.prepare(request)
+
+    async def stream(self, request: ChatRequest | Prompt) -> AsyncIterator[TokenEvent]:
+        # The peer renders and tokenizes with its own copy of the model: only the request goes.
+        request = as_request(request)
+        link = self._node.links.get(self.node_id)
         if link is None or link.closed.is_set():
             raise PeerUnavailableError(f"no link to {self.node_id}")
         sid = link.new_id()
-        queue = self._service.open_stream(link, sid)
-        peer = self._service.peers.get(self.node_id)
+        queue = self._node.open_stream(link, sid)
+        peer = self._node.peers.get(self.node_id)
         if peer:
             peer.inflight += 1
         started = first_at = time.monotonic()
@@ -134,7 +141,7 @@ class RemoteEngine:
         finally:
             if peer:
                 peer.inflight -= 1
-            self._service.close_stream(link, sid)
+            self._node.close_stream(link, sid)
             if not done and not link.closed.is_set():
                 with contextlib.suppress(PeerUnavailableError):
                     link.send(codec.Cancel(sid))

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from mongars_edge.mesh.codec import Msg
 from mongars_edge.mesh.errors import AuthError, CodecError, MeshError, PeerUnavailableError
 from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.members import MemberFile, MemberRecord, MeshState
+from mongars_edge.mesh.node import MeshConfig, NodeState
 from mongars_edge.mesh.pairing import serve_pairing
 from mongars_edge.mesh.peers import Peer, sanitize
 from mongars_edge.mesh.serving import Serving
@@ -28,7 +28,8 @@ from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Backoff, Link, answ
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
-    from mongars_edge.inference.router import Router
+    from mongars_edge.mesh.discovery import Discovery
+    from mongars_edge.mesh.router import Router
     from mongars_edge.mesh.share import Share
     from mongars_edge.settings import Settings
 
@@ -38,49 +39,74 @@ MAX_PENDING_HANDSHAKES = 32
 MAX_PEERS = 256
 
 
-@dataclass(frozen=True)
-class MeshConfig:
-    """Timing knobs; tests shrink them instead of sleeping."""
-
-    host: str
-    port: int
-    static_peers: tuple[str, ...] = ()
-    mdns: bool = True
-    mdns_interfaces: tuple[str, ...] = ()
-    gossip_s: float = 1.0
-    idle_timeout_s: float = 5.0
-    stall_s: float = 5.0
-
-
 class MeshService:
     """One per box; see the module docstring."""
 
     def __init__(self, config: MeshConfig, data_dir: Path, engine: Engine | None) -> None:
-        self.config = config
-        self.data_dir = data_dir
-        self.engine = engine
-        self.me = Identity.load_or_create(data_dir)
         self.members = MemberFile(data_dir)
-        self.state: MeshState = self.members.read()
+        self.node = NodeState(
+            config,
+            data_dir,
+            Identity.load_or_create(data_dir),
+            engine,
+            self.members.read(),
+            self._spawn,
+        )
         self._members_mtime = self.members.mtime()
-        self.peers: dict[str, Peer] = {}
-        self.links: dict[str, Link] = {}
-        self.port = 0
-        self.started_at = time.monotonic()
-        self.first_forward_at: float | None = None
-        self.forwarded = 0  # requests this box sent to peers
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._streams: dict[tuple[int, int], asyncio.Queue[Any]] = {}
         self._dialling: set[str] = set()
         self._backoff: dict[str, tuple[Backoff, float]] = {}
         self._static_ids: dict[str, str] = {}
         self._handshakes = 0
         self._writers: set[asyncio.StreamWriter] = set()
-        self._warned: set[str] = set()
-        self._discovery: Any = None
+        self._discovery: Discovery | None = None
         self.share: Share | None = None
-        self.serving = Serving(self)
+        self.serving = Serving(self.node, self._ensure_adapter)
+
+    # What the Runtime, the web edge and the tests read: the node's own state.
+    @property
+    def config(self) -> MeshConfig:
+        return self.node.config
+
+    @property
+    def data_dir(self) -> Path:
+        return self.node.data_dir
+
+    @property
+    def me(self) -> Identity:
+        return self.node.me
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.node.engine
+
+    @property
+    def state(self) -> MeshState:
+        return self.node.state
+
+    @property
+    def peers(self) -> dict[str, Peer]:
+        return self.node.peers
+
+    @property
+    def links(self) -> dict[str, Link]:
+        return self.node.links
+
+    @property
+    def port(self) -> int:
+        return self.node.port
+
+    @property
+    def forwarded(self) -> int:
+        return self.node.forwarded
+
+    @property
+    def first_forward_at(self) -> float | None:
+        return self.node.first_forward_at
+
+    async def _ensure_adapter(self, link: Link, ref: str) -> str:
+        return ref if self.share is None else await self.share.ensure(link, ref)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -99,34 +125,35 @@ class MeshService:
     async def start(self) -> None:
         from mongars_edge.mesh.share import Share
 
-        self.share = Share(self)
-        remember_addresses(self)
-        bind = None if self.config.host in ("0.0.0.0", "", "::") else self.config.host  # noqa: S104
+        self.share = Share(self.node)
+        remember_addresses(self.node)
+        config = self.node.config
+        bind = None if config.host in ("0.0.0.0", "", "::") else config.host  # noqa: S104
         try:
-            self._server = await asyncio.start_server(self._on_connection, bind, self.config.port)
+            self._server = await asyncio.start_server(self._on_connection, bind, config.port)
         except OSError as exc:
             # Another program holds the mesh port: take any free one (mDNS says which).
             log.warning(
                 "mesh port %d unavailable (%s); using a free port (set mesh_port to choose)",
-                self.config.port,
+                self.node.config.port,
                 exc.strerror or exc,
             )
             self._server = await asyncio.start_server(self._on_connection, bind, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        if self.config.mdns and _advertise(self.config):
+        self.node.port = self._server.sockets[0].getsockname()[1]
+        if self.node.config.mdns and _advertise(self.node.config):
             from mongars_edge.mesh.discovery import Discovery
 
-            self._discovery = Discovery(self)
+            self._discovery = Discovery(self.node, self.seen)
             await self._discovery.start()
         self._spawn(self._gossip_loop())
-        log.info("mesh node %s listening on port %d", self.me.node_id, self.port)
+        log.info("mesh node %s listening on port %d", self.node.me.node_id, self.node.port)
 
     async def stop(self) -> None:
         if self._discovery is not None:
             await self._discovery.stop()
         if self._server is not None:
             self._server.close()
-        for link in list(self.links.values()):
+        for link in list(self.node.links.values()):
             link.close("shutting down")
         for writer in list(self._writers):
             writer.close()
@@ -143,14 +170,6 @@ class MeshService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    def warn_once(self, key: str, text: str, *args: object) -> None:
-        """Repeating trouble is logged once at warning, then at debug (STYLE habit 7)."""
-        if key in self._warned:
-            log.debug(text, *args)
-        else:
-            self._warned.add(key)
-            log.warning(text, *args)
 
     # --- incoming connections -----------------------------------------------------------------
 
@@ -174,22 +193,24 @@ class MeshService:
                     writer,
                     msg,
                     first,
-                    self.me,
-                    self.state.key_of,
-                    self.config.idle_timeout_s,
+                    self.node.me,
+                    self.node.state.key_of,
+                    self.node.config.idle_timeout_s,
                 )
                 adopted = True
                 self._handshakes -= 1
                 await self._run_link(link)
                 return
             if isinstance(msg, codec.PairStart):
-                record = await serve_pairing(reader, writer, msg, self.me, self.data_dir)
+                record = await serve_pairing(reader, writer, msg, self.node.me, self.node.data_dir)
                 await self._reload_members(force=True)
                 self._broadcast(codec.Members([record.to_wire()]))
                 return
             raise CodecError(f"unexpected first message {type(msg).__name__}")
         except (MeshError, CodecError) as exc:
-            self.warn_once(f"in:{where}:{exc.kind}", "refused connection from %s: %s", where, exc)
+            self.node.warn_once(
+                f"in:{where}:{exc.kind}", "refused connection from %s: %s", where, exc
+            )
         except (ConnectionError, OSError) as exc:
             log.debug("connection from %s failed: %s", where, exc)
         finally:
@@ -202,46 +223,43 @@ class MeshService:
 
     async def _run_link(self, link: Link) -> None:
         """Register `link`, read from it until it closes, then clean up."""
-        old = self.links.get(link.peer_id)
+        old = self.node.links.get(link.peer_id)
         if old is not None and not old.closed.is_set():
             # Both sides dialled: keep the link dialled by the smaller node id, on both ends.
-            dialler_new = self.me.node_id if link.dialled else link.peer_id
-            keep_new = dialler_new == min(self.me.node_id, link.peer_id)
+            dialler_new = self.node.me.node_id if link.dialled else link.peer_id
+            keep_new = dialler_new == min(self.node.me.node_id, link.peer_id)
             if not keep_new:
                 link.close("duplicate link")
                 return
             old.close("replaced by a newer link")
-        self.links[link.peer_id] = link
-        peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id, host=link.address))
+        self.node.links[link.peer_id] = link
+        peer = self.node.peers.setdefault(link.peer_id, Peer(link.peer_id, host=link.address))
         peer.linked, peer.last_error = True, ""
         try:
-            link.send(codec.Members([r.to_wire() for r in self.state.all_records()]))
+            link.send(codec.Members([r.to_wire() for r in self.node.state.all_records()]))
             link.send(self._telemetry())
             await link.drain()
             await link.run(self._handle)
         except MeshError as exc:
             link.close(str(exc))
         finally:
-            if self.links.get(link.peer_id) is link:
-                del self.links[link.peer_id]
+            if self.node.links.get(link.peer_id) is link:
+                del self.node.links[link.peer_id]
                 peer.linked = False
                 peer.last_error = link.close_reason
-            for key in [k for k in self._streams if k[0] == id(link)]:
-                self._streams[key].put_nowait(PeerUnavailableError(link.close_reason))
+            self.node.fail_streams(link, link.close_reason)
             self.serving.drop(link)
 
     def _handle(self, link: Link, msg: Msg) -> None:
         if isinstance(msg, codec.Telemetry):
-            peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id, host=link.address))
+            peer = self.node.peers.setdefault(link.peer_id, Peer(link.peer_id, host=link.address))
             peer.telemetry, peer.telemetry_at = sanitize(msg), time.monotonic()
             if peer.telemetry.port and not (peer.host and peer.port):
                 # A box that dialled us: its address is where the link came from, at the port
                 # it listens on (the link's own source port is not one it accepts on).
                 peer.host, peer.port = peer.host or link.address, peer.telemetry.port
         elif isinstance(msg, codec.TokenChunk | codec.End | codec.Error):
-            queue = self._streams.get((id(link), msg.stream_id))
-            if queue is not None:
-                queue.put_nowait(msg)
+            self.node.deliver(link, msg.stream_id, msg)
         elif isinstance(msg, codec.InferRequest):
             self.serving.start(link, msg)
         elif isinstance(msg, codec.Cancel):
@@ -251,20 +269,12 @@ class MeshService:
         elif isinstance(msg, codec.ChunkRequest | codec.Chunk) and self.share is not None:
             self.share.handle(link, msg)
         elif not isinstance(msg, codec.Ping):
-            self.warn_once(
+            self.node.warn_once(
                 f"odd:{link.peer_id}", "ignoring %s from %s", type(msg).__name__, link.peer_id
             )
 
-    def open_stream(self, link: Link, stream_id: int) -> asyncio.Queue[Any]:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._streams[(id(link), stream_id)] = queue
-        return queue
-
-    def close_stream(self, link: Link, stream_id: int) -> None:
-        self._streams.pop((id(link), stream_id), None)
-
     def _broadcast(self, msg: Msg) -> None:
-        for link in list(self.links.values()):
+        for link in list(self.node.links.values()):
             with contextlib.suppress(PeerUnavailableError):
                 link.send(msg)
 
@@ -274,22 +284,22 @@ class MeshService:
         changed = False
         for item in raw[:1024]:
             try:
-                changed |= self.state.accept(MemberRecord.from_wire(item), self.me)
+                changed |= self.node.state.accept(MemberRecord.from_wire(item), self.node.me)
             except AuthError as exc:
-                self.warn_once(
+                self.node.warn_once(
                     f"rec:{sender}", "ignoring membership record from %s: %s", sender, exc
                 )
         if changed:
             self._spawn(self._save_state())
 
     async def _save_state(self) -> None:
-        snapshot = self.state
+        snapshot = self.node.state
 
         def merge() -> None:
             with self.members.changing() as on_disk:
                 for rec in snapshot.all_records():
                     with contextlib.suppress(AuthError):
-                        on_disk.accept(rec, self.me)
+                        on_disk.accept(rec, self.node.me)
 
         await asyncio.to_thread(merge)
         await self._reload_members(force=True)
@@ -301,15 +311,15 @@ class MeshService:
         try:
             state = await asyncio.to_thread(self.members.read)
         except MeshError as exc:
-            self.warn_once("members", "%s", exc)
+            self.node.warn_once("members", "%s", exc)
             return
         self._members_mtime = mtime
-        new_records = [r for k, r in state.records.items() if self.state.records.get(k) != r]
-        mesh_changed = state.mesh_id != self.state.mesh_id
-        self.state = state
+        new_records = [r for k, r in state.records.items() if self.node.state.records.get(k) != r]
+        mesh_changed = state.mesh_id != self.node.state.mesh_id
+        self.node.state = state
         if mesh_changed and self._discovery is not None:
             self._spawn(self._discovery.refresh())
-        for node_id, link in list(self.links.items()):
+        for node_id, link in list(self.node.links.items()):
             if state.key_of(node_id) is None:
                 link.close("revoked")
         if new_records:
@@ -318,13 +328,13 @@ class MeshService:
     # --- gossip, dialling, state for the CLI ---------------------------------------------------
 
     def _telemetry(self) -> codec.Telemetry:
-        engine = self.engine
+        engine = self.node.engine
         load = engine.load() if engine else None
         adapters: list[str] = []
         if self.share is not None:
             adapters = self.share.held()
         return codec.Telemetry(
-            node_id=self.me.node_id,
+            node_id=self.node.me.node_id,
             model=engine.info.id if engine else "",
             queue_depth=load.queue_depth if load else 0,
             active=load.active if load else 0,
@@ -335,7 +345,7 @@ class MeshService:
             throttled=False,
             adapters=adapters,
             accepting=engine is not None,
-            port=self.port,
+            port=self.node.port,
         )
 
     async def _gossip_loop(self) -> None:
@@ -343,28 +353,28 @@ class MeshService:
             try:
                 await self._reload_members()
                 self._broadcast(self._telemetry())
-                for link in list(self.links.values()):
+                for link in list(self.node.links.values()):
                     with contextlib.suppress(PeerUnavailableError):
                         await link.drain()
                 self._dial_targets()
-                await asyncio.to_thread(write_state, self)
+                await asyncio.to_thread(write_state, self.node)
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("mesh gossip tick failed")
-            await asyncio.sleep(self.config.gossip_s)
+            await asyncio.sleep(self.node.config.gossip_s)
 
     def targets(self) -> list[tuple[str, str, int]]:
         """(key, host, port) of boxes we should hold a link to."""
         out = []
-        for peer in self.peers.values():
-            if peer.host and peer.port and self.state.key_of(peer.node_id) is not None:
+        for peer in self.node.peers.values():
+            if peer.host and peer.port and self.node.state.key_of(peer.node_id) is not None:
                 out.append((peer.node_id, peer.host, peer.port))
         located = {key for key, _, _ in out}
-        for member in self.state.members.values():
+        for member in self.node.state.members.values():
             # Paired through an address (`pair --join --peer`): no mDNS needed to find it.
             host, _, port = member.address.rpartition(":")
             if member.node_id not in located and host and port.isdigit():
                 out.append((member.node_id, host.strip("[]"), int(port)))
-        for addr in self.config.static_peers:
+        for addr in self.node.config.static_peers:
             host, _, port = addr.rpartition(":")
             if host and port.isdigit():
                 out.append((self._static_ids.get(addr, addr), host.strip("[]"), int(port)))
@@ -373,7 +383,7 @@ class MeshService:
     def _dial_targets(self) -> None:
         now = time.monotonic()
         for key, host, port in self.targets():
-            if key in self.links or key in self._dialling or key == self.me.node_id:
+            if key in self.node.links or key in self._dialling or key == self.node.me.node_id:
                 continue
             backoff, not_before = self._backoff.get(key, (Backoff(), 0.0))
             if now < not_before:
@@ -387,16 +397,18 @@ class MeshService:
             link = await dial(
                 host,
                 port,
-                self.me,
-                self.state.key_of,
+                self.node.me,
+                self.node.state.key_of,
                 expect=expect,
-                idle_timeout=self.config.idle_timeout_s,
+                idle_timeout=self.node.config.idle_timeout_s,
             )
         except (MeshError, CodecError) as exc:
             self._backoff[key] = (backoff, time.monotonic() + backoff.next())
-            if key in self.peers:
-                self.peers[key].last_error = str(exc)
-            self.warn_once(f"dial:{key}:{exc.kind}", "cannot link to %s:%d: %s", host, port, exc)
+            if key in self.node.peers:
+                self.node.peers[key].last_error = str(exc)
+            self.node.warn_once(
+                f"dial:{key}:{exc.kind}", "cannot link to %s:%d: %s", host, port, exc
+            )
             return
         finally:
             self._dialling.discard(key)
@@ -405,20 +417,20 @@ class MeshService:
         if expect is None:
             self._static_ids[key] = link.peer_id
         source = "static" if expect is None else "paired"
-        peer = self.peers.setdefault(link.peer_id, Peer(link.peer_id, source=source))
+        peer = self.node.peers.setdefault(link.peer_id, Peer(link.peer_id, source=source))
         peer.host, peer.port = host, port
         self._spawn(self._run_link(link))
 
     def seen(self, peer: Peer) -> None:
         """Discovery found or refreshed a box."""
-        known = self.peers.get(peer.node_id)
+        known = self.node.peers.get(peer.node_id)
         if known is None:
-            if len(self.peers) >= MAX_PEERS:  # fake adverts must not grow memory without bound
-                strangers = [p for p in self.peers.values() if self.state.key_of(p.node_id) is None]
+            if len(self.node.peers) >= MAX_PEERS:  # fake adverts must not grow memory without bound
+                strangers = [p for p in self.node.peers.values() if not self.node.key_of(p.node_id)]
                 if not strangers:
                     return
-                del self.peers[min(strangers, key=lambda p: p.seen_at).node_id]
-            self.peers[peer.node_id] = peer
+                del self.node.peers[min(strangers, key=lambda p: p.seen_at).node_id]
+            self.node.peers[peer.node_id] = peer
             return
         known.host, known.port, known.version = peer.host, peer.port, peer.version
         known.mesh_hash, known.capabilities, known.source = (
@@ -427,12 +439,6 @@ class MeshService:
             peer.source,
         )
         known.seen_at = peer.seen_at
-
-    def resolve_adapter(self, ref: str) -> str:
-        """The full sha256 of a local adapter named by id, prefix or name (blocking: thread)."""
-        from mongars_edge.inference.adapters import AdapterStore
-
-        return AdapterStore(self.data_dir).get(ref).sha256
 
 
 def _advertise(config: MeshConfig) -> bool:
@@ -455,7 +461,7 @@ async def open_mesh(
     settings: Settings, data_dir: Path, engine: Engine
 ) -> AsyncIterator[tuple[MeshService, Router]]:
     """The Runtime's entry point: the mesh service and the router in front of `engine`."""
-    from mongars_edge.inference.router import Router
+    from mongars_edge.mesh.router import Router
 
     config = MeshConfig(
         host=settings.host,
@@ -465,4 +471,4 @@ async def open_mesh(
         stall_s=settings.mesh_stall_s,
     )
     async with MeshService.open(config, data_dir, engine) as service:
-        yield service, Router(engine, service)
+        yield service, Router(engine, service.node)

@@ -10,26 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.errors import MeshError, PeerUnavailableError
 
 if TYPE_CHECKING:
-    from mongars_edge.mesh.service import MeshService
+    from mongars_edge.mesh.node import NodeState
     from mongars_edge.mesh.transport import Link
 
 log = logging.getLogger(__name__)
 
 MAX_PER_LINK: Final = 16
+# The sha256 of an adapter this box holds, fetched from the asking peer when missing.
+EnsureAdapter = Callable[["Link", str], Awaitable[str]]
 
 
 class Serving:
     """The requests this box runs for its peers."""
 
-    def __init__(self, service: MeshService) -> None:
-        self.service = service
-        self.count = 0  # requests accepted since start
+    def __init__(self, node: NodeState, ensure_adapter: EnsureAdapter) -> None:
+        self.node = node
+        self._ensure_adapter = ensure_adapter
         self._tasks: dict[tuple[int, int], asyncio.Task[None]] = {}
 
     def cancel(self, link: Link, stream_id: int) -> None:
@@ -45,28 +48,28 @@ class Serving:
     def start(self, link: Link, msg: codec.InferRequest) -> None:
         key = (id(link), msg.stream_id)
         served = sum(1 for k in self._tasks if k[0] == id(link))
-        if self.service.engine is None or key in self._tasks or served >= MAX_PER_LINK:
+        if self.node.engine is None or key in self._tasks or served >= MAX_PER_LINK:
             with contextlib.suppress(PeerUnavailableError):
                 link.send(codec.Error(msg.stream_id, "busy", "not accepting this request"))
             return
-        self.count += 1
-        task = self.service._spawn(self._run(link, msg))
+        self.node.served += 1
+        task = self.node.spawn(self._run(link, msg))
         self._tasks[key] = task
         task.add_done_callback(lambda _t: self._tasks.pop(key, None))
 
     async def _run(self, link: Link, msg: codec.InferRequest) -> None:
         from mongars_edge.inference.engine import ChatRequest, Message, Sampling
 
-        assert self.service.engine is not None
+        assert self.node.engine is not None
         sid = msg.stream_id
         try:
-            if msg.model != self.service.engine.info.id:
-                raise MeshError(f"model mismatch: this box runs {self.service.engine.info.id}")
+            if msg.model != self.node.engine.info.id:
+                raise MeshError(f"model mismatch: this box runs {self.node.engine.info.id}")
             sampling = dict(msg.sampling)
             sampling["stop"] = tuple(sampling.get("stop") or ())
             adapter = msg.adapter
-            if adapter and self.service.share is not None:
-                adapter = await self.service.share.ensure(link, adapter)
+            if adapter:
+                adapter = await self._ensure_adapter(link, adapter)
             request = ChatRequest(
                 messages=tuple(Message(r, c) for r, c in (m[:2] for m in msg.messages)),
                 sampling=Sampling(**sampling),
@@ -75,7 +78,7 @@ class Serving:
                 json_schema=msg.json_schema,
                 assistant_prefix=msg.assistant_prefix,
             )
-            async for event in self.service.engine.stream(request):
+            async for event in self.node.engine.stream(request):
                 if event.finish_reason is None:
                     link.send(codec.TokenChunk(sid, event.text, event.token_id))
                 else:

@@ -28,7 +28,7 @@ from mongars_edge.mesh.errors import AuthError, MeshError, PeerTimeoutError, Pee
 from mongars_edge.mesh.identity import Identity, verify
 
 if TYPE_CHECKING:
-    from mongars_edge.mesh.service import MeshService
+    from mongars_edge.mesh.node import NodeState
     from mongars_edge.mesh.transport import Link
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,9 @@ def build_manifest(path: Path, adapter: Adapter, signer: str) -> Manifest:
 class Share:
     """Serves and fetches adapters over mesh links."""
 
-    def __init__(self, service: MeshService) -> None:
-        self.service = service
-        self.store = AdapterStore(service.data_dir)
+    def __init__(self, node: NodeState) -> None:
+        self.node = node
+        self.store = AdapterStore(node.data_dir)
         self._manifests: dict[str, bytes] = {}
         self._waiting: dict[tuple[int, int], asyncio.Future[codec.Chunk]] = {}
         self._fetching: dict[str, asyncio.Task[str]] = {}
@@ -130,7 +130,7 @@ class Share:
             if future is not None and not future.done():
                 future.set_result(msg)
         elif isinstance(msg, codec.ChunkRequest):
-            self.service._spawn(self._serve(link, msg))
+            self.node.spawn(self._serve(link, msg))
 
     async def _serve(self, link: Link, req: codec.ChunkRequest) -> None:
         data = b""
@@ -149,8 +149,8 @@ class Share:
         path = self.store.dir / f"{sha}.gguf"
         if index < 0:
             if sha not in self._manifests:
-                manifest = build_manifest(path, adapter, self.service.me.node_id)
-                self._manifests[sha] = manifest.sign(self.service.me)
+                manifest = build_manifest(path, adapter, self.node.me.node_id)
+                self._manifests[sha] = manifest.sign(self.node.me)
             return self._manifests[sha]
         with path.open("rb") as fh:
             fh.seek(index * CHUNK_SIZE)
@@ -195,7 +195,7 @@ class Share:
     async def _fetch(self, link: Link, sha: str) -> str:
         started = time.monotonic()
         raw = await self._ask(link, sha, -1)
-        manifest = Manifest.verified(raw, self.service.state.key_of)
+        manifest = Manifest.verified(raw, self.node.key_of)
         if manifest.sha256 != sha:
             raise AuthError("adapter manifest is for another file")
         self.store.dir.mkdir(parents=True, exist_ok=True)

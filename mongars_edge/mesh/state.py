@@ -5,49 +5,53 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mongars_edge.datadir import write_private
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.identity import mesh_dir
 from mongars_edge.mesh.members import mesh_hash
+from mongars_edge.mesh.node import NodeState
 from mongars_edge.mesh.peers import Peer, explain
-
-if TYPE_CHECKING:
-    from mongars_edge.mesh.service import MeshService
 
 STATE_FILE = "state.json"
 
 
-def remember_addresses(service: MeshService) -> None:
+def remember_addresses(node: NodeState) -> None:
     """Members' addresses from the last run: dial them at once instead of waiting for mDNS."""
     try:
-        rows = json.loads((mesh_dir(service.data_dir) / STATE_FILE).read_text())["peers"]
+        rows = json.loads((mesh_dir(node.data_dir) / STATE_FILE).read_text())["peers"]
     except (OSError, ValueError, KeyError, TypeError):
         return
     for row in rows if isinstance(rows, list) else []:
         try:
             node_id, address = str(row["node_id"]), str(row["address"])
             host, _, port = address.rpartition(":")
-            if service.state.key_of(node_id) is not None and host and port.isdigit():
-                service.peers[node_id] = Peer(
+            if node.state.key_of(node_id) is not None and host and port.isdigit():
+                node.peers[node_id] = Peer(
                     node_id, host.strip("[]"), int(port), source="remembered"
                 )
         except (KeyError, TypeError):
             continue
 
 
-def report(service: MeshService) -> dict[str, Any]:
-    """What `mongars-edge peers` prints."""
-    model = service.engine.info.id if service.engine else ""
+class _HoldsANode(Protocol):
+    @property
+    def node(self) -> NodeState: ...
+
+
+def report(source: NodeState | _HoldsANode) -> dict[str, Any]:
+    """What `mongars-edge peers` prints (of a node, or of the service that holds it)."""
+    node = source if isinstance(source, NodeState) else source.node
+    model = node.engine.info.id if node.engine else ""
     rows = []
-    for peer in sorted(service.peers.values(), key=lambda p: p.node_id):
+    for peer in sorted(node.peers.values(), key=lambda p: p.node_id):
         rows.append(
             {
                 "node_id": peer.node_id,
                 "address": _address(peer),
                 "source": peer.source,
-                "paired": service.state.key_of(peer.node_id) is not None,
+                "paired": node.state.key_of(peer.node_id) is not None,
                 "linked": peer.linked,
                 "claimed_tok_s": round(peer.telemetry.gen_tok_s, 1) if peer.telemetry else 0,
                 "measured_tok_s": round(peer.measured_tok_s, 1),
@@ -56,22 +60,22 @@ def report(service: MeshService) -> dict[str, Any]:
                 else 0,
                 "why": explain(
                     peer,
-                    paired=service.state.key_of(peer.node_id) is not None,
-                    revoked=peer.node_id in service.state.revoked,
+                    paired=node.state.key_of(peer.node_id) is not None,
+                    revoked=peer.node_id in node.state.revoked,
                     version=codec.PROTOCOL_VERSION,
                     model=model,
                 ),
             }
         )
     return {
-        "node_id": service.me.node_id,
-        "mesh": mesh_hash(service.state.mesh_id),
+        "node_id": node.me.node_id,
+        "mesh": mesh_hash(node.state.mesh_id),
         "pid": os.getpid(),
-        "host": service.config.host,
-        "port": service.port,
-        "members": sorted(service.state.members),
-        "served": service.serving.count,
-        "forwarded": service.forwarded,
+        "host": node.config.host,
+        "port": node.port,
+        "members": sorted(node.state.members),
+        "served": node.served,
+        "forwarded": node.forwarded,
         "peers": rows,
         "updated_at": time.time(),
     }
@@ -83,5 +87,5 @@ def _address(peer: Peer) -> str:
     return f"{host}:{peer.port}" if host and peer.port else host
 
 
-def write_state(service: MeshService) -> None:
-    write_private(mesh_dir(service.data_dir) / STATE_FILE, json.dumps(report(service), indent=1))
+def write_state(node: NodeState) -> None:
+    write_private(mesh_dir(node.data_dir) / STATE_FILE, json.dumps(report(node), indent=1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,10 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mongars_edge.errors import MongarsError
 from mongars_edge.localbox import same_machine
-from mongars_edge.runtime import Runtime
 from mongars_edge.web import api, openai
 from mongars_edge.web.http import BodyLimit, error_response
 from mongars_edge.web.metrics import CountRequests, Metrics, metrics_endpoint
+
+if TYPE_CHECKING:
+    from mongars_edge.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import pytest
 
 from mongars_edge.inference.adapters import AdapterStore
 from mongars_edge.inference.llama import EngineConfig, LlamaEngine
-from mongars_edge.mesh.service import MeshConfig, MeshService
+from mongars_edge.mesh.node import MeshConfig
+from mongars_edge.mesh.service import MeshService
 from tests.helpers import free_port
 from tests.inference.gen_models import build_all, smollm2_path
 

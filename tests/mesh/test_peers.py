@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mongars_edge.inference.router import predict
 from mongars_edge.mesh.codec import Telemetry
 from mongars_edge.mesh.peers import MAX_TOK_S, Peer, explain, sanitize
+from mongars_edge.mesh.router import predict
 
 
 def telemetry(**changes: object) -> Telemetry:
@@ -91,7 +91,8 @@ def test_prediction_grows_with_load_and_prefers_faster_boxes() -> None:
 
 
 def test_a_loopback_box_does_not_advertise() -> None:
-    from mongars_edge.mesh.service import MeshConfig, _advertise
+    from mongars_edge.mesh.node import MeshConfig
+    from mongars_edge.mesh.service import _advertise
 
     assert not _advertise(MeshConfig(host="127.0.0.1", port=0))
     assert not _advertise(MeshConfig(host="::1", port=0))

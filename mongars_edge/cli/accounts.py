@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _Decorator(Protocol):
-    def __call__(self, func: F, /) -> F: ...
+from mongars_edge.cli.base import common_options, make_settings
 
 
 def _store_path(settings: Any) -> Path:
@@ -24,7 +19,7 @@ def _store_path(settings: Any) -> Path:
     return data_dir / DATABASE_FILE
 
 
-def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[..., Any]) -> None:
+def add_commands(main: click.Group) -> None:
     """Register the account commands on the CLI group (heavy imports happen when run)."""
 
     @main.group("users")
@@ -32,7 +27,7 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         """Accounts of this box."""
 
     @users.command("add")
-    @common
+    @common_options
     @click.argument("name")
     @click.option("--admin", is_flag=True, help="Make the user an administrator.")
     @click.option(
@@ -58,7 +53,7 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         click.echo(f"user {name!r} created{' (administrator)' if admin else ''}")
 
     @users.command("list")
-    @common
+    @common_options
     def users_list(config_path: Path | None, **flags: Any) -> None:
         """List the users."""
         from mongars_edge.memory.store import MemoryStore
@@ -80,7 +75,7 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         """API bearer tokens."""
 
     @tokens.command("create")
-    @common
+    @common_options
     @click.argument("name")
     @click.option("--label", default="cli", show_default=True, help="What the token is for.")
     def tokens_create(config_path: Path | None, name: str, label: str, **flags: Any) -> None:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from mongars_edge.cli.base import common_options, make_settings
 
-def add_commands(
-    main: click.Group,
-    common_options: Callable[[Any], Any],
-    make_settings: Callable[..., Any],
-) -> None:
+
+def add_commands(main: click.Group) -> None:
     """Register the commands on the CLI group."""
 
     @main.command("chat")

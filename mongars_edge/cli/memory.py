@@ -6,18 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+from mongars_edge.cli.base import common_options, make_settings
+
 _FLUSH_AT_MOST = 200
-
-
-class _Decorator(Protocol):
-    def __call__(self, func: F, /) -> F: ...
 
 
 def _db_path(settings: Any) -> Path:
@@ -36,7 +32,7 @@ def _one_line(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[..., Any]) -> None:
+def add_commands(main: click.Group) -> None:
     """Register the memory commands (the store and the model load only when one runs)."""
 
     @main.group("memory")
@@ -44,7 +40,7 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         """What the box remembers about each user."""
 
     @memory.command("search")
-    @common
+    @common_options
     @click.argument("user")
     @click.argument("text")
     @click.option("--limit", type=click.IntRange(1, 100), default=8, show_default=True)
@@ -89,7 +85,7 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
             )
 
     @memory.command("list")
-    @common
+    @common_options
     @click.argument("user")
     @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
     def list_cmd(config_path: Path | None, user: str, limit: int, **flags: Any) -> None:
@@ -107,7 +103,7 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
             click.echo(f"{m.id:<6} {m.kind:<10} {m.importance:.2f}  {_one_line(m.text)}")
 
     @memory.command("forget")
-    @common
+    @common_options
     @click.argument("user")
     @click.argument("memory_id", type=int)
     def forget(config_path: Path | None, user: str, memory_id: int, **flags: Any) -> None:
@@ -125,7 +121,7 @@ def add_commands(main: click.Group, common: _Decorator, make_settings: Callable[
         click.echo(f"memory {memory_id} forgotten")
 
     @memory.command("export")
-    @common
+    @common_options
     @click.argument("user")
     @click.option(
         "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file."

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from mongars_edge.errors import MongarsError
@@ -24,13 +24,15 @@ from mongars_edge.inference.engine import (
     EngineLoad,
     Message,
     ModelInfo,
+    Prompt,
     TokenEvent,
 )
 from mongars_edge.inference.errors import ModelNotFoundError
+from mongars_edge.mesh.remote import RemoteEngine
 
 if TYPE_CHECKING:
+    from mongars_edge.mesh.node import NodeState
     from mongars_edge.mesh.peers import Peer
-    from mongars_edge.mesh.service import MeshService
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +91,11 @@ def predict(
 
 
 class Router:
-    """Engine facade over the local engine and the mesh."""
+    """Engine facade over the local engine and the mesh node."""
 
-    def __init__(self, local: Engine, mesh: MeshService) -> None:
+    def __init__(self, local: Engine, node: NodeState) -> None:
         self.local = local
-        self.mesh = mesh
-        self._warned: set[str] = set()
+        self.node = node
         # Requests this router started locally; the engine's own figures lag behind a burst.
         self._local_inflight = 0
 
@@ -111,14 +112,20 @@ class Router:
     def load(self) -> EngineLoad:
         return self.local.load()
 
+    async def prepare(self, request: ChatRequest) -> Prompt:
+        """The local model renders and counts: that count weighs every place, peers too."""
+        return await self.local.prepare(request)
+
     def rank(self, request: ChatRequest, prompt_tokens: int) -> list[Choice]:
         """Every usable place for `request`, best first (the local engine only when it holds
         the model asked for)."""
+        return self._rank(request, prompt_tokens, self._usable_peers(request.model or self.info.id))
+
+    def _rank(self, request: ChatRequest, prompt_tokens: int, peers: list[Peer]) -> list[Choice]:
         gen = min(request.sampling.max_tokens, EXPECTED_GEN_TOKENS)
         load = self.local.load()
-        model = self.local.info.id
         choices = []
-        if request.model in (None, model):
+        if request.model in (None, self.local.info.id):
             busy = max(load.queue_depth + load.active, self._local_inflight)
             cost = predict(
                 0,
@@ -130,7 +137,7 @@ class Router:
                 gen,
             )
             choices.append(Choice("", cost))
-        for peer in self._usable_peers(request.model or model):
+        for peer in peers:
             t = peer.telemetry
             assert t is not None
             busy = max(t.active + t.queue_depth, peer.inflight)
@@ -145,106 +152,111 @@ class Router:
         return sorted(choices, key=lambda c: (c.predicted_s, c.node_id != ""))
 
     def _usable_peers(self, model: str) -> list[Peer]:
-        out = []
-        for node_id, peer in self.mesh.peers.items():
-            if node_id not in self.mesh.links or self.mesh.state.key_of(node_id) is None:
-                continue
-            t = peer.telemetry
-            if peer.fresh() and t is not None and t.model == model and t.accepting:
-                out.append(peer)
-        return out
+        return [p for p in self.node.usable_peers() if p.telemetry and p.telemetry.model == model]
 
     def models(self) -> dict[str, list[str]]:
         """Every model this box or a usable peer holds now -> where ("" is this box)."""
         out: dict[str, list[str]] = {self.local.info.id: [""]}
-        for node_id, peer in self.mesh.peers.items():
-            if node_id not in self.mesh.links or self.mesh.state.key_of(node_id) is None:
-                continue
+        for peer in self.node.usable_peers():
             t = peer.telemetry
-            if peer.fresh() and t is not None and t.model and t.accepting:
-                out.setdefault(t.model, []).append(node_id)
+            if t is not None and t.model:
+                out.setdefault(t.model, []).append(peer.node_id)
         return out
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[TokenEvent]:
-        if request.adapter:
-            adapter = await asyncio.to_thread(self.mesh.resolve_adapter, request.adapter)
-            request = dataclasses.replace(request, adapter=adapter)
-        prompt = self.local.render(request.messages) + request.assistant_prefix
-        ranked = self.rank(request, self.local.count_tokens(prompt))
-        if not ranked:
-            held = ", ".join(sorted(self.models()))
-            raise ModelNotFoundError(
-                f"no box in this mesh holds the model {request.model!r} now (held: {held})"
-            )
+    async def stream(self, request: ChatRequest | Prompt) -> AsyncIterator[TokenEvent]:
+        prompt = request if isinstance(request, Prompt) else None
+        chat = request.request if isinstance(request, Prompt) else request
+        if chat.adapter:
+            adapter = await asyncio.to_thread(_adapter_sha256, self.node.data_dir, chat.adapter)
+            if adapter != chat.adapter:
+                chat = dataclasses.replace(chat, adapter=adapter)
+                prompt = prompt.with_request(chat) if prompt is not None else None
+        local_model = chat.model in (None, self.local.info.id)
+        peers = self._usable_peers(chat.model or self.info.id)
+        if not peers:
+            # No peer could take it: no ranking, and the local engine prepares it (once).
+            if not local_model:
+                held = ", ".join(sorted(self.models()))
+                raise ModelNotFoundError(
+                    f"no box in this mesh holds the model {chat.model!r} now (held: {held})"
+                )
+            async for event in self._local(prompt or chat):
+                yield event
+            return
+        if prompt is None:
+            prompt = await self.local.prepare(chat)
+        ranked = self._rank(chat, prompt.n_tokens, peers)
         target = ranked[0].node_id
         log.debug(
             "routing %s: %s",
-            request.request_id,
+            chat.request_id,
             ", ".join(f"{c.node_id or 'local'}={c.predicted_s:.2f}s" for c in ranked),
         )
         if not target:
-            self._local_inflight += 1
-            try:
-                async for event in self.local.stream(request):
-                    yield event
-            finally:
-                self._local_inflight -= 1
+            async for event in self._local(prompt):
+                yield event
             return
-        from mongars_edge.mesh.remote import RemoteEngine
-
-        if self.mesh.first_forward_at is None:
-            self.mesh.first_forward_at = time.monotonic()
-        self.mesh.forwarded += 1
-        remote = RemoteEngine(self.mesh, target, self.local, self.mesh.config.stall_s)
+        self.node.forwarding()
+        remote = RemoteEngine(self.node, target, self.local, self.node.config.stall_s)
         received: list[str] = []
         try:
-            async for event in remote.stream(request):
+            async for event in remote.stream(chat):
                 if event.finish_reason is not None:
                     yield event
                     return
                 received.append(event.text)
                 yield event
         except MongarsError as exc:
-            peer = self.mesh.peers.get(target)
+            peer = self.node.peers.get(target)
             if peer is not None:
                 peer.failures = min(peer.failures + 1, 10)
-            self._warn_once(target, f"peer {target} failed after {len(received)} tokens: {exc}")
-            if request.model not in (None, self.local.info.id):
+            self.node.warn_once(
+                f"failover:{target}",
+                "peer %s failed after %d tokens: %s; continuing locally",
+                target,
+                len(received),
+                exc,
+            )
+            if not local_model:
                 # Only peers hold this model: this box cannot finish the reply.
                 if not received:
                     raise
                 yield TokenEvent("", finish_reason="error", error=f"peer {target} failed: {exc}")
                 return
-        left = request.sampling.max_tokens - len(received)
+        left = chat.sampling.max_tokens - len(received)
         if left <= 0:
             yield TokenEvent("", finish_reason="length")
             return
         said = "".join(received)
+        if chat.sampling.temperature == 0 and len(received) <= REPLAY_MAX_TOKENS:
+            try:
+                async for event in self._replay(prompt, said):
+                    yield event
+                return
+            except _DivergedError:
+                log.debug("local replay differs from what %s sent; continuing after it", target)
+        rest = dataclasses.replace(
+            chat,
+            assistant_prefix=chat.assistant_prefix + said,
+            sampling=dataclasses.replace(chat.sampling, max_tokens=left),
+        )
+        async for event in self._local(rest):
+            yield event
+
+    async def _local(self, request: ChatRequest | Prompt) -> AsyncGenerator[TokenEvent, None]:
         self._local_inflight += 1
         try:
-            if request.sampling.temperature == 0 and len(received) <= REPLAY_MAX_TOKENS:
-                try:
-                    async for event in self._replay(request, said):
-                        yield event
-                    return
-                except _DivergedError:
-                    log.debug("local replay differs from what %s sent; continuing after it", target)
-            rest = dataclasses.replace(
-                request,
-                assistant_prefix=request.assistant_prefix + said,
-                sampling=dataclasses.replace(request.sampling, max_tokens=left),
-            )
-            async for event in self.local.stream(rest):
+            async for event in self.local.stream(request):
                 yield event
         finally:
             self._local_inflight -= 1
 
-    async def _replay(self, request: ChatRequest, said: str) -> AsyncIterator[TokenEvent]:
+    async def _replay(self, request: ChatRequest | Prompt, said: str) -> AsyncIterator[TokenEvent]:
         """Greedy: regenerate locally, pass only what comes after `said`; _DivergedError if the
         local tokens do not reproduce it (nothing has been yielded then)."""
         acc = ""
         crossed = False
-        stream = self.local.stream(request)
+        stream = self._local(request)
         try:
             async for event in stream:
                 if crossed:
@@ -261,11 +273,11 @@ class Router:
                 crossed = True
                 yield dataclasses.replace(event, text=new[len(said) :])
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
-    def _warn_once(self, key: str, text: str) -> None:
-        if key in self._warned:
-            log.debug("%s; continuing locally", text)
-        else:
-            self._warned.add(key)
-            log.warning("%s; continuing locally", text)
+
+def _adapter_sha256(data_dir: Path, ref: str) -> str:
+    """The full sha256 of a local adapter named by id, prefix or name (blocking: thread)."""
+    from mongars_edge.inference.adapters import AdapterStore
+
+    return AdapterStore(data_dir).get(ref).sha256
