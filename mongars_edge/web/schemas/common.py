@@ -77,9 +77,33 @@ def param_of(error: str) -> tuple[str | None, str]:
     return (path.lstrip(".") or None), what
 
 
+_HUMAN: Final = (
+    (re.compile(r"^Expected `str` of length >= 1$"), "is empty"),
+    (
+        re.compile(r"^Expected `str` matching regex '(\\S|\[\^\\s[^']*\])'$"),
+        "is empty (only spaces)",
+    ),
+    (re.compile(r"^Expected `str` of length <= (\d+)$"), r"is too long: at most \1 characters"),
+    (
+        re.compile(r"^Expected `(array|object)` of length <= (\d+)$"),
+        r"has too many items: at most \2",
+    ),
+    (re.compile(r"^Expected `(array|object)` of length >= (\d+)$"), r"needs at least \2 item(s)"),
+    (re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (\S+)$"), r"must be a number \2 \3"),
+)
+
+
+def _human(what: str) -> str:
+    """msgspec's wording where a person reads it better otherwise."""
+    for pattern, text in _HUMAN:
+        if pattern.match(what):
+            return pattern.sub(text, what)
+    return what
+
+
 def _bad(exc: msgspec.ValidationError) -> BadFieldError:
     param, what = param_of(str(exc))
-    return BadFieldError(param, what)
+    return BadFieldError(param, _human(what))
 
 
 def decode(body: bytes, kind: type[T]) -> T:
