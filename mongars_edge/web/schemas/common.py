@@ -80,7 +80,7 @@ def param_of(error: str) -> tuple[str | None, str]:
 _HUMAN: Final = (
     (re.compile(r"^Expected `str` of length >= 1$"), "is empty"),
     (
-        re.compile(r"^Expected `str` matching regex '(\\S|\[\^\\s[^']*\])'$"),
+        re.compile(r"^Expected `str` matching regex '(\\+S|\[\^\\+s[^']*\])'$"),
         "is empty (only spaces)",
     ),
     (re.compile(r"^Expected `str` of length <= (\d+)$"), r"is too long: at most \1 characters"),
