@@ -31,6 +31,13 @@ if TYPE_CHECKING:
     from mongars_edge.runtime import Runtime
 
 
+class StateConflictError(InvalidRequestError):
+    """The request is well formed but the box's state forbids it now (409)."""
+
+    http_status = 409
+    kind = "conflict"
+
+
 class MeshOffError(InvalidRequestError):
     """A mesh route on a box whose mesh is off: the box's state, not a failure (409)."""
 
@@ -229,7 +236,7 @@ async def user_item(request: Request) -> Response:
     principal = await require_user(request, admin=True)
     user_id = _int_param(request, "user_id")
     if user_id == principal.user_id:
-        raise InvalidRequestError("you cannot delete your own account while signed in with it")
+        raise StateConflictError("you cannot delete your own account while signed in with it")
     await _rt(request).memory.delete_user(user_id)
     await asyncio.to_thread(_rt(request).chat.styles.forget, user_id)
     return Response(status_code=204)
@@ -329,8 +336,13 @@ async def model_item(request: Request) -> Response:
     model_id = request.path_params["model_id"]
     if request.url.path.endswith("/pull"):
         manager.cancel_pull(model_id)
-    else:
-        await manager.remove(model_id)
+        return Response(status_code=204)
+    engine = _rt(request).engine
+    if engine is not None and engine.loaded and engine.info.id == model_id:
+        raise StateConflictError(
+            f"{model_id} is the model answering now: load another one before removing it"
+        )
+    await manager.remove(model_id)
     return Response(status_code=204)
 
 

@@ -281,7 +281,7 @@ async def test_models_are_switched_and_removed_by_administrators(
     }
     assert (await client.get("/health")).json()["model"] == "stray"
     refused = await client.delete("/api/models/stray", headers=admin)
-    assert refused.status_code == 400 and "answering now" in refused.json()["error"]["message"]
+    assert refused.status_code == 409 and "answering now" in refused.json()["error"]["message"]
 
     # Naming an installed model loads it, as Ollama does.
     body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}

@@ -83,6 +83,10 @@ _HUMAN: Final = (
         re.compile(r"^Expected `str` matching regex '(\\+S|\[\^\\+s[^']*\])'$"),
         "is empty (only spaces)",
     ),
+    (
+        re.compile(r"^Expected `str` matching regex '(.*)'$", re.DOTALL),
+        r"does not match the pattern \1 (its description in /openapi.json says more)",
+    ),
     (re.compile(r"^Expected `str` of length <= (\d+)$"), r"is too long: at most \1 characters"),
     (
         re.compile(r"^Expected `(array|object)` of length <= (\d+)$"),
