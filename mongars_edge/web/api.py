@@ -384,8 +384,8 @@ async def peers_pair(request: Request) -> JSONResponse:
     """Join a mesh with the code a member shows (`mongars-edge pair --join CODE`)."""
     await require_user(request, admin=True)
     runtime = _rt(request)
+    body = await read_body(request, wire.PairRequest)  # a bad body is a 400 even mesh off
     mesh = _mesh_on(runtime)
-    body = await read_body(request, wire.PairRequest)
     code, peer = body.code, body.peer
     import socket
 

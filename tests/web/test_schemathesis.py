@@ -26,12 +26,12 @@ _CONFIG = """
 [[operations]]
 include-path-regex = "^/v1/audio/"
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
-checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "429", "503"]
+checks.positive_data_acceptance.expected-statuses = [{accepted}, "503"]
 
 [[operations]]
 include-path = "/v1/chat/completions"
-checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
-"""
+checks.positive_data_acceptance.expected-statuses = [{accepted}, "400"]
+""".format(accepted='"2xx", "401", "403", "404", "409", "429"')
 _EXAMPLES = "8"
 
 
