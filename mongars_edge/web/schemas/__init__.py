@@ -3,9 +3,6 @@
 Handlers decode bodies with `mongars_edge.web.http.read_body` (one path: bytes -> declared
 type, or OpenAI's 400 naming the field); routes carry their shapes (`routes.ApiRoute`) and
 `document.document` turns them into the OpenAPI 3.1 document served at /openapi.json.
-
-Measured once (timeit, a typical 3-message chat completion body with sampling fields, this
-2-core VM): see docs/api.md, "Validation".
 """
 
 from mongars_edge.web.schemas.common import BadFieldError, decode

@@ -1,9 +1,11 @@
 """What every API shares: the base Structs, the error object, and the one decode path.
 
-msgspec, not pydantic: a body is decoded and checked straight from bytes in one C pass (about
-20x faster than the old hand parser for a typical chat completion body, see the package
-docstring), the wheel is small with no dependencies (aarch64 too), and `schema_components`
-writes JSON Schema 2020-12, which OpenAPI 3.1 uses as is. Every decode error becomes OpenAI's
+msgspec, not pydantic: a body is decoded and checked straight from bytes in one C pass (a
+typical 4-message chat completion body: 12.9 us against 85.5 us for the old json.loads + hand
+checks; pydantic v2 took 11.5 us with a looser model that left the messages unchecked, so
+speed decides nothing between the two), the wheel is small with no dependencies (aarch64 too),
+tagged unions give `messages[0].role` errors for free, and `schema_components` writes JSON
+Schema 2020-12, which OpenAPI 3.1 uses as is. Every decode error becomes OpenAI's
 error object with `param` naming the field path (`messages[0].role`).
 """
 
