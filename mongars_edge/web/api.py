@@ -6,12 +6,11 @@ Every route works for the signed-in user's own data only; /api/users is for admi
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from mongars_edge.errors import InvalidRequestError, NotFoundError
 from mongars_edge.memory.records import Memory, to_dict
@@ -21,14 +20,22 @@ from mongars_edge.web.auth import (
     client_address,
     require_user,
 )
-from mongars_edge.web.http import get_bool, get_str, read_json
+from mongars_edge.web.http import JsonReply, read_body, read_query
 from mongars_edge.web.openai import model_cards
+from mongars_edge.web.schemas import native as wire
+from mongars_edge.web.schemas.common import Id, Ok
+from mongars_edge.web.schemas.routes import ApiRoute, Op
 
 if TYPE_CHECKING:
     from mongars_edge.memory.records import Session, User
     from mongars_edge.runtime import Runtime
 
-_MAX_PAGE: Final = 500
+
+class StateConflictError(InvalidRequestError):
+    """The request is well formed but the box's state forbids it now (409)."""
+
+    http_status = 409
+    kind = "conflict"
 
 
 class MeshOffError(InvalidRequestError):
@@ -48,18 +55,6 @@ def _int_param(request: Request, name: str) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise NotFoundError(f"no {name.removesuffix('_id')} {raw!r}")
     return int(raw)
-
-
-def _page(request: Request, default: int = 50) -> tuple[int, int]:
-    query = request.query_params
-    try:
-        limit = int(query.get("limit", default))
-        offset = int(query.get("offset", 0))
-    except ValueError:
-        raise InvalidRequestError("limit and offset are whole numbers") from None
-    if not 1 <= limit <= _MAX_PAGE or not 0 <= offset <= 2**62:
-        raise InvalidRequestError(f"limit is 1 to {_MAX_PAGE}; offset is 0 or more")
-    return limit, offset
 
 
 def _same_origin(request: Request) -> None:
@@ -106,26 +101,22 @@ def _with_cookie(request: Request, body: dict[str, Any], raw: str, max_age: int)
 async def setup(request: Request) -> JSONResponse:
     _same_origin(request)
     runtime = _rt(request)
-    data = await read_json(request)
-    name = get_str(data, "name", required=True)
-    password = get_str(data, "password", required=True)
-    code = get_str(data, "code", required=True)
+    body = await read_body(request, wire.SetupRequest)
     address = client_address(request)
-    await runtime.accounts.setup(code, name, password, address)
-    raw, session, user = await runtime.accounts.login(name, password, address)
-    body = _session_body(user, session, False)
-    return _with_cookie(request, body, raw, int(runtime.settings.session_ttl_s))
+    await runtime.accounts.setup(body.code, body.name, body.password, address)
+    raw, session, user = await runtime.accounts.login(body.name, body.password, address)
+    answer = _session_body(user, session, False)
+    return _with_cookie(request, answer, raw, int(runtime.settings.session_ttl_s))
 
 
 async def login(request: Request) -> JSONResponse:
     _same_origin(request)
     runtime = _rt(request)
-    data = await read_json(request)
-    name = get_str(data, "name", required=True)
-    password = get_str(data, "password", required=True)
-    raw, session, user = await runtime.accounts.login(name, password, client_address(request))
-    body = _session_body(user, session, runtime.accounts.setup_code is not None)
-    return _with_cookie(request, body, raw, int(runtime.settings.session_ttl_s))
+    body = await read_body(request, wire.LoginRequest)
+    address = client_address(request)
+    raw, session, user = await runtime.accounts.login(body.name, body.password, address)
+    answer = _session_body(user, session, runtime.accounts.setup_code is not None)
+    return _with_cookie(request, answer, raw, int(runtime.settings.session_ttl_s))
 
 
 async def logout(request: Request) -> JSONResponse:
@@ -145,11 +136,11 @@ async def conversations(request: Request) -> JSONResponse:
     principal = await require_user(request)
     store = _rt(request).memory
     if request.method == "POST":
-        data = await read_json(request)
-        created = await store.create_conversation(principal.user_id, get_str(data, "title"))
+        body = await read_body(request, wire.NewConversation, required=False)
+        created = await store.create_conversation(principal.user_id, body.title)
         return JSONResponse(to_dict(created), status_code=201)
-    limit, offset = _page(request)
-    found = await store.list_conversations(principal.user_id, limit=limit, offset=offset)
+    page = read_query(request, wire.Page)
+    found = await store.list_conversations(principal.user_id, limit=page.limit, offset=page.offset)
     return JSONResponse({"data": [to_dict(c) for c in found]})
 
 
@@ -161,10 +152,8 @@ async def conversation(request: Request) -> Response:
         await store.delete_conversation(principal.user_id, cid)
         return Response(status_code=204)
     if request.method == "PATCH":
-        data = await read_json(request)
-        await store.rename_conversation(
-            principal.user_id, cid, get_str(data, "title", required=True)
-        )
+        body = await read_body(request, wire.Rename)
+        await store.rename_conversation(principal.user_id, cid, body.title)
     return JSONResponse(await store.export_conversation(principal.user_id, cid))
 
 
@@ -188,21 +177,20 @@ async def memories(request: Request) -> JSONResponse:
     principal = await require_user(request)
     store = _rt(request).memory
     if request.method == "POST":
-        data = await read_json(request)
-        kind = get_str(data, "kind", default="fact")
-        made = await store.add_memory(principal.user_id, get_str(data, "text", required=True), kind)
+        body = await read_body(request, wire.NewMemory)
+        made = await store.add_memory(principal.user_id, body.text, body.kind)
         return JSONResponse(_memory(made), status_code=201)
-    limit, offset = _page(request, 100)
-    wanted = request.query_params.get("kind") or None
-    found = await store.list_memories(principal.user_id, kind=wanted, limit=limit, offset=offset)
+    page = read_query(request, wire.MemoryPage)
+    found = await store.list_memories(
+        principal.user_id, kind=page.kind, limit=page.limit, offset=page.offset
+    )
     return JSONResponse({"data": [_memory(m) for m in found]})
 
 
 async def memory_search(request: Request) -> JSONResponse:
     principal = await require_user(request)
-    query = request.query_params.get("q", "")
-    limit, _offset = _page(request, 8)
-    hits = await _rt(request).memory.recall(principal.user_id, query, limit=min(limit, 100))
+    query = read_query(request, wire.SearchQuery)
+    hits = await _rt(request).memory.recall(principal.user_id, query.q, limit=query.limit)
     return JSONResponse(
         {
             "data": [
@@ -238,12 +226,8 @@ async def users(request: Request) -> JSONResponse:
     await require_user(request, admin=True)
     runtime = _rt(request)
     if request.method == "POST":
-        data = await read_json(request)
-        user = await runtime.accounts.add_user(
-            get_str(data, "name", required=True),
-            get_str(data, "password", required=True),
-            is_admin=get_bool(data, "is_admin", False),
-        )
+        body = await read_body(request, wire.NewUser)
+        user = await runtime.accounts.add_user(body.name, body.password, is_admin=body.is_admin)
         return JSONResponse(user.public(), status_code=201)
     return JSONResponse({"data": [u.public() for u in await runtime.memory.list_users()]})
 
@@ -252,7 +236,7 @@ async def user_item(request: Request) -> Response:
     principal = await require_user(request, admin=True)
     user_id = _int_param(request, "user_id")
     if user_id == principal.user_id:
-        raise InvalidRequestError("you cannot delete your own account while signed in with it")
+        raise StateConflictError("you cannot delete your own account while signed in with it")
     await _rt(request).memory.delete_user(user_id)
     await asyncio.to_thread(_rt(request).chat.styles.forget, user_id)
     return Response(status_code=204)
@@ -266,9 +250,8 @@ async def tokens(request: Request) -> JSONResponse:
     principal = await require_user(request)
     runtime = _rt(request)
     if request.method == "POST":
-        data = await read_json(request)
-        name = get_str(data, "name", default="api")[:64]
-        raw = await runtime.accounts.create_token(principal.user, name)
+        body = await read_body(request, wire.NewToken, required=False)
+        raw = await runtime.accounts.create_token(principal.user, body.name[:64])
         listed = await runtime.memory.list_tokens(principal.user_id)
         return JSONResponse(_token(listed[-1]) | {"token": raw}, status_code=201)
     listed = await runtime.memory.list_tokens(principal.user_id)
@@ -290,36 +273,36 @@ async def hardware(request: Request) -> JSONResponse:
     return JSONResponse({"facts": runtime.facts.to_dict(), "profile": runtime.profile.to_dict()})
 
 
-async def models(request: Request) -> JSONResponse:
+async def models(request: Request) -> Response:
     """The chat models: what answers now, what the box could load, downloads in progress."""
     await require_user(request)
     runtime = _rt(request)
     manager = runtime.models
-    body: dict[str, Any] = {
-        "data": model_cards(runtime),
-        "chat": None,
-        "load": None,
-        "recommended": runtime.profile.model or None,
-        "catalog": await asyncio.to_thread(manager.listing) if manager is not None else [],
-    }
+    body = wire.ModelsOverview(
+        data=model_cards(runtime),
+        chat=None,
+        load=None,
+        recommended=runtime.profile.model or None,
+        catalog=await asyncio.to_thread(manager.listing) if manager is not None else [],
+    )
     engine = runtime.engine
     if engine is not None and engine.loaded:
         info = engine.info
         load = engine.load()
-        body["chat"] = {
-            "id": info.id,
-            "architecture": info.architecture,
-            "n_ctx": info.n_ctx,
-            "n_params": info.n_params,
-            "size_bytes": info.size_bytes,
-        }
-        body["load"] = {
-            "queue_depth": load.queue_depth,
-            "active": load.active,
-            "n_parallel": load.n_parallel,
-            "generation_tok_s": load.generation_tok_s,
-        }
-    return JSONResponse(body)
+        body.chat = wire.ChatModelInfo(
+            id=info.id,
+            architecture=info.architecture,
+            n_ctx=info.n_ctx,
+            n_params=info.n_params,
+            size_bytes=info.size_bytes,
+        )
+        body.load = wire.EngineLoad(
+            queue_depth=load.queue_depth,
+            active=load.active,
+            n_parallel=load.n_parallel,
+            generation_tok_s=load.generation_tok_s,
+        )
+    return JsonReply(body)
 
 
 def _manager(runtime: Runtime) -> Any:
@@ -332,10 +315,8 @@ async def model_pull(request: Request) -> JSONResponse:
     """Start downloading a catalog model (`load: true` loads it once it is whole)."""
     await require_user(request, admin=True)
     manager = _manager(_rt(request))
-    data = await read_json(request)
-    state = manager.pull(
-        get_str(data, "model", required=True), load_when_done=get_bool(data, "load", False)
-    )
+    body = await read_body(request, wire.PullRequest)
+    state = manager.pull(body.model, load_when_done=body.load)
     return JSONResponse(state.to_dict(), status_code=202)
 
 
@@ -343,8 +324,8 @@ async def model_load(request: Request) -> JSONResponse:
     """Make an installed model the one that answers (the previous one finishes its replies)."""
     await require_user(request, admin=True)
     manager = _manager(_rt(request))
-    data = await read_json(request)
-    loaded = await manager.load(get_str(data, "model", required=True))
+    body = await read_body(request, wire.ModelChoice)
+    loaded = await manager.load(body.model)
     return JSONResponse({"loaded": loaded})
 
 
@@ -355,8 +336,13 @@ async def model_item(request: Request) -> Response:
     model_id = request.path_params["model_id"]
     if request.url.path.endswith("/pull"):
         manager.cancel_pull(model_id)
-    else:
-        await manager.remove(model_id)
+        return Response(status_code=204)
+    engine = _rt(request).engine
+    if engine is not None and engine.loaded and engine.info.id == model_id:
+        raise StateConflictError(
+            f"{model_id} is the model answering now: load another one before removing it"
+        )
+    await manager.remove(model_id)
     return Response(status_code=204)
 
 
@@ -398,10 +384,9 @@ async def peers_pair(request: Request) -> JSONResponse:
     """Join a mesh with the code a member shows (`mongars-edge pair --join CODE`)."""
     await require_user(request, admin=True)
     runtime = _rt(request)
+    body = await read_body(request, wire.PairRequest)  # a bad body is a 400 even mesh off
     mesh = _mesh_on(runtime)
-    data = await read_json(request)
-    code = get_str(data, "code", required=True)
-    peer = get_str(data, "peer")
+    code, peer = body.code, body.peer
     import socket
 
     from mongars_edge.mesh import pairing
@@ -454,35 +439,217 @@ async def peer_item(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def routes() -> list[Route]:
+def _op(summary: str, ok: Any = None, **more: Any) -> Op:
+    return Op(summary, ok=ok, **more)
+
+
+_DONE = 204
+_CONV = {"conversation_id": Id}
+
+
+def routes() -> list[ApiRoute]:
     return [
-        Route("/api/session", session_info, methods=["GET"]),
-        Route("/api/setup", setup, methods=["POST"]),
-        Route("/api/login", login, methods=["POST"]),
-        Route("/api/logout", logout, methods=["POST"]),
-        Route("/api/conversations", conversations, methods=["GET", "POST"]),
-        Route(
+        ApiRoute(
+            "/api/session",
+            session_info,
+            {
+                "GET": _op(
+                    "Who is signed in; whether setup is pending", wire.SessionInfo, public=True
+                )
+            },
+        ),
+        ApiRoute(
+            "/api/setup",
+            setup,
+            {
+                "POST": _op(
+                    "First boot: the console's one-time code creates the first administrator",
+                    wire.SessionInfo,
+                    body=wire.SetupRequest,
+                    public=True,
+                )
+            },
+        ),
+        ApiRoute(
+            "/api/login",
+            login,
+            {
+                "POST": _op(
+                    "Sign in (sets an HttpOnly session cookie)",
+                    wire.SessionInfo,
+                    body=wire.LoginRequest,
+                    public=True,
+                )
+            },
+        ),
+        ApiRoute("/api/logout", logout, {"POST": _op("Sign out", Ok)}),
+        ApiRoute(
+            "/api/conversations",
+            conversations,
+            {
+                "GET": _op(
+                    "Your conversations, newest first", wire.ConversationList, query=wire.Page
+                ),
+                "POST": _op(
+                    "Start a conversation",
+                    wire.Conversation,
+                    status=201,
+                    body=wire.NewConversation,
+                    body_required=False,
+                ),
+            },
+        ),
+        ApiRoute(
             "/api/conversations/{conversation_id}",
             conversation,
-            methods=["GET", "PATCH", "DELETE"],
+            {
+                "GET": _op("A conversation with its messages", wire.ConversationExport),
+                "PATCH": _op("Rename", wire.ConversationExport, body=wire.Rename),
+                "DELETE": _op("Delete", status=_DONE),
+            },
+            _CONV,
         ),
-        Route("/api/conversations/{conversation_id}/export", conversation_export, methods=["GET"]),
-        Route("/api/memories", memories, methods=["GET", "POST"]),
-        Route("/api/memories/search", memory_search, methods=["GET"]),
-        Route("/api/memories/{memory_id}", memory_item, methods=["DELETE"]),
-        Route("/api/me/export", export_me, methods=["GET"]),
-        Route("/api/users", users, methods=["GET", "POST"]),
-        Route("/api/users/{user_id}", user_item, methods=["DELETE"]),
-        Route("/api/tokens", tokens, methods=["GET", "POST"]),
-        Route("/api/tokens/{token_id}", token_item, methods=["DELETE"]),
-        Route("/api/hardware", hardware, methods=["GET"]),
-        Route("/api/models", models, methods=["GET"]),
-        Route("/api/models/pull", model_pull, methods=["POST"]),
-        Route("/api/models/load", model_load, methods=["POST"]),
-        Route("/api/models/{model_id}/pull", model_item, methods=["DELETE"]),
-        Route("/api/models/{model_id}", model_item, methods=["DELETE"]),
-        Route("/api/adapters", adapters, methods=["GET"]),
-        Route("/api/peers", peers, methods=["GET"]),
-        Route("/api/peers/pair", peers_pair, methods=["POST"]),
-        Route("/api/peers/{node_id}", peer_item, methods=["DELETE"]),
+        ApiRoute(
+            "/api/conversations/{conversation_id}/export",
+            conversation_export,
+            {"GET": _op("Export as JSON (a download)", wire.ConversationExport)},
+            _CONV,
+        ),
+        ApiRoute(
+            "/api/memories",
+            memories,
+            {
+                "GET": _op("Your memories", wire.MemoryList, query=wire.MemoryPage),
+                "POST": _op(
+                    "Remember something", wire.MemoryRecord, status=201, body=wire.NewMemory
+                ),
+            },
+        ),
+        ApiRoute(
+            "/api/memories/search",
+            memory_search,
+            {
+                "GET": _op(
+                    "Search your memories and past messages",
+                    wire.SearchResults,
+                    query=wire.SearchQuery,
+                )
+            },
+        ),
+        ApiRoute(
+            "/api/memories/{memory_id}",
+            memory_item,
+            {"DELETE": _op("Forget a memory", status=_DONE)},
+            {"memory_id": Id},
+        ),
+        ApiRoute(
+            "/api/me/export",
+            export_me,
+            {"GET": _op("Everything the box holds about you", wire.UserExport)},
+        ),
+        ApiRoute(
+            "/api/users",
+            users,
+            {
+                "GET": _op("Users (administrators)", wire.UserList),
+                "POST": _op(
+                    "Add a user (administrators)", wire.PublicUser, status=201, body=wire.NewUser
+                ),
+            },
+        ),
+        ApiRoute(
+            "/api/users/{user_id}",
+            user_item,
+            {"DELETE": _op("Delete a user and all their data (administrators)", status=_DONE)},
+            {"user_id": Id},
+        ),
+        ApiRoute(
+            "/api/tokens",
+            tokens,
+            {
+                "GET": _op("Your API tokens (never the secrets)", wire.TokenList),
+                "POST": _op(
+                    "New API token (shown once)",
+                    wire.CreatedToken,
+                    status=201,
+                    body=wire.NewToken,
+                    body_required=False,
+                ),
+            },
+        ),
+        ApiRoute(
+            "/api/tokens/{token_id}",
+            token_item,
+            {"DELETE": _op("Revoke a token", status=_DONE)},
+            {"token_id": Id},
+        ),
+        ApiRoute(
+            "/api/hardware",
+            hardware,
+            {"GET": _op("Hardware facts and tuning profile", wire.Hardware)},
+        ),
+        ApiRoute(
+            "/api/models",
+            models,
+            {
+                "GET": _op(
+                    "The models: answering now, installable, downloads, engine load",
+                    wire.ModelsOverview,
+                )
+            },
+        ),
+        ApiRoute(
+            "/api/models/pull",
+            model_pull,
+            {
+                "POST": _op(
+                    "Download a catalog model in the background (administrators)",
+                    wire.PullState,
+                    status=202,
+                    body=wire.PullRequest,
+                )
+            },
+        ),
+        ApiRoute(
+            "/api/models/load",
+            model_load,
+            {
+                "POST": _op(
+                    "Make an installed model the one that answers (administrators)",
+                    wire.Loaded,
+                    body=wire.ModelChoice,
+                )
+            },
+        ),
+        ApiRoute(
+            "/api/models/{model_id}/pull",
+            model_item,
+            {"DELETE": _op("Cancel a model's download (administrators)", status=_DONE)},
+            {"model_id": wire.ModelId},
+        ),
+        ApiRoute(
+            "/api/models/{model_id}",
+            model_item,
+            {"DELETE": _op("Delete a downloaded model (administrators)", status=_DONE)},
+            {"model_id": wire.ModelId},
+        ),
+        ApiRoute("/api/adapters", adapters, {"GET": _op("Stored LoRA adapters", wire.AdapterList)}),
+        ApiRoute("/api/peers", peers, {"GET": _op("Mesh peers", wire.PeersReport)}),
+        ApiRoute(
+            "/api/peers/pair",
+            peers_pair,
+            {
+                "POST": _op(
+                    "Join a mesh with a member's code (administrators)",
+                    wire.Paired,
+                    body=wire.PairRequest,
+                )
+            },
+        ),
+        ApiRoute(
+            "/api/peers/{node_id}",
+            peer_item,
+            {"DELETE": _op("Revoke a member (administrators)", status=_DONE)},
+            {"node_id": wire.NodeId},
+        ),
     ]

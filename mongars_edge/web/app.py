@@ -21,6 +21,9 @@ from mongars_edge.localbox import same_machine
 from mongars_edge.web import api, openai
 from mongars_edge.web.http import BodyLimit, error_response
 from mongars_edge.web.metrics import CountRequests, Metrics, metrics_endpoint
+from mongars_edge.web.schemas.document import document
+from mongars_edge.web.schemas.native import Health
+from mongars_edge.web.schemas.routes import ApiRoute, Op
 
 if TYPE_CHECKING:
     from mongars_edge.runtime import Runtime
@@ -72,10 +75,12 @@ async def page(request: Request) -> Response:
 
 
 async def openapi_schema(request: Request) -> JSONResponse:
-    from mongars_edge.web.openapi import schema
-
-    runtime: Runtime = request.app.state.runtime
-    return JSONResponse(schema(runtime.version))
+    """The OpenAPI 3.1 document, generated once from the routes' declarations."""
+    doc = getattr(request.app.state, "openapi", None)
+    if doc is None:
+        runtime: Runtime = request.app.state.runtime
+        doc = request.app.state.openapi = document(request.app.routes, runtime.version)
+    return JSONResponse(doc)
 
 
 class SecurityHeaders:
@@ -126,9 +131,32 @@ def create_app(runtime: Runtime) -> Starlette:
         return Response(f"{exc.status_code} {exc.detail}\n", status_code=exc.status_code)
 
     routes: list[BaseRoute] = [
-        Route("/health", health),
-        Route("/metrics", metrics_endpoint),
-        Route("/openapi.json", openapi_schema),
+        ApiRoute(
+            "/health",
+            health,
+            {"GET": Op("Liveness and self-description (no auth)", ok=Health, public=True)},
+        ),
+        ApiRoute(
+            "/metrics",
+            metrics_endpoint,
+            {
+                "GET": Op(
+                    "Prometheus metrics (administrators)",
+                    content={"text/plain": {"type": "string"}},
+                )
+            },
+        ),
+        ApiRoute(
+            "/openapi.json",
+            openapi_schema,
+            {
+                "GET": Op(
+                    "This document: OpenAPI 3.1 (no auth)",
+                    content={"application/json": {"type": "object"}},
+                    public=True,
+                )
+            },
+        ),
         Route("/", page),
         Route("/login", page),
         Route("/setup", page),

@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute
 
 from mongars_edge.errors import InvalidRequestError, UnavailableError
 from mongars_edge.web.auth import require_user
-from mongars_edge.web.http import BadFieldError, get_number, get_str, read_json
+from mongars_edge.web.http import BadFieldError, JsonReply, read_body
+from mongars_edge.web.schemas import audio as wire
+from mongars_edge.web.schemas.common import convert
+from mongars_edge.web.schemas.routes import JSON, ApiRoute, Op
 
 if TYPE_CHECKING:
     from mongars_edge.runtime import Runtime
@@ -23,8 +26,6 @@ if TYPE_CHECKING:
 
 #: OpenAI's `pcm` format is 24 kHz 16-bit mono; clients assume that rate.
 PCM_RATE: Final = 24_000
-_SPEECH_FORMATS: Final = ("wav", "pcm")
-_TEXT_FORMATS: Final = ("json", "text", "verbose_json")
 
 
 def _tts(request: Request) -> TextToSpeech:
@@ -43,23 +44,23 @@ def _stt(request: Request) -> SpeechToText:
     return stt
 
 
-async def status(request: Request) -> JSONResponse:
+async def status(request: Request) -> Response:
     """Which voice features this box offers (the chat page shows its buttons from this)."""
     await require_user(request)
     runtime: Runtime = request.app.state.runtime
     tts, stt, wyoming = runtime.speech, runtime.stt, runtime.wyoming
     voices = [
-        {"name": v.name, "language": v.language, "locale": v.locale, "engine": v.engine}
+        wire.VoiceInfo(name=v.name, language=v.language, locale=v.locale, engine=v.engine)
         for v in (tts.voices() if tts is not None else [])
     ]
-    return JSONResponse(
-        {
-            "tts": tts is not None,
-            "stt": stt is not None,
-            "voices": voices,
-            "stt_languages": stt.languages() if stt is not None else [],
-            "wyoming_port": wyoming.port if wyoming is not None else None,
-        }
+    return JsonReply(
+        wire.SpeechStatus(
+            tts=tts is not None,
+            stt=stt is not None,
+            voices=voices,
+            stt_languages=stt.languages() if stt is not None else [],
+            wyoming_port=wyoming.port if wyoming is not None else None,
+        )
     )
 
 
@@ -67,26 +68,19 @@ async def speech(request: Request) -> Response:
     """Text in, audio out (WAV or raw PCM), streamed sentence by sentence."""
     await require_user(request)
     # The request is checked before the service: a bad body is a 400 whether speech is on or not.
-    data = await read_json(request)
-    text = get_str(data, "input", required=True)
-    get_str(data, "model")  # any model name is accepted: the box has its own voices
-    fmt = get_str(data, "response_format", default="wav").lower()
-    if fmt not in _SPEECH_FORMATS:
-        raise BadFieldError(
-            "response_format", f"must be one of {', '.join(_SPEECH_FORMATS)} on this box"
-        )
-    speed = get_number(data, "speed", 1.0, lo=0.25, hi=4.0)
-    voice_name = get_str(data, "voice") or None
-    language = get_str(data, "language") or None
+    body = await read_body(request, wire.SpeechRequest)
+    text, fmt, speed = body.input, body.response_format, body.speed
+    voice_name = body.voice or None
+    language = body.language or None
     from mongars_edge.speech.sentences import guess_language
     from mongars_edge.speech.tts import check_request
 
-    check_request(text, speed or 1.0)
+    check_request(text, speed)
     tts = _tts(request)
     tts.check_capacity()
     language = language or guess_language(text)
     voice = tts.pick(voice_name, language, text)  # unknown voice: 400 before any audio
-    chunks = tts.stream(text, voice.info.name, language, speed or 1.0)
+    chunks = tts.stream(text, voice.info.name, language, speed)
     headers = {
         "X-Voice": voice.info.name,
         "X-Language": voice.info.language,
@@ -129,29 +123,68 @@ async def transcriptions(request: Request) -> Response:
         if not isinstance(upload, UploadFile):
             raise BadFieldError("file", "is required (an audio file)")
         data = await upload.read()
-        fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
-    fmt = get_str(fields, "response_format", default="json").lower()
-    if fmt not in _TEXT_FORMATS:
-        raise BadFieldError("response_format", f"must be one of {', '.join(_TEXT_FORMATS)}")
-    language = get_str(fields, "language") or None
+        fields: dict[str, Any] = {k: v for k, v in form.items() if k != "file"}
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise BadFieldError(name, "must be a plain form field, not a file")
+    form_fields = convert(fields, wire.TranscriptionForm)
+    fmt = form_fields.response_format
+    language = form_fields.language or None
     stt = _stt(request)
     result = await stt.transcribe_file(data, language)
     if fmt == "text":
         return PlainTextResponse(result.text + "\n")
-    body: dict[str, Any] = {"text": result.text}
+    reply = wire.Transcription(text=result.text)
     if fmt == "verbose_json":
-        body |= {
-            "task": "transcribe",
-            "language": result.language,
-            "duration": round(result.duration_s, 3),
-        }
-    return JSONResponse(body)
+        reply.task = "transcribe"
+        reply.language = result.language
+        reply.duration = round(result.duration_s, 3)
+    return JsonReply(reply)
+
+
+_BINARY: Final = {"type": "string", "contentMediaType": "application/octet-stream"}
+_SPEECH_HEADERS: Final = {
+    "X-Voice": "The voice that spoke",
+    "X-Language": "Its language (en, fr)",
+    "X-Sample-Rate": "Samples per second of the audio",
+}
 
 
 def routes() -> list[BaseRoute]:
     """The speech routes (create_app includes them)."""
     return [
-        Route("/v1/audio/speech", speech, methods=["POST"]),
-        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-        Route("/api/speech", status, methods=["GET"]),
+        ApiRoute(
+            "/v1/audio/speech",
+            speech,
+            {
+                "POST": Op(
+                    "Text to speech (OpenAI shape): audio streamed sentence by sentence; "
+                    "503 while the `speech` setting is off",
+                    body=wire.SpeechRequest,
+                    content={
+                        "audio/wav": _BINARY,
+                        "audio/pcm": {**_BINARY, "description": "16-bit LE mono at 24 kHz"},
+                    },
+                    headers=_SPEECH_HEADERS,
+                )
+            },
+        ),
+        ApiRoute(
+            "/v1/audio/transcriptions",
+            transcriptions,
+            {
+                "POST": Op(
+                    "Speech to text (OpenAI shape, multipart upload); "
+                    "503 while the `stt` setting is off",
+                    body=wire.TranscriptionForm,
+                    form_files=("file",),
+                    content={JSON: wire.Transcription, "text/plain": {"type": "string"}},
+                )
+            },
+        ),
+        ApiRoute(
+            "/api/speech",
+            status,
+            {"GET": Op("Which voice features this box offers", ok=wire.SpeechStatus)},
+        ),
     ]

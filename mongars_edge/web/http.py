@@ -6,11 +6,9 @@ clients parse), on /v1/* and on the native /api/* alike; `code` is the MongarsEr
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,8 +16,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mongars_edge.errors import InvalidRequestError, MongarsError
+from mongars_edge.web.schemas.common import BadFieldError, convert, decode, encode
+
+__all__ = [
+    "BadFieldError",
+    "BodyLimit",
+    "JsonReply",
+    "error_response",
+    "read_body",
+    "read_query",
+]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _TYPES: Final[dict[int, str]] = {
     400: "invalid_request_error",
@@ -76,66 +85,29 @@ def _http_code(exc: HTTPException) -> str:
     return {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
 
 
-class BadFieldError(InvalidRequestError):
-    """One request field is wrong; `param` names it (OpenAI clients show it)."""
+class JsonReply(Response):
+    """A declared shape (a msgspec Struct) encoded as JSON; UNSET fields are left out."""
 
-    def __init__(self, param: str, message: str) -> None:
-        self.param = param
-        super().__init__(f"{param}: {message}")
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return encode(content)
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/415 that says what is wrong."""
+async def read_body(request: Request, kind: type[T], *, required: bool = True) -> T:
+    """The request's JSON body decoded into its declaration, or a 400 naming the field."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if ctype not in ("application/json", "") and not ctype.endswith("+json"):
         raise InvalidRequestError(f"send JSON (Content-Type: application/json), not {ctype}")
     raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("the body must be a JSON object")
-    return data
+    if not required and not raw.strip():
+        return decode(b"{}", kind)
+    return decode(raw, kind)
 
 
-def get_str(data: Mapping[str, Any], key: str, *, required: bool = False, default: str = "") -> str:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise BadFieldError(key, "is required")
-        return default
-    if not isinstance(value, str):
-        raise BadFieldError(key, "must be a string")
-    return value
-
-
-def get_bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise BadFieldError(key, "must be true or false")
-    return value
-
-
-def get_number(
-    data: Mapping[str, Any],
-    key: str,
-    default: float | None,
-    *,
-    lo: float,
-    hi: float,
-    integer: bool = False,
-) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return default
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or not math.isfinite(value) or not lo <= value <= hi:
-        kind = "a whole number" if integer else "a number"
-        raise BadFieldError(key, f"must be {kind} from {lo:g} to {hi:g}")
-    return int(value) if integer else float(value)
+def read_query(request: Request, kind: type[T]) -> T:
+    """The query parameters converted and checked like a body (a 400 names the parameter)."""
+    return convert(request.query_params, kind)
 
 
 class BodyLimit:
