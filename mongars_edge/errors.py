@@ -44,10 +44,15 @@ class NotFoundError(MongarsError, LookupError):
 
 
 class InvalidRequestError(MongarsError, ValueError):
-    """The request is malformed or asks for something impossible."""
+    """The request is malformed or asks for something impossible; `param` names the field
+    (OpenAI's error shape carries it)."""
 
     http_status = 400
     kind = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class UnavailableError(MongarsError):

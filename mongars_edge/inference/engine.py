@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from mongars_edge.errors import InvalidRequestError
+from mongars_edge.inference.tools import Tool, ToolCall, check_choice, check_history
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 ROLES = ("system", "user", "assistant", "tool")
@@ -16,10 +17,12 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass(frozen=True)
 class Message:
-    """One chat message."""
+    """One chat message; an assistant's may carry tool calls, a `tool` message answers one."""
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -88,12 +91,22 @@ class ChatRequest:
     # The model asked for; None: whichever model the local engine holds. The router sends a
     # request for another model to a peer that holds it.
     model: str | None = None
+    # Functions the model may call, and whether it must: "auto", "none", "required" or the
+    # name of one tool (see inference/tools.py).
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.messages:
             raise InvalidRequestError("a chat request needs at least one message")
         if self.grammar is not None and self.json_schema is not None:
             raise InvalidRequestError("give a grammar or a JSON schema, not both")
+        if self.tools and self.tool_choice != "none" and (self.grammar or self.json_schema):
+            raise InvalidRequestError(
+                "tools cannot be combined with a grammar or a JSON response format"
+            )
+        check_choice(self.tool_choice, self.tools)
+        check_history(self.messages)
 
     @classmethod
     def of(cls, messages: Sequence[tuple[str, str]], **kwargs: Any) -> ChatRequest:

@@ -32,6 +32,7 @@ from mongars_edge.inference.errors import EngineClosedError, PromptTooLongError
 from mongars_edge.inference.scheduler import Scheduler
 from mongars_edge.inference.sequences import Request, free_sampler
 from mongars_edge.inference.templates import ChatTemplate
+from mongars_edge.inference.tools import json_schema_grammar, tool_grammar
 
 if TYPE_CHECKING:
     from mongars_edge.hardware.tuning import TuningProfile
@@ -323,7 +324,10 @@ class LlamaEngine:
     def _prompt(self, request: ChatRequest, ticket: _Ticket | None) -> Prompt:
         """The one render and the one tokenization of a request (runs in a thread)."""
         text = self._template.render(
-            request.messages, add_generation_prompt=True, assistant_prefix=request.assistant_prefix
+            request.messages,
+            add_generation_prompt=True,
+            assistant_prefix=request.assistant_prefix,
+            tools=request.tools if request.tool_choice != "none" else (),
         )
         tokens = self._model.tokenize(text, add_special=True)
         bos = self._model.bos_id
@@ -347,9 +351,13 @@ class LlamaEngine:
                 raise AdapterNotFoundError(f"no adapter store: cannot use {request.adapter!r}")
             adapter = self._adapters(request.adapter)
         grammar = request.grammar
+        triggers: tuple[str, ...] = ()
         if request.json_schema is not None:
-            grammar = lowlevel.json_schema_grammar(request.json_schema)
-        sampler = lowlevel.build_sampler(self._model, request.sampling, grammar)
+            grammar = json_schema_grammar(request.json_schema)
+        calls = tool_grammar(request.tools, request.tool_choice, self._template.tool_format)
+        if calls is not None:
+            grammar, triggers = calls.gbnf, calls.triggers
+        sampler = lowlevel.build_sampler(self._model, request.sampling, grammar, triggers)
         return Request(request, list(prompt.tokens), sampler, adapter, loop)
 
 
@@ -371,7 +379,12 @@ class _Ticket:
 
 
 def _needs_a_thread(request: ChatRequest) -> bool:
-    return bool(request.adapter) or request.grammar is not None or request.json_schema is not None
+    return (
+        bool(request.adapter)
+        or request.grammar is not None
+        or request.json_schema is not None
+        or (bool(request.tools) and request.tool_choice != "none")
+    )
 
 
 def _free_prepared(done: asyncio.Future[Request]) -> None:

@@ -12,6 +12,7 @@ import ctypes
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,20 +228,14 @@ def new_context(model: LoadedModel, p: ContextParams) -> Any:
     return ctx
 
 
-def json_schema_grammar(schema: object) -> str:
-    """GBNF for a JSON schema, via llama-cpp-python's converter."""
-    import json
+def build_sampler(
+    model: LoadedModel, sampling: Sampling, grammar: str | None, triggers: Sequence[str] = ()
+) -> Any:
+    """A sampler chain for one sequence, in llama-cpp-python's order (so greedy agrees).
 
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
-    except Exception as exc:  # the converter raises many kinds
-        raise GrammarError(f"cannot turn the JSON schema into a grammar: {exc}") from None
-
-
-def build_sampler(model: LoadedModel, sampling: Sampling, grammar: str | None) -> Any:
-    """A sampler chain for one sequence, in llama-cpp-python's order (so greedy agrees)."""
+    With `triggers` the grammar is lazy: it applies from the first match of one of these
+    regular expressions in the generated text (llama.cpp replays the matched text into it).
+    """
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     if sampling.repeat_penalty != 1.0:
         n_vocab = int(L.llama_vocab_n_tokens(model.vocab))
@@ -249,7 +244,19 @@ def build_sampler(model: LoadedModel, sampling: Sampling, grammar: str | None) -
         )
     if grammar is not None:
         take_recent_errors()
-        g = L.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+        if triggers:
+            patterns = (ctypes.c_char_p * len(triggers))(*(t.encode("utf-8") for t in triggers))
+            g = L.llama_sampler_init_grammar_lazy_patterns(
+                model.vocab,
+                grammar.encode("utf-8"),
+                b"root",
+                patterns,
+                len(triggers),
+                (L.llama_token * 0)(),
+                0,
+            )
+        else:
+            g = L.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
         if not g:
             L.llama_sampler_free(chain)
             why = take_recent_errors() or "syntax error"

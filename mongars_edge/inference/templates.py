@@ -12,6 +12,13 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mongars_edge.errors import InvalidRequestError
 from mongars_edge.inference.engine import Message
+from mongars_edge.inference.tools import (
+    Tool,
+    ToolFormat,
+    template_supports_tools,
+    template_tools,
+    tool_format,
+)
 
 
 def _raise(message: str) -> NoReturn:
@@ -24,6 +31,23 @@ def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
 
 def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
+
+
+def _payload(m: Message) -> dict[str, Any]:
+    """A message as Hugging Face templates read it: tool call arguments as objects."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.argument_object()},
+            }
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 class ChatTemplate:
@@ -46,21 +70,37 @@ class ChatTemplate:
                 f"the model's chat template does not compile: {exc}"
             ) from None
 
+    @property
+    def supports_tools(self) -> bool:
+        return template_supports_tools(self.source)
+
+    @property
+    def tool_format(self) -> ToolFormat:
+        return tool_format(self.source)
+
     def render(
         self,
         messages: Sequence[Message],
         *,
         add_generation_prompt: bool = True,
         assistant_prefix: str = "",
+        tools: Sequence[Tool] = (),
     ) -> str:
         """Prompt text for `messages`; `assistant_prefix` continues an unfinished reply."""
-        payload = [{"role": m.role, "content": m.content} for m in messages]
+        if tools and not self.supports_tools:
+            raise InvalidRequestError(
+                "this model's chat template does not support tools; load a model that does "
+                "(Qwen2.5, Llama 3.x, Mistral)",
+                param="tools",
+            )
+        extra: dict[str, Any] = {"tools": template_tools(tools)} if tools else {}
         try:
             text = self._template.render(
-                messages=payload,
+                messages=[_payload(m) for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         except InvalidRequestError:
             raise

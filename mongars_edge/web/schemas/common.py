@@ -46,8 +46,7 @@ class BadFieldError(InvalidRequestError):
     """One request field is wrong; `param` names it (OpenAI clients show it)."""
 
     def __init__(self, param: str | None, message: str) -> None:
-        self.param = param
-        super().__init__(f"{param}: {message}" if param else message)
+        super().__init__(f"{param}: {message}" if param else message, param=param)
 
 
 class ErrorDetail(Reply, kw_only=True):
