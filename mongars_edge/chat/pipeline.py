@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -41,6 +43,7 @@ from mongars_edge.inference.engine import (
     complete,
 )
 from mongars_edge.inference.errors import PromptTooLongError
+from mongars_edge.inference.tools import Tool, calls_from_store, parse_calls, stored_calls
 from mongars_edge.memory.conversations import NewMessage
 from mongars_edge.memory.errors import MemoryStoreError
 
@@ -85,6 +88,10 @@ class Turn:
     grammar: str | None = None
     regenerate: bool = False
     preferred_lang: Lang | None = None
+    # Functions the model may call (inference/tools.py) and "auto", "none", "required" or a
+    # tool's name.
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = "auto"
 
 
 @dataclass
@@ -182,8 +189,10 @@ class ChatPipeline:
         """Recall, language, style and the prompt within the context budget."""
         started = time.perf_counter()
         incoming = list(turn.messages)
-        if not turn.regenerate and not any(m.role == "user" for m in incoming):
-            raise InvalidRequestError("messages must contain at least one user message")
+        if not turn.regenerate and not any(m.role in ("user", "tool") for m in incoming):
+            raise InvalidRequestError(
+                "messages must contain at least one user message (or a tool result)"
+            )
         conversation_id = turn.conversation_id
         jobs = _Jobs()
         try:
@@ -251,13 +260,16 @@ class ChatPipeline:
                 conversation_id=None if conversation_id is None else str(conversation_id),
                 user_id=str(user_id),
                 model=turn.model,
+                tools=turn.tools,
+                tool_choice=turn.tool_choice,
             )
 
         # Everything, measured once by the engine (one render, one tokenization, in a thread);
         # only a prompt over budget is counted message by message and trimmed.
         n_ctx = engine.info.n_ctx
         budget = n_ctx - max(1, min(sampling.max_tokens, n_ctx // 2)) - _SAFETY
-        messages = _assemble(lang, style, memories, client_system, prompted)
+        tools = bool(turn.tools) and turn.tool_choice != "none"
+        messages = _assemble(lang, style, memories, client_system, prompted, tools=tools)
         trimmed = 0
         try:
             prompt: Prompt | None = await engine.prepare(request_of(messages, sampling.max_tokens))
@@ -265,7 +277,9 @@ class ChatPipeline:
             prompt = None
         if prompt is None or prompt.n_tokens > budget:
             fit_args = (engine, n_ctx, sampling.max_tokens, lang, style, memories)
-            messages, trimmed, _ = await asyncio.to_thread(_fit, *fit_args, client_system, prompted)
+            messages, trimmed, _ = await asyncio.to_thread(
+                functools.partial(_fit, tools=tools), *fit_args, client_system, prompted
+            )
             prompt = await engine.prepare(request_of(messages, sampling.max_tokens))
         reply = min(sampling.max_tokens, max(1, n_ctx - prompt.n_tokens - _SAFETY))
         prompt = prompt.with_request(request_of(messages, reply))
@@ -275,7 +289,7 @@ class ChatPipeline:
                 said.prompted_as(dialogue[-1].content, messages[-1].content, memories)
         to_store: list[NewMessage] = []
         if conversation_id is not None:
-            to_store = [NewMessage(m.role, m.content) for m in incoming if m.role != "system"]
+            to_store = [_to_store(m) for m in incoming if m.role != "system"]
         return Prepared(
             turn=turn,
             user_id=user_id,
@@ -350,30 +364,49 @@ class ChatPipeline:
         final: TokenEvent | None = None
         started = False
         try:
-            events = engine.stream(prepared.prompt)
-            try:
-                async for event in events:
-                    if not started:
-                        started = True
-                        if self.observer is not None:
-                            self.observer.first_token(time.perf_counter() - prepared.started)
-                    parts.append(event.text)
-                    if event.finish_reason is not None:
-                        final = event
-                    yield event
-                    if final is not None:
-                        break
-            finally:
-                # Closing the engine's stream is what cancels the generation.
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            async for event in self._answer(engine, prepared):
+                if not started:
+                    started = True
+                    if self.observer is not None:
+                        self.observer.first_token(time.perf_counter() - prepared.started)
+                parts.append(event.text)
+                if event.finish_reason is not None:
+                    final = event
+                yield event
+                if final is not None:
+                    break
         finally:
             if started:
                 status = _status(final)
                 if self.observer is not None:
                     self.observer.finished(final, status)
                 self._spawn(self._persist(prepared, "".join(parts), status, final, engine))
+
+    async def _answer(self, engine: Engine, prepared: Prepared) -> AsyncIterator[TokenEvent]:
+        """The engine's events. After tool results, a small model often calls the same tool
+        again with the same arguments instead of answering (and then whatever else comes to
+        it). A reply that repeats an answered call is not shown, nor acted on: the model
+        answers again without tools, in words."""
+        request = prepared.request
+        answered = _answered_calls(request.messages) if request.tool_choice == "auto" else set()
+        if not answered or not request.tools:
+            async for event in _closing(engine.stream(prepared.prompt)):
+                yield event
+            return
+        held: list[TokenEvent] = []
+        async for event in _closing(engine.stream(prepared.prompt)):
+            held.append(event)
+            if event.finish_reason is not None:
+                break
+        _, calls = parse_calls("".join(e.text for e in held), request.tools)
+        if not any((c.name, _canonical(c.arguments)) in answered for c in calls):
+            for event in held:
+                yield event
+            return
+        log.info("the model repeated an answered tool call; answering without tools")
+        again = replace(request, tool_choice="none", grammar=_NOT_A_CALL)
+        async for event in _closing(engine.stream(await engine.prepare(again))):
+            yield event
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -391,9 +424,11 @@ class ChatPipeline:
         try:
             if prepared.conversation_id is not None:
                 usage = final.usage if final is not None else None
+                content, calls = parse_calls(text, prepared.turn.tools)
                 answer = NewMessage(
                     "assistant",
-                    text,
+                    content if calls else text,
+                    tool_calls=stored_calls(calls) if calls else None,
                     tokens=usage.completion_tokens if usage else None,
                     model=engine.info.id,
                     adapter=prepared.turn.adapter,
@@ -455,21 +490,67 @@ class _Jobs:
         await asyncio.gather(*self._futures, return_exceptions=True)
 
 
+#: A reply that does not open like a call (JSON, a fence, a tag): for answering in words.
+_NOT_A_CALL: Final = "root ::= [^{<\\[` \\t\\n] .*\n"
+
+
+async def _closing(events: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
+    """Closing the engine's stream is what cancels the generation: always close it."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments or "{}"), sort_keys=True)
+    except ValueError:
+        return arguments
+
+
+def _answered_calls(messages: Sequence[Message]) -> set[tuple[str, str]]:
+    """(name, arguments) of the calls the history already holds results for."""
+    results = {m.tool_call_id for m in messages if m.role == "tool"}
+    return {
+        (c.name, _canonical(c.arguments)) for m in messages for c in m.tool_calls if c.id in results
+    }
+
+
 def _last_user(messages: Sequence[Message]) -> str:
     return next((m.content for m in reversed(messages) if m.role == "user"), "")
 
 
 def _history(stored: Sequence[StoredMessage]) -> list[Message]:
-    """Stored messages as prompt history; of several answers to one question, the last counts."""
+    """Stored messages as prompt history; of several answers to one question, the last counts
+    (an answer that called tools, and the tools' results, stay: the next answer reads them)."""
     out: list[Message] = []
     for m in stored:
-        if m.role not in ("user", "assistant"):
+        if m.role not in ("user", "assistant", "tool"):
             continue
-        if m.role == "assistant" and out and out[-1].role == "assistant":
-            out[-1] = Message("assistant", m.content)
+        calls = calls_from_store(m.tool_calls)
+        if m.role == "tool":
+            out.append(Message("tool", m.content, tool_call_id=m.tool_call_id))
             continue
-        out.append(Message(m.role, m.content))
-    return out
+        if m.role == "assistant" and out and out[-1].role == "assistant" and not out[-1].tool_calls:
+            out[-1] = Message("assistant", m.content, tool_calls=calls)
+            continue
+        out.append(Message(m.role, m.content, tool_calls=calls))
+    # A tool result whose call is not in the history (trimmed, or stored apart) is dropped.
+    made = {c.id for m in out for c in m.tool_calls}
+    return [m for m in out if m.role != "tool" or m.tool_call_id in made]
+
+
+def _to_store(m: Message) -> NewMessage:
+    return NewMessage(
+        m.role,
+        m.content,
+        tool_calls=stored_calls(m.tool_calls) if m.tool_calls else None,
+        tool_call_id=m.tool_call_id,
+    )
 
 
 def _language(user_texts: Sequence[str], preferred: Lang | None) -> Lang:
@@ -553,11 +634,18 @@ def _recalled_line(hit: Hit) -> str:
 
 
 def _assemble(
-    lang: Lang, style: list[str], memories: list[str], client_system: str, dialogue: list[Message]
+    lang: Lang,
+    style: list[str],
+    memories: list[str],
+    client_system: str,
+    dialogue: list[Message],
+    *,
+    tools: bool = False,
 ) -> list[Message]:
     """The whole prompt, as `_fit` makes it when everything fits."""
     system = Message(
-        "system", prompts.system_prompt(lang, style=style, client_system=client_system)
+        "system",
+        prompts.system_prompt(lang, style=style, client_system=client_system, tools=tools),
     )
     kept = list(dialogue)
     if kept and kept[-1].role == "user" and memories:
@@ -566,7 +654,7 @@ def _assemble(
     # A history that starts with an answer confuses small models: start with a question.
     while len(kept) > 1 and kept[0].role == "assistant":
         kept.pop(0)
-    return [system, *kept]
+    return [system, *_answered(kept)]
 
 
 def _fit(
@@ -578,6 +666,8 @@ def _fit(
     memories: list[str],
     client_system: str,
     dialogue: list[Message],
+    *,
+    tools: bool = False,
 ) -> tuple[list[Message], int, int]:
     """Messages that fit the context with room for the reply: the newest turns are kept,
     recalled memories (on the newest user message) go before history does, and a last message
@@ -588,7 +678,7 @@ def _fit(
     def cost(message: Message) -> int:
         return engine.count_tokens(message.content) + _MESSAGE_OVERHEAD
 
-    text = prompts.system_prompt(lang, style=style, client_system=client_system)
+    text = prompts.system_prompt(lang, style=style, client_system=client_system, tools=tools)
     system = Message("system", text)
     original = dialogue[-1] if dialogue else None
     if original is None or original.role != "user":
@@ -614,6 +704,14 @@ def _fit(
     # A history that starts with an answer confuses small models: start with a question.
     while len(kept) > 1 and kept[0].role == "assistant":
         used -= cost(kept.pop(0))
+    kept = _answered(kept)
     trimmed = len(dialogue) - len(kept)
     reply = min(max_tokens, max(1, n_ctx - used - _SAFETY))
     return [system, *kept], trimmed, reply
+
+
+def _answered(messages: list[Message]) -> list[Message]:
+    """Without tool results whose call was trimmed away (a template would show an answer to
+    nothing, and the request would be refused)."""
+    made = {c.id for m in messages for c in m.tool_calls}
+    return [m for m in messages if m.role != "tool" or m.tool_call_id in made]

@@ -29,16 +29,28 @@ _ANSWER_IN: Final[dict[str, str]] = {
 }
 
 
+#: With tools, small models tend to call the same tool again after its result comes back.
+_AFTER_TOOLS: Final[dict[str, str]] = {
+    "fr": "Quand le résultat d'un outil arrive, dis en une courte phrase ce qui a été fait, "
+    "sans rappeler le même outil.",
+    "en": "When a tool result comes back, say in one short sentence what was done; do not "
+    "call the same tool again.",
+}
+
+
 def system_prompt(
     lang: Lang,
     *,
     style: Sequence[str] = (),
     client_system: str = "",
+    tools: bool = False,
 ) -> str:
     """The system message: the client's own system text wins over our persona when given."""
     parts = [client_system.strip() or _PERSONA[lang]]
     if client_system.strip():
         parts.append(_ANSWER_IN[lang])
+    if tools:
+        parts.append(_AFTER_TOOLS[lang])
     if style:
         parts.append(" ".join(style))
     return "\n\n".join(parts)

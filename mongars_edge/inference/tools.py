@@ -198,7 +198,8 @@ def tool_grammar(tools: Sequence[Tool], choice: str, fmt: ToolFormat) -> ToolGra
         forms = []
     forms += ['"```" "json"? tc-ws tc-call tc-ws "```"', "tc-call"]
     one = " | ".join(f"({f})" for f in forms)
-    root = f"root ::= tc-ws tc-one (tc-ws tc-one)* tc-ws\ntc-one ::= {one}\n"
+    # At most 4 calls: a small model that loops on its call is stopped there.
+    root = f"root ::= tc-ws tc-one (tc-ws tc-one){{0,3}} tc-ws\ntc-one ::= {one}\n"
     if choice != "auto":
         return ToolGrammar(root + ws + body, lazy=False)
     return ToolGrammar(root + ws + body, lazy=True, triggers=_triggers(fmt))
@@ -280,7 +281,16 @@ def _as_call(value: Any, by_name: Mapping[str, Tool]) -> ToolCall | None:
 
 
 def parse_calls(text: str, tools: Sequence[Tool]) -> tuple[str, list[ToolCall]]:
-    """(the text that is not a call, the calls) read from a whole reply."""
+    """(the text that is not a call, the calls) read from a whole reply; a call repeated
+    with the same arguments counts once (small models loop)."""
+    rest, calls = _parse(text, tools)
+    unique: dict[tuple[str, str], ToolCall] = {}
+    for call in calls:
+        unique.setdefault((call.name, call.arguments), call)
+    return rest, list(unique.values())
+
+
+def _parse(text: str, tools: Sequence[Tool]) -> tuple[str, list[ToolCall]]:
     by_name = {t.name: t for t in tools}
     if not by_name:
         return text, []
@@ -357,3 +367,74 @@ def check_history(messages: Sequence[Any]) -> None:
 
 def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
+
+
+def stored_calls(calls: Sequence[ToolCall]) -> str:
+    """Calls as the conversation store keeps them (JSON text)."""
+    return json.dumps(
+        [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
+        ensure_ascii=False,
+    )
+
+
+def calls_from_store(text: str | None) -> tuple[ToolCall, ...]:
+    if not text:
+        return ()
+    try:
+        rows = json.loads(text)
+        return tuple(ToolCall(name=r["name"], arguments=r["arguments"], id=r["id"]) for r in rows)
+    except (ValueError, KeyError, TypeError):
+        return ()  # a damaged row loses its calls, not the conversation
+
+
+_MARKERS: Final = ("<tool_call>", "[TOOL_CALLS]")
+
+
+class ToolStream:
+    """Splits a streamed reply into text to show now and calls read at the end.
+
+    Prose is passed on as it comes. What may be a call (a reply opening with JSON or a fence,
+    or a call tag) is held back; at the end it becomes calls, or, if it was not one after all,
+    text.
+    """
+
+    def __init__(self, tools: Sequence[Tool]) -> None:
+        self.tools = tuple(tools)
+        self._text = ""
+        self._sent = 0
+        self._held_from: int | None = None
+
+    def feed(self, piece: str) -> str:
+        """Text that can be shown now."""
+        self._text += piece
+        if not self.tools or self._held_from is not None:
+            return self._flush(len(self._text)) if not self.tools else ""
+        if self._sent == 0 and self._text.strip() == "":
+            return ""
+        if self._sent == 0 and self._text.lstrip()[:1] in ("{", "[", "`"):
+            self._held_from = 0
+            return ""
+        unsent = self._text[self._sent :]
+        at = min((i for i in (unsent.find(m) for m in _MARKERS) if i >= 0), default=-1)
+        if at >= 0:
+            self._held_from = self._sent + at
+            return self._flush(self._held_from)
+        keep = max(
+            (n for m in _MARKERS for n in range(1, len(m)) if unsent.endswith(m[:n])), default=0
+        )
+        return self._flush(len(self._text) - keep)
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """(the text still to show, the calls) once the reply is complete."""
+        start = self._sent if self._held_from is None else self._held_from
+        rest = self._text[start:]
+        self._sent = len(self._text)
+        if self._held_from is None or not self.tools:
+            return rest, []
+        text, calls = parse_calls(rest, self.tools)
+        return (text if calls else rest), calls
+
+    def _flush(self, upto: int) -> str:
+        out = self._text[self._sent : upto]
+        self._sent = max(self._sent, upto)
+        return out

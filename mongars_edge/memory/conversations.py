@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mongars_edge.errors import NotFoundError
@@ -25,14 +25,14 @@ class NewMessage:
     adapter: str | None = None
     latency_ms: int | None = None
     status: str = "complete"
+    tool_calls: str | None = None  # JSON, see records.Message
+    tool_call_id: str | None = None
 
     def checked(self) -> NewMessage:
         check_choice(self.role, ROLES, "message role")
         check_choice(self.status, STATUSES, "message status")
         content = clean_text(self.content, "message content")
-        return NewMessage(
-            self.role, content, self.tokens, self.model, self.adapter, self.latency_ms, self.status
-        )
+        return replace(self, content=content)
 
 
 def _owned(conn: Conn, user_id: int, conversation_id: int) -> None:
@@ -129,7 +129,8 @@ class ConversationsMixin:
             for m in checked:
                 cur = conn.execute(
                     "INSERT INTO messages(conversation_id, user_id, role, content, tokens, model,"
-                    " adapter, latency_ms, status, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    " adapter, latency_ms, status, created, tool_calls, tool_call_id)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         conversation_id,
                         user_id,
@@ -141,6 +142,8 @@ class ConversationsMixin:
                         m.latency_ms,
                         m.status,
                         now,
+                        m.tool_calls,
+                        m.tool_call_id,
                     ),
                 )
                 ids.append(int(cur.lastrowid))
@@ -164,6 +167,8 @@ class ConversationsMixin:
                 m.latency_ms,
                 m.status,
                 now,
+                m.tool_calls,
+                m.tool_call_id,
             )
             for i, m in zip(ids, checked, strict=True)
         ]

@@ -100,6 +100,9 @@ class Message:
     latency_ms: int | None
     status: str
     created: float
+    # JSON: [{"id", "name", "arguments"}] (arguments as JSON text); on assistant messages.
+    tool_calls: str | None = None
+    tool_call_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Message:
@@ -115,6 +118,8 @@ class Message:
             row["latency_ms"],
             row["status"],
             row["created"],
+            row["tool_calls"],
+            row["tool_call_id"],
         )
 
 

@@ -123,6 +123,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
       created REAL NOT NULL
     );
     """,
+    # 4: tool calls: an assistant message's calls (OpenAI's JSON list), and the call a `tool`
+    # message answers.
+    """
+    ALTER TABLE messages ADD COLUMN tool_calls TEXT;
+    ALTER TABLE messages ADD COLUMN tool_call_id TEXT;
+    """,
 )
 
 LATEST: Final = len(MIGRATIONS)

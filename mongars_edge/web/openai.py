@@ -26,6 +26,7 @@ from mongars_edge.chat.pipeline import Prepared
 from mongars_edge.errors import MongarsError, UnavailableError
 from mongars_edge.inference.engine import TokenEvent, Usage
 from mongars_edge.inference.errors import ModelNotFoundError
+from mongars_edge.inference.tools import ToolCall, ToolStream, parse_calls
 from mongars_edge.web.auth import require_user
 from mongars_edge.web.http import BadFieldError, JsonReply, error_payload, read_body
 from mongars_edge.web.schemas import openai as wire
@@ -141,6 +142,14 @@ def _finish_reason(event: TokenEvent) -> wire.FinishReason:
     return "length" if event.finish_reason == "length" else "stop"
 
 
+def _wire_call(call: ToolCall) -> wire.ToolCall:
+    return wire.ToolCall(
+        id=call.id,
+        type="function",
+        function=wire.FunctionCall(name=call.name, arguments=call.arguments),
+    )
+
+
 async def start_stream(
     runtime: Runtime, prepared: Prepared
 ) -> tuple[TokenEvent, AsyncGenerator[TokenEvent, None]]:
@@ -185,17 +194,21 @@ async def chat_completions(request: Request) -> Response:
     text, last = gathered
     if last.finish_reason in ("error", "cancelled"):
         raise GenerationError(f"generation failed: {last.error or last.finish_reason}")
+    message = wire.AssistantReply(content=text)
+    finish = _finish_reason(last)
+    tools = turn.tools if turn.tool_choice != "none" else ()
+    if tools:
+        content, calls = parse_calls(text, tools)
+        if calls:
+            message = wire.AssistantReply(
+                content=content or None, tool_calls=[_wire_call(c) for c in calls]
+            )
+            finish = "tool_calls"
     reply = wire.ChatCompletion(
         id=completion_id,
         created=created,
         model=model_id,
-        choices=[
-            wire.Choice(
-                index=0,
-                message=wire.AssistantReply(content=text),
-                finish_reason=_finish_reason(last),
-            )
-        ],
+        choices=[wire.Choice(index=0, message=message, finish_reason=finish)],
         usage=_usage(last.usage),
     )
     if prepared.conversation_id is not None:
@@ -274,16 +287,35 @@ async def _sse(
         async for event in events:
             yield event
 
+    turn = prepared.turn
+    split = ToolStream(turn.tools if turn.tool_choice != "none" else ())
     try:
         yield delta(wire.Delta(role="assistant", content=""))
         async for event in _guarded(all_events()):
-            if event.text:
-                yield delta(wire.Delta(content=event.text))
+            shown = split.feed(event.text) if event.text else ""
+            if shown:
+                yield delta(wire.Delta(content=shown))
             if event.finish_reason is None:
                 continue
+            rest, calls = split.finish()
+            if rest:
+                yield delta(wire.Delta(content=rest))
             if event.finish_reason in ("error", "cancelled"):
                 message = f"generation failed: {event.error or event.finish_reason}"
                 yield _event(error_payload(500, message, GenerationError.kind))
+            elif calls:
+                # Per call: its id and name first, then its arguments (OpenAI's order).
+                for i, call in enumerate(calls):
+                    head = wire.ToolCallDelta(
+                        index=i,
+                        id=call.id,
+                        type="function",
+                        function=wire.FunctionCallDelta(name=call.name, arguments=""),
+                    )
+                    yield delta(wire.Delta(tool_calls=[head]))
+                    args = wire.FunctionCallDelta(arguments=call.arguments)
+                    yield delta(wire.Delta(tool_calls=[wire.ToolCallDelta(index=i, function=args)]))
+                yield delta(wire.Delta(), "tool_calls")
             else:
                 yield delta(wire.Delta(), _finish_reason(event))
             if include_usage:

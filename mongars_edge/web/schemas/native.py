@@ -102,6 +102,10 @@ class StoredMessage(Reply, kw_only=True):
     latency_ms: int | None
     status: Literal["complete", "partial", "error"]
     created: float
+    tool_calls: (
+        Annotated[str, Meta(description="An assistant's tool calls, as JSON text.")] | None
+    ) = None
+    tool_call_id: Annotated[str, Meta(description="The call a tool result answers.")] | None = None
 
 
 class ConversationExport(Conversation, kw_only=True):

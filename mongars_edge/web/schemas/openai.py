@@ -73,13 +73,7 @@ class AssistantMessage(_Message, tag="assistant"):
 
     content: Content | None = None
     refusal: str | None = None
-    tool_calls: (
-        Annotated[
-            list[ToolCall],
-            Meta(description="Declared; refused with 400 until this box runs tools."),
-        ]
-        | None
-    ) = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ToolMessage(_Message, tag="tool"):
@@ -91,7 +85,7 @@ class ToolMessage(_Message, tag="tool"):
 
 ChatMessage = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
 
-# ---- tools (declared now; the handler refuses them until tools run on the box) ----------------
+# ---- tools -----------------------------------------------------------------------------------
 
 
 class FunctionDef(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -262,9 +256,25 @@ class AssistantReply(Reply, kw_only=True):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | UnsetType = UNSET
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class FunctionCallDelta(Reply, kw_only=True):
+    name: str | UnsetType = UNSET
+    arguments: str
+
+
+class ToolCallDelta(Reply, kw_only=True):
+    """A piece of a streamed call: the first carries `id`, `type` and the name, the next ones
+    the arguments' text; pieces of one call share its `index`."""
+
+    index: int
+    id: str | UnsetType = UNSET
+    type: Literal["function"] | UnsetType = UNSET
+    function: FunctionCallDelta
 
 
 class Choice(Reply, kw_only=True):
@@ -290,6 +300,7 @@ class ChatCompletion(Reply, kw_only=True):
 class Delta(Reply, kw_only=True):
     role: Literal["assistant"] | UnsetType = UNSET
     content: str | UnsetType = UNSET
+    tool_calls: list[ToolCallDelta] | UnsetType = UNSET
 
 
 class ChunkChoice(Reply, kw_only=True):
