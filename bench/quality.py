@@ -17,6 +17,7 @@ Target: the box never scores below raw.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,8 +171,11 @@ def _cli(data: Path, *args: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
-def run_box(model: str, path: Path, threads: int) -> Score:
-    data = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+@contextlib.contextmanager
+def serving(path: Path, threads: int, prefix: str = "bench-quality-") -> Iterator[httpx.Client]:
+    """A real `mongars-edge serve` on loopback with `path` as its model, and a client for it
+    holding a user's token (no mesh, no speech: one model, one box)."""
+    data = Path(tempfile.mkdtemp(prefix=prefix))
     _cli(data, "users", "add", "eval", "--password-stdin", stdin="quality-bench-password\n")
     token = _cli(data, "tokens", "create", "eval").strip().split()[-1]
     port = _free_port()
@@ -198,7 +203,6 @@ def run_box(model: str, path: Path, threads: int) -> Score:
     )
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token}"}
-    score = Score()
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
             for _ in range(600):
@@ -210,33 +214,39 @@ def run_box(model: str, path: Path, threads: int) -> Score:
                 if proc.poll() is not None:
                     raise SystemExit(f"the box did not start; see {data / 'serve.log'}")
                 time.sleep(0.2)
-
-            def ask(text: str, lang: str) -> str:
-                body = {
-                    "model": "mongars",
-                    "messages": [{"role": "user", "content": text}],
-                    "temperature": 0,
-                    "max_tokens": MAX_TOKENS,
-                    "conversation_id": "new",
-                }
-                reply = client.post(
-                    "/v1/chat/completions", json=body, headers={"Accept-Language": lang}
-                )
-                reply.raise_for_status()
-                return str(reply.json()["choices"][0]["message"]["content"])
-
-            for q in QUESTIONS:
-                grade(score, q, ask(q.text, q.lang))
-            for lang, told, asked, accept in RECALL:
-                ask(told, lang)
-                time.sleep(1.0)  # the turn is stored and its memory extracted after the reply
-                answer = ask(asked, lang)
-                score.recall += correct(answer, accept)
-                score.answers.append({"q": asked, "a": answer, "recall": True})
+            yield client
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def run_box(model: str, path: Path, threads: int) -> Score:
+    score = Score()
+    with serving(path, threads) as client:
+
+        def ask(text: str, lang: str) -> str:
+            body = {
+                "model": "mongars",
+                "messages": [{"role": "user", "content": text}],
+                "temperature": 0,
+                "max_tokens": MAX_TOKENS,
+                "conversation_id": "new",
+            }
+            reply = client.post(
+                "/v1/chat/completions", json=body, headers={"Accept-Language": lang}
+            )
+            reply.raise_for_status()
+            return str(reply.json()["choices"][0]["message"]["content"])
+
+        for q in QUESTIONS:
+            grade(score, q, ask(q.text, q.lang))
+        for lang, told, asked, accept in RECALL:
+            ask(told, lang)
+            time.sleep(1.0)  # the turn is stored and its memory extracted after the reply
+            answer = ask(asked, lang)
+            score.recall += correct(answer, accept)
+            score.answers.append({"q": asked, "a": answer, "recall": True})
     return score
 
 
