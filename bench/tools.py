@@ -157,8 +157,8 @@ def _user(text: str) -> tuple[dict[str, Any], ...]:
 
 
 def _after(text: str, tool: str, args: dict[str, Any]) -> tuple[dict[str, Any], ...]:
-    call = {"id": "call_0", "type": "function", "function": {"name": tool, "arguments": ""}}
-    call["function"]["arguments"] = json.dumps(args)
+    function = {"name": tool, "arguments": json.dumps(args)}
+    call = {"id": "call_0", "type": "function", "function": function}
     result = {"success": True, "targets": [args.get("name", "")]}
     return (
         *_user(text),
