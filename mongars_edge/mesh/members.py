@@ -17,12 +17,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgpack
 
 from mongars_edge.mesh.errors import AuthError, MeshError
 from mongars_edge.mesh.identity import Identity, mesh_dir, node_id_of, verify
+
+if TYPE_CHECKING:
+    from mongars_edge.mesh.codec import WireRecord
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,8 @@ class MemberRecord:
             identity.sign(self.body()),
         )
 
-    def to_wire(self) -> list[object]:
-        return [
+    def to_wire(self) -> WireRecord:
+        return (
             self.mesh_id,
             self.subject,
             self.subject_key,
@@ -75,7 +78,7 @@ class MemberRecord:
             self.issued_at,
             self.signer,
             self.sig,
-        ]
+        )
 
     @classmethod
     def from_wire(cls, raw: object) -> MemberRecord:
