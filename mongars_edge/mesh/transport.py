@@ -201,7 +201,7 @@ async def answer(
     try:
         reply = responder.respond(first, first_bytes)
     except AuthError as exc:
-        write_frame(writer, codec.encode(codec.Error(0, "peer_auth", str(exc))))
+        write_frame(writer, codec.encode(codec.Error(0, exc.kind, str(exc))))
         with contextlib.suppress(ConnectionError, OSError):
             await writer.drain()
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import msgpack
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -255,7 +256,7 @@ def test_the_hello_of_protocol_1_still_reads() -> None:
 
 def _request(sampling: dict[str, object], stream_id: int = 7) -> bytes:
     fields = [stream_id, [["user", "hi"]], sampling, None, None, None, "", "m"]
-    return msgpack.packb([InferRequest.TAG, fields], use_bin_type=True)
+    return msgspec.msgpack.encode([InferRequest.TAG, fields])
 
 
 @pytest.mark.parametrize(
