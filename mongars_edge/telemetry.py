@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Final, Protocol
 
+from mongars_edge.logonce import WarnOnce
+
 log = logging.getLogger(__name__)
 
 #: Written by the first-boot unit (one problem per line); shown on /health until fixed.
@@ -35,7 +37,7 @@ class SystemdNotifier:
     def __init__(self, address: str | None) -> None:
         self.address = address
         self._sock: socket.socket | None = None
-        self._warned = False
+        self._warn = WarnOnce(log)
         if address:
             if address.startswith("@"):  # abstract namespace socket
                 address = "\0" + address[1:]
@@ -65,10 +67,7 @@ class SystemdNotifier:
         try:
             self._sock.sendto(payload, self._target)
         except OSError as exc:
-            # Log once at warning, then at debug (STYLE habit 7).
-            level = logging.DEBUG if self._warned else logging.WARNING
-            log.log(level, "sd_notify to %s failed: %s", self.address, exc)
-            self._warned = True
+            self._warn("sd_notify", "sd_notify to %s failed: %s", self.address, exc)
             return False
         return True
 
