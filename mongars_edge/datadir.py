@@ -86,9 +86,19 @@ class DataDir:
         return self.mesh / "members.json"
 
     @property
+    def members_lock(self) -> Path:
+        """The flock that serialises changes to `members` between the server and the CLI."""
+        return self.mesh / "members.lock"
+
+    @property
     def mesh_state(self) -> Path:
         """What the running server tells the CLI about its peers, rewritten every second."""
         return self.mesh / "state.json"
+
+    @property
+    def onnx_cache(self) -> Path:
+        """ONNX Runtime's compiled engines (TensorRT) for the voices."""
+        return self.root / "onnx-cache"
 
     @property
     def local_admin_token(self) -> Path:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgpack
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.mesh.errors import AuthError, MeshError
 from mongars_edge.mesh.identity import Identity, mesh_dir, node_id_of, verify
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MEMBERS_FILE = "members.json"
 _RECORD_DOMAIN = b"mongars-member-record-v1"
 Action = Literal["add", "revoke"]
 
@@ -212,8 +212,8 @@ class MemberFile:
 
     def __init__(self, data_dir: Path) -> None:
         self.dir = mesh_dir(data_dir)
-        self.path = self.dir / MEMBERS_FILE
-        self._lock_path = self.dir / "members.lock"
+        self.path = DataDir(data_dir).members
+        self._lock_path = DataDir(data_dir).members_lock
 
     def mtime(self) -> float:
         try:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.telemetry import (
-    FIRSTBOOT_PROBLEMS_FILE,
     SystemdNotifier,
     Watchdog,
     appliance_problems,
@@ -183,7 +183,7 @@ def test_a_vanished_notify_socket_is_told_once(
 def test_firstboot_problems_reach_health(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / FIRSTBOOT_PROBLEMS_FILE).write_text("wifi.txt: no 'ssid=' line\n\n")
+    DataDir(data).firstboot_problems.write_text("wifi.txt: no 'ssid=' line\n\n")
     assert appliance_problems(data) == ["first boot: wifi.txt: no 'ssid=' line"]
     port = free_port()
     proc = subprocess.Popen(
