@@ -1,4 +1,5 @@
-"""The data directory: checked before a command touches it, and private files created private.
+"""The data directory: every path in it (`DataDir`), checked before a command touches it, and
+private files created private.
 
 The database holds every conversation and the mesh keys let a box into the mesh, so they are
 created owner-only whatever the umask (the appliance's unit sets UMask=0027; a development box
@@ -13,6 +14,7 @@ import os
 import pwd
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -35,6 +37,83 @@ NEEDS_BOX: Final = frozenset(
 )
 #: Commands that only read from the data dir (or talk to the server): they never write there.
 READERS: Final = frozenset({"tui", "chat", "probe", "doctor"})
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Every path under a box's data directory, named here and nowhere else."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        """SQLite: users, conversations, memories and their vectors."""
+        return self.root / "mongars.db"
+
+    @property
+    def models(self) -> Path:
+        """Chat models pulled from the catalog (GGUF)."""
+        return self.root / "models"
+
+    @property
+    def stt(self) -> Path:
+        """Whisper models pulled from the catalog."""
+        return self.root / "stt"
+
+    @property
+    def adapters(self) -> Path:
+        """LoRA adapters by sha256, local and fetched from peers."""
+        return self.root / "adapters"
+
+    @property
+    def voices(self) -> Path:
+        """Piper voices pulled from the catalog."""
+        return self.root / "voices"
+
+    @property
+    def mesh(self) -> Path:
+        """The mesh's private files (0700)."""
+        return self.root / "mesh"
+
+    @property
+    def identity(self) -> Path:
+        """This box's Ed25519 key (0600)."""
+        return self.mesh / "identity.key"
+
+    @property
+    def members(self) -> Path:
+        """Pinned members and signed membership records (0600, flock)."""
+        return self.mesh / "members.json"
+
+    @property
+    def members_lock(self) -> Path:
+        """The flock that serialises changes to `members` between the server and the CLI."""
+        return self.mesh / "members.lock"
+
+    @property
+    def mesh_state(self) -> Path:
+        """What the running server tells the CLI about its peers, rewritten every second."""
+        return self.mesh / "state.json"
+
+    @property
+    def onnx_cache(self) -> Path:
+        """ONNX Runtime's compiled engines (TensorRT) for the voices."""
+        return self.root / "onnx-cache"
+
+    @property
+    def local_admin_token(self) -> Path:
+        """The token local CLI clients (chat, tui) use as the admin (0600)."""
+        return self.root / "local-admin.token"
+
+    @property
+    def tuning_profile(self) -> Path:
+        """The profile `mongars-edge bench` measured; it wins over the probed one."""
+        return self.root / "tuning.json"
+
+    @property
+    def firstboot_problems(self) -> Path:
+        """Written by the first-boot unit, one problem per line; shown on /health."""
+        return self.root / "firstboot-problems.txt"
 
 
 class DataDirError(MongarsError, OSError):

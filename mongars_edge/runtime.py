@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from mongars_edge import __version__
-from mongars_edge.datadir import make_dir
+from mongars_edge.datadir import DataDir, make_dir
 from mongars_edge.errors import UnavailableError
 from mongars_edge.hardware.probe import HardwareFacts, probe
 from mongars_edge.hardware.tuning import TuningProfile
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DATABASE_FILE = "mongars.db"
 # A watchdog limit for the embedding model's load (see Watchdog.widened): ~1 s on a Pi 5, more
 # than the usual 30 s under qemu's full-system emulation of the Pi image.
 _EMBEDDER_LOAD_S = 600.0
@@ -47,7 +46,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.version = __version__
-        self.data_dir: Path = settings.resolved_data_dir()
+        self.data = DataDir(settings.resolved_data_dir())
+        self.data_dir: Path = self.data.root
         self.started_at = time.monotonic()
         self._facts: HardwareFacts | None = None
         self._profile: TuningProfile | None = None
@@ -69,7 +69,8 @@ class Runtime:
         self.memory: MemoryStore
         self.accounts: Accounts
         self.chat: ChatPipeline
-        # Speech services (None when off or not installed); set by speech.service.open_speech.
+        # Speech services (None when off or not installed), as speech.service.open_speech opened
+        # them.
         self.speech: TextToSpeech | None = None
         self.stt: SpeechToText | None = None
         self.wyoming: WyomingServer | None = None
@@ -195,7 +196,7 @@ class Runtime:
         embedder = self._embedder
         assert embedder is not None  # made and loaded in _open_services
         self.memory = await self._stack.enter_async_context(
-            MemoryStore.open(self.data_dir / DATABASE_FILE, embedder)
+            MemoryStore.open(self.data.database, embedder)
         )
         self.accounts = await self._stack.enter_async_context(
             Accounts.open(self.memory, self.settings, self.data_dir)
@@ -212,7 +213,16 @@ class Runtime:
         )
         from mongars_edge.speech.service import open_speech
 
-        await self._stack.enter_async_context(open_speech(self))
+        speech = await self._stack.enter_async_context(
+            open_speech(self.settings, self.profile, self.facts, self.data, self.models)
+        )
+        self.speech, self.stt, self.wyoming = speech.tts, speech.stt, speech.wyoming
+        self.problems += speech.problems
+        # Closed before the services themselves: nobody is handed a closing voice.
+        self._stack.callback(self._forget_speech)
+
+    def _forget_speech(self) -> None:
+        self.speech = self.stt = self.wyoming = None
 
     async def __aexit__(
         self,

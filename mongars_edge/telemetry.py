@@ -18,10 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Final, Protocol
 
+from mongars_edge.datadir import DataDir
+from mongars_edge.logonce import WarnOnce
+
 log = logging.getLogger(__name__)
 
-#: Written by the first-boot unit (one problem per line); shown on /health until fixed.
-FIRSTBOOT_PROBLEMS_FILE: Final = "firstboot-problems.txt"
 #: Below this much free space on the data dir's file system the box says it is nearly full.
 LOW_DISK_BYTES: Final = 200 * 1024 * 1024
 
@@ -35,7 +36,7 @@ class SystemdNotifier:
     def __init__(self, address: str | None) -> None:
         self.address = address
         self._sock: socket.socket | None = None
-        self._warned = False
+        self._warn = WarnOnce(log)
         if address:
             if address.startswith("@"):  # abstract namespace socket
                 address = "\0" + address[1:]
@@ -65,10 +66,7 @@ class SystemdNotifier:
         try:
             self._sock.sendto(payload, self._target)
         except OSError as exc:
-            # Log once at warning, then at debug (STYLE habit 7).
-            level = logging.DEBUG if self._warned else logging.WARNING
-            log.log(level, "sd_notify to %s failed: %s", self.address, exc)
-            self._warned = True
+            self._warn("sd_notify", "sd_notify to %s failed: %s", self.address, exc)
             return False
         return True
 
@@ -259,7 +257,7 @@ async def serve_with_notify(server: _Server, notifier: SystemdNotifier, status: 
 def appliance_problems(data_dir: Path) -> list[str]:
     """Problems the appliance layer knows of: first-boot failures and a nearly full disk."""
     problems: list[str] = []
-    report = data_dir / FIRSTBOOT_PROBLEMS_FILE
+    report = DataDir(data_dir).firstboot_problems
     try:
         text = report.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mongars_edge.datadir import create_private, write_private
+from mongars_edge.datadir import DataDir, create_private, write_private
 from tests.helpers import clean_env, run_cli
 
 NOBODY = 65534
@@ -140,3 +140,11 @@ def test_root_acts_as_the_owner_of_the_data_dir(tmp_path: Path) -> None:
     _users_add(data)
     for path in data.iterdir():
         assert path.stat().st_uid == NOBODY, path
+
+
+def test_data_dir_names_each_path_once(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    names = [n for n, v in vars(DataDir).items() if isinstance(v, property)]
+    paths = [getattr(data, n) for n in names]
+    assert len(set(paths)) == len(paths) == len(names)
+    assert all(p.is_relative_to(tmp_path) and p != tmp_path for p in paths)

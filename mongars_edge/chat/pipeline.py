@@ -44,6 +44,7 @@ from mongars_edge.inference.engine import (
 )
 from mongars_edge.inference.errors import PromptTooLongError
 from mongars_edge.inference.tools import Tool, calls_from_store, parse_calls, stored_calls
+from mongars_edge.logonce import WarnOnce
 from mongars_edge.memory.conversations import NewMessage
 from mongars_edge.memory.errors import MemoryStoreError
 
@@ -149,7 +150,7 @@ class ChatPipeline:
         # Memory extraction after each turn and idle-time consolidation (memory issue).
         self.memory_worker: MemoryWorker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._recall_failing = False
+        self._warn = WarnOnce(log)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -347,12 +348,10 @@ class ChatPipeline:
                 exclude_conversation=conversation_id,
             )
         except MemoryStoreError as exc:
-            # A broken embedder must not stop the chat; logged once, then at debug.
-            level = logging.DEBUG if self._recall_failing else logging.WARNING
-            log.log(level, "answering without memory: %s", exc)
-            self._recall_failing = True
+            # A broken embedder must not stop the chat.
+            self._warn("recall", "answering without memory: %s", exc)
             return []
-        self._recall_failing = False
+        self._warn.forget("recall")
         return [h for h in hits if _worth_recalling(h)][: self.settings.recall_limit]
 
     # ---- streaming and after ------------------------------------------------------------------

@@ -13,10 +13,9 @@ from mongars_edge.cli.base import common_options, make_settings
 
 
 def _store_path(settings: Any) -> Path:
-    from mongars_edge.runtime import DATABASE_FILE
+    from mongars_edge.datadir import DataDir
 
-    data_dir: Path = settings.resolved_data_dir()
-    return data_dir / DATABASE_FILE
+    return DataDir(settings.resolved_data_dir()).database
 
 
 def add_commands(main: click.Group) -> None:

@@ -17,14 +17,16 @@ _FLUSH_AT_MOST = 200
 
 
 def _db_path(settings: Any) -> Path:
-    from mongars_edge.runtime import DATABASE_FILE
+    from mongars_edge.datadir import DataDir
 
-    data_dir: Path = settings.resolved_data_dir()
-    if not (data_dir / DATABASE_FILE).exists():
+    data = DataDir(settings.resolved_data_dir())
+    if not data.database.exists():
         from mongars_edge.errors import NotFoundError
 
-        raise NotFoundError(f"no database in {data_dir}; choose the data directory with --data-dir")
-    return data_dir / DATABASE_FILE
+        raise NotFoundError(
+            f"no database in {data.root}; choose the data directory with --data-dir"
+        )
+    return data.database
 
 
 def _one_line(text: str, width: int = 100) -> str:

@@ -18,11 +18,10 @@ from mongars_edge.mesh.errors import MeshError, PairingError
 
 def _running_state(data_dir: Path) -> dict[str, Any] | None:
     """What the running server last wrote, or None when no server runs on this data dir."""
-    from mongars_edge.mesh.identity import mesh_dir
-    from mongars_edge.mesh.state import STATE_FILE
+    from mongars_edge.datadir import DataDir
 
     try:
-        state: dict[str, Any] = json.loads((mesh_dir(data_dir) / STATE_FILE).read_text())
+        state: dict[str, Any] = json.loads(DataDir(data_dir).mesh_state.read_text())
         os.kill(int(state["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from mongars_edge.cli.base import common_options, make_settings
+from mongars_edge.datadir import DataDir
 from mongars_edge.errors import InvalidRequestError, MongarsError
 
 
@@ -156,7 +157,7 @@ def _load_tts(settings: Any) -> Any:
 
     data_dir = settings.resolved_data_dir()
     profile = load_profile(probe(settings.sysroot, data_dir), data_dir)
-    return TextToSpeech.load(data_dir / "voices", profile.onnx_providers)
+    return TextToSpeech.load(DataDir(data_dir).voices, profile.onnx_providers)
 
 
 def _stt_model(settings: Any) -> str:

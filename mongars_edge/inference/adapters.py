@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.inference.errors import AdapterError, AdapterNotFoundError
 
 _ID_LEN = 12
@@ -52,7 +53,7 @@ class AdapterStore:
     """The adapters of this box."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.dir = data_dir / "adapters"
+        self.dir = DataDir(data_dir).adapters
 
     def list(self) -> list[Adapter]:
         if not self.dir.is_dir():

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.inference.engine import ChatRequest, Sampling, complete
 from mongars_edge.inference.llama import EngineConfig, LlamaEngine
 from mongars_edge.settings import Settings
@@ -148,7 +149,7 @@ def run_autotune(
     from mongars_edge.hardware.probe import probe
     from mongars_edge.hardware.tuning import profile_for
     from mongars_edge.inference.catalog import auto_options
-    from mongars_edge.inference.manager import AUTO, MEASURED_PROFILE_FILE, model_spec
+    from mongars_edge.inference.manager import AUTO, model_spec
     from mongars_edge.inference.models import ModelStore
 
     data_dir = settings.resolved_data_dir()
@@ -201,7 +202,7 @@ def run_autotune(
     profile = dataclasses.replace(
         heuristic, **chosen, model=model, reasons=reasons, source="measured"
     )
-    target = data_dir / MEASURED_PROFILE_FILE
+    target = DataDir(data_dir).tuning_profile
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(profile.to_dict(), indent=2), encoding="utf-8")
     os.replace(tmp, target)

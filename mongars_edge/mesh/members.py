@@ -17,16 +17,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgpack
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.mesh.errors import AuthError, MeshError
 from mongars_edge.mesh.identity import Identity, mesh_dir, node_id_of, verify
 
+if TYPE_CHECKING:
+    from mongars_edge.mesh.codec import WireRecord
+
 log = logging.getLogger(__name__)
 
-MEMBERS_FILE = "members.json"
 _RECORD_DOMAIN = b"mongars-member-record-v1"
 Action = Literal["add", "revoke"]
 
@@ -66,8 +69,8 @@ class MemberRecord:
             identity.sign(self.body()),
         )
 
-    def to_wire(self) -> list[object]:
-        return [
+    def to_wire(self) -> WireRecord:
+        return (
             self.mesh_id,
             self.subject,
             self.subject_key,
@@ -75,7 +78,7 @@ class MemberRecord:
             self.issued_at,
             self.signer,
             self.sig,
-        ]
+        )
 
     @classmethod
     def from_wire(cls, raw: object) -> MemberRecord:
@@ -209,8 +212,8 @@ class MemberFile:
 
     def __init__(self, data_dir: Path) -> None:
         self.dir = mesh_dir(data_dir)
-        self.path = self.dir / MEMBERS_FILE
-        self._lock_path = self.dir / "members.lock"
+        self.path = DataDir(data_dir).members
+        self._lock_path = DataDir(data_dir).members_lock
 
     def mtime(self) -> float:
         try:

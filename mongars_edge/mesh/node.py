@@ -7,6 +7,7 @@ through the callbacks it carries (`spawn`). No part imports the service or calls
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mongars_edge.logonce import WarnOnce
-from mongars_edge.mesh.errors import PeerUnavailableError
+from mongars_edge.mesh import codec
+from mongars_edge.mesh.errors import BadMessageError, PeerUnavailableError
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
@@ -104,6 +106,24 @@ class NodeState:
         queue = self._streams.get((id(link), stream_id))
         if queue is not None:
             queue.put_nowait(item)
+
+    def refused(self, link: Link, exc: BadMessageError) -> None:
+        """`link` carried a frame that is no valid message: say so once, and settle the stream
+        it named, so neither side waits for it until a timeout."""
+        self.warn_once(
+            f"frame:{link.peer_id}:{exc.tag}",
+            "refused a frame from %s: %s",
+            link.peer_id,
+            exc,
+        )
+        sid = exc.stream_id
+        if sid is None:
+            return
+        if (id(link), sid) in self._streams:  # a reply to a request of ours
+            self.deliver(link, sid, PeerUnavailableError(f"peer {link.peer_id} sent {exc}"))
+        elif exc.tag == codec.InferRequest.TAG:
+            with contextlib.suppress(PeerUnavailableError):
+                link.send(codec.Error(sid, exc.kind, str(exc)[:500]))
 
     def fail_streams(self, link: Link, why: str) -> None:
         """The link closed: every reply still expected from it ends with an error."""

@@ -32,7 +32,13 @@ from spake2 import SPAKE2_A, SPAKE2_B
 
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.codec import PairJoin, PairReply, PairStart, PairWelcome, Sealed
-from mongars_edge.mesh.errors import AuthError, CodecError, MeshError, PairingError
+from mongars_edge.mesh.errors import (
+    AuthError,
+    CodecError,
+    MeshError,
+    PairingError,
+    VersionError,
+)
 from mongars_edge.mesh.identity import Identity, mesh_dir, node_id_of
 from mongars_edge.mesh.members import MemberFile, MemberRecord
 from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, read_frame, write_frame
@@ -125,14 +131,18 @@ async def serve_pairing(
     data_dir: Path,
 ) -> MemberRecord:
     """The member side; returns the signed record of the new member."""
+    if start.version != codec.PROTOCOL_VERSION:
+        # Before the window is taken: a joiner of another version does not burn the code.
+        why = codec.version_problem(start.version)
+        write_frame(writer, codec.encode(codec.Error(0, VersionError.kind, why)))
+        await writer.drain()
+        raise VersionError(why)
     code = await asyncio.to_thread(_take_window, data_dir)
     if code is None:
         why = "no pairing window is open on that box (run `mongars-edge pair` on it first)"
         write_frame(writer, codec.encode(codec.Error(0, "pairing_closed", why)))
         await writer.drain()
         raise PairingError(why)
-    if start.version != codec.PROTOCOL_VERSION:
-        raise PairingError(f"version mismatch: joiner speaks protocol {start.version}")
     spake = SPAKE2_B(code, idA=_ID_JOINER, idB=_ID_MEMBER)
     reply = spake.start()
     try:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from mongars_edge.mesh.codec import Telemetry
+from mongars_edge.mesh.codec import Telemetry, version_problem
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def explain(peer: Peer, *, paired: bool, revoked: bool, version: int, model: str
     if not paired:
         return "not used: not paired (run `mongars-edge pair` on a member, then `pair --join`)"
     if peer.version and peer.version != version:
-        return f"not used: version mismatch (it speaks protocol {peer.version}, we speak {version})"
+        return f"not used: {version_problem(peer.version, version)}"
     if not peer.linked:
         why = f" ({peer.last_error})" if peer.last_error else ""
         return f"not used: unreachable{why}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -42,17 +41,18 @@ _MAX_CHARS_PER_TOKEN = 64
 
 def to_wire(request: ChatRequest, stream_id: int, model: str) -> codec.InferRequest:
     """The forwarded request: the assembled prompt only (no user or conversation ids)."""
-    sampling = dataclasses.asdict(request.sampling)
-    sampling["stop"] = list(request.sampling.stop)
     return codec.InferRequest(
         stream_id=stream_id,
-        messages=[[m.role, m.content] for m in request.messages],
-        sampling=sampling,
+        messages=[(m.role, m.content) for m in request.messages],
+        sampling=codec.wire_sampling(request.sampling),
         adapter=request.adapter,
         grammar=request.grammar,
         json_schema=dict(request.json_schema) if request.json_schema is not None else None,
         assistant_prefix=request.assistant_prefix,
         model=model,
+        tools=[codec.WireTool(t.name, t.description, dict(t.parameters)) for t in request.tools],
+        tool_choice=request.tool_choice,
+        tool_turns=codec.tool_turns(request.messages),
     )
 
 

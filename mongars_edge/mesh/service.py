@@ -239,7 +239,7 @@ class MeshService:
             link.send(codec.Members([r.to_wire() for r in self.node.state.all_records()]))
             link.send(self._telemetry())
             await link.drain()
-            await link.run(self._handle)
+            await link.run(self._handle, self.node.refused)
         except MeshError as exc:
             link.close(str(exc))
         finally:

@@ -58,21 +58,21 @@ class Serving:
         task.add_done_callback(lambda _t: self._tasks.pop(key, None))
 
     async def _run(self, link: Link, msg: codec.InferRequest) -> None:
-        from mongars_edge.inference.engine import ChatRequest, Message, Sampling
+        from mongars_edge.inference.engine import ChatRequest
 
         assert self.node.engine is not None
         sid = msg.stream_id
         try:
             if msg.model != self.node.engine.info.id:
                 raise MeshError(f"model mismatch: this box runs {self.node.engine.info.id}")
-            sampling = dict(msg.sampling)
-            sampling["stop"] = tuple(sampling.get("stop") or ())
             adapter = msg.adapter
             if adapter:
                 adapter = await self._ensure_adapter(link, adapter)
             request = ChatRequest(
-                messages=tuple(Message(r, c) for r, c in (m[:2] for m in msg.messages)),
-                sampling=Sampling(**sampling),
+                messages=codec.request_messages(msg),
+                tools=codec.request_tools(msg),
+                tool_choice=msg.tool_choice,
+                sampling=codec.sampling_of(msg.sampling),
                 adapter=adapter,
                 grammar=msg.grammar,
                 json_schema=msg.json_schema,

@@ -7,20 +7,18 @@ import os
 import time
 from typing import Any, Protocol
 
-from mongars_edge.datadir import write_private
+from mongars_edge.datadir import DataDir, write_private
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.identity import mesh_dir
 from mongars_edge.mesh.members import mesh_hash
 from mongars_edge.mesh.node import NodeState
 from mongars_edge.mesh.peers import Peer, explain
 
-STATE_FILE = "state.json"
-
 
 def remember_addresses(node: NodeState) -> None:
     """Members' addresses from the last run: dial them at once instead of waiting for mDNS."""
     try:
-        rows = json.loads((mesh_dir(node.data_dir) / STATE_FILE).read_text())["peers"]
+        rows = json.loads((DataDir(node.data_dir).mesh_state).read_text())["peers"]
     except (OSError, ValueError, KeyError, TypeError):
         return
     for row in rows if isinstance(rows, list) else []:
@@ -88,4 +86,5 @@ def _address(peer: Peer) -> str:
 
 
 def write_state(node: NodeState) -> None:
-    write_private(mesh_dir(node.data_dir) / STATE_FILE, json.dumps(report(node), indent=1))
+    mesh_dir(node.data_dir)
+    write_private(DataDir(node.data_dir).mesh_state, json.dumps(report(node), indent=1))

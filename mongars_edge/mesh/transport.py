@@ -3,7 +3,8 @@
 A `Link` is one authenticated connection. Its reader task hands every message to the service;
 streams and chunk requests started by this side get odd or even ids depending on who dialled,
 so both sides can start them on the same connection. Nothing a peer sends can raise out of
-the reader: bad frames close the link and are logged once.
+the reader: a frame holding no valid message is refused (the service answers it and logs it
+once) and the link goes on; a broken byte stream or a forged frame closes the link.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mongars_edge.mesh.channel import Initiator, KeyLookup, Responder, Session
 from mongars_edge.mesh.codec import Msg
 from mongars_edge.mesh.errors import (
     AuthError,
+    BadMessageError,
     CodecError,
     MeshError,
     PeerTimeoutError,
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S: Final = 5.0
 Handler = Callable[["Link", Msg], Awaitable[None] | None]
+Refused = Callable[["Link", BadMessageError], None]
 
 
 async def read_frame(reader: asyncio.StreamReader, limit_s: float) -> bytes:
@@ -124,12 +127,20 @@ class Link:
             self.close(f"write failed: {exc}")
             raise PeerUnavailableError(f"link to {self.peer_id} lost") from None
 
-    async def run(self, handler: Handler) -> None:
-        """Read and dispatch until the link dies; never raises for peer behaviour."""
+    async def run(self, handler: Handler, refused: Refused | None = None) -> None:
+        """Read and dispatch until the link dies; never raises for peer behaviour. An authentic
+        frame that holds no valid message goes to `refused` and the link goes on."""
         try:
             while not self.closed.is_set():
                 payload = await read_frame(self.reader, self.idle_timeout)
-                msg = self.session.open(payload)
+                try:
+                    msg = self.session.open(payload)
+                except BadMessageError as exc:
+                    if refused is None:
+                        log.debug("refused a frame from %s: %s", self.peer_id, exc)
+                    else:
+                        refused(self, exc)
+                    continue
                 result = handler(self, msg)
                 if result is not None:
                     await result
@@ -190,7 +201,7 @@ async def answer(
     try:
         reply = responder.respond(first, first_bytes)
     except AuthError as exc:
-        write_frame(writer, codec.encode(codec.Error(0, "peer_auth", str(exc))))
+        write_frame(writer, codec.encode(codec.Error(0, exc.kind, str(exc))))
         with contextlib.suppress(ConnectionError, OSError):
             await writer.drain()
         raise

@@ -7,10 +7,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Final
-
-if TYPE_CHECKING:
-    from mongars_edge.runtime import Runtime
+from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +70,8 @@ async def advertise_on(
 
 
 @contextlib.asynccontextmanager
-async def advertise(runtime: Runtime, port: int) -> AsyncIterator[None]:
-    """Advertise from the running box (called only when it listens beyond loopback)."""
-    host = runtime.settings.host
+async def advertise(host: str, port: int) -> AsyncIterator[None]:
+    """Advertise from the running box listening on `host` (only when beyond loopback)."""
     anywhere = host in ("0.0.0.0", "::", "")  # noqa: S104 - reading the setting, not binding
     addresses = [_lan_address()] if anywhere else [host]
     interfaces = None if anywhere else [host]

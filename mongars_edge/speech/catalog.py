@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.errors import InvalidRequestError, NotFoundError
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ CATALOG: Final = {
 
 
 def voices_dir(data_dir: Path) -> Path:
-    return data_dir / "voices"
+    return DataDir(data_dir).voices
 
 
 def installed(data_dir: Path) -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.errors import InvalidRequestError, UnavailableError
 from mongars_edge.speech.errors import SpeechBusyError
 from mongars_edge.speech.sentences import SentenceSplitter, guess_language, split_sentences
@@ -93,7 +94,7 @@ class TextToSpeech:
     ) -> TextToSpeech:
         """Load every installed voice (blocking: call from a thread)."""
         voices: list[Voice] = []
-        cache = voices_dir.parent / "onnx-cache" if voices_dir else None
+        cache = DataDir(voices_dir.parent).onnx_cache if voices_dir else None
         models = installed_models(voices_dir) if voices_dir else []
         joe = default_english_model()
         for model in [*models, *([joe] if joe else [])]:

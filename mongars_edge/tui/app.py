@@ -14,12 +14,11 @@ from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 from textual.worker import Worker
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.errors import MongarsError
 from mongars_edge.localbox import ask_data_dir, local_url, same_place, serving_url
-from mongars_edge.runtime import DATABASE_FILE
 from mongars_edge.settings import Settings
 from mongars_edge.tui.client import (
-    LOCAL_TOKEN_FILE,
     DaemonClient,
     DaemonDown,
     DaemonError,
@@ -142,7 +141,8 @@ class _EventLogHandler(logging.Handler):
 
 
 def _holds_box(data_dir: Path) -> bool:
-    return (data_dir / LOCAL_TOKEN_FILE).exists() or (data_dir / DATABASE_FILE).exists()
+    data = DataDir(data_dir)
+    return data.local_admin_token.exists() or data.database.exists()
 
 
 def find_daemon(settings: Settings, url: str | None) -> tuple[str, LocalToken]:

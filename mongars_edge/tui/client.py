@@ -8,15 +8,15 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import httpx
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.errors import MongarsError
 
 log = logging.getLogger(__name__)
 
-LOCAL_TOKEN_FILE: Final = "local-admin.token"  # noqa: S105 - a file name
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
@@ -51,7 +51,7 @@ class LocalTokenError(MongarsError, PermissionError):
 
 def read_local_token(data_dir: Path) -> str:
     """The console token the daemon writes into its data dir, or a clear error."""
-    path = data_dir / LOCAL_TOKEN_FILE
+    path = DataDir(data_dir).local_admin_token
     try:
         token = path.read_text(encoding="utf-8").strip()
     except PermissionError:
@@ -287,11 +287,11 @@ class LocalToken:
         try:
             self()
         except LocalTokenError:
-            if (self.data_dir / LOCAL_TOKEN_FILE).exists():
+            if DataDir(self.data_dir).local_admin_token.exists():
                 raise
 
     def __call__(self) -> str | None:
-        path = self.data_dir / LOCAL_TOKEN_FILE
+        path = DataDir(self.data_dir).local_admin_token
         try:
             stamp = path.stat().st_mtime_ns
         except PermissionError:

@@ -30,6 +30,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from starlette.requests import HTTPConnection
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.errors import InvalidRequestError, MongarsError
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 TOKEN_PREFIX: Final = "mge_"  # noqa: S105 - a prefix, not a secret
 SESSION_COOKIE: Final = "mongars_session"
 CSRF_HEADER: Final = "x-csrf-token"
-LOCAL_ADMIN_FILE: Final = "local-admin.token"
 CONSOLE_USER: Final = "console"
 RESERVED_NAMES: Final = frozenset([CONSOLE_USER])
 MIN_PASSWORD: Final = 8
@@ -230,7 +230,7 @@ class Accounts:
 
     @property
     def local_token_path(self) -> Path:
-        return self.data_dir / LOCAL_ADMIN_FILE
+        return DataDir(self.data_dir).local_admin_token
 
     def _write_local_token(self) -> None:
         path = self.local_token_path

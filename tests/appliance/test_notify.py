@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.telemetry import (
-    FIRSTBOOT_PROBLEMS_FILE,
     SystemdNotifier,
     Watchdog,
     appliance_problems,
@@ -166,10 +166,24 @@ def test_abstract_socket_address(tmp_path: Path) -> None:
         notifier.close()
 
 
+def test_a_vanished_notify_socket_is_told_once(
+    notify_socket: tuple[str, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, sock = notify_socket
+    notifier = SystemdNotifier(path)
+    assert notifier.ready() is True
+    sock.close()
+    Path(path).unlink()  # systemd went away under us
+    assert [notifier.notify("WATCHDOG=1") for _ in range(3)] == [False, False, False]
+    told = [r for r in caplog.records if "sd_notify to" in r.message]
+    assert [r.levelname for r in told] == ["WARNING"]  # then at debug, not shown here
+    notifier.close()
+
+
 def test_firstboot_problems_reach_health(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / FIRSTBOOT_PROBLEMS_FILE).write_text("wifi.txt: no 'ssid=' line\n\n")
+    DataDir(data).firstboot_problems.write_text("wifi.txt: no 'ssid=' line\n\n")
     assert appliance_problems(data) == ["first boot: wifi.txt: no 'ssid=' line"]
     port = free_port()
     proc = subprocess.Popen(

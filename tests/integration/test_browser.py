@@ -67,11 +67,11 @@ def _conversation(server: Server, cid: int) -> dict[str, Any]:
 
 
 def _insert_answer(server: Server, user: str, cid: int, text: str) -> None:
+    from mongars_edge.datadir import DataDir
     from mongars_edge.memory.store import MemoryStore
-    from mongars_edge.runtime import DATABASE_FILE
 
     async def run() -> None:
-        async with MemoryStore.open(server.data_dir / DATABASE_FILE) as store:
+        async with MemoryStore.open(DataDir(server.data_dir).database) as store:
             owner = await store.require_user(user)
             await store.add_turn(owner.id, cid, "show me markdown", text)
 

@@ -222,7 +222,7 @@ async def main():
     except Exception as exc:
         print("refused:", exc)
     r, w = await asyncio.open_connection({a.address!r}, {MESH_PORT})
-    msg = codec.InferRequest(1, [["user", "hi"]], {{}}, None, None, None, "", "x")
+    msg = codec.InferRequest(1, [("user", "hi")], codec.WireSampling(), None, None, None, "", "x")
     w.write(codec.frame(codec.encode(msg)))
     await w.drain()
     print("closed" if await r.read() == b"" else "ANSWERED")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 
 import msgpack
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mongars_edge.inference.engine import Sampling
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.channel import Initiator, Responder, Session
 from mongars_edge.mesh.codec import (
@@ -17,8 +19,15 @@ from mongars_edge.mesh.codec import (
     InferRequest,
     Telemetry,
     TokenChunk,
+    WireSampling,
 )
-from mongars_edge.mesh.errors import AuthError, CodecError, FrameTooLargeError
+from mongars_edge.mesh.errors import (
+    AuthError,
+    BadMessageError,
+    CodecError,
+    FrameTooLargeError,
+    VersionError,
+)
 from mongars_edge.mesh.identity import Identity
 
 A = Identity.generate()
@@ -40,13 +49,24 @@ def _pair() -> tuple[Session, Session]:
 
 TEXT = st.text(max_size=50)
 INT64 = st.integers(-(2**63), 2**63 - 1)
+SAMPLING = st.builds(
+    WireSampling,
+    temperature=st.floats(0, 2),
+    top_p=st.floats(0.01, 1),
+    top_k=st.integers(0, 1000),
+    min_p=st.floats(0, 1),
+    repeat_penalty=st.floats(0.01, 10),
+    seed=st.none() | INT64,
+    max_tokens=st.integers(1, 10**6),
+    stop=st.lists(st.text(min_size=1, max_size=8), max_size=4).map(tuple),
+)
 SAMPLES = st.one_of(
     st.builds(TokenChunk, st.integers(0, 2**31), TEXT, st.none() | st.integers(0, 2**31)),
     st.builds(
         InferRequest,
         st.integers(0, 2**31),
-        st.lists(st.lists(TEXT, min_size=2, max_size=2), max_size=4),
-        st.dictionaries(st.text(max_size=8), INT64 | st.floats(allow_nan=False)),
+        st.lists(st.tuples(TEXT, TEXT), max_size=4),
+        SAMPLING,
         st.none() | TEXT,
         st.none() | TEXT,
         st.none(),
@@ -189,7 +209,7 @@ def test_wrong_protocol_version_is_refused() -> None:
     hello = codec.decode(init.hello())
     assert isinstance(hello, codec.HsInit)
     other = codec.HsInit(99, "mesh", A.node_id, hello.eph)
-    with pytest.raises(AuthError, match="version mismatch"):
+    with pytest.raises(VersionError, match="protocol 99, this box 2: update the older box"):
         Responder(B, PINS.get).respond(other, codec.encode(other))
 
 
@@ -217,5 +237,111 @@ def test_a_message_without_its_newer_trailing_fields_still_decodes() -> None:
     assert isinstance(older, Telemetry) and older.port == 0
     with pytest.raises(CodecError):  # a required field missing is still refused
         codec.decode(msgpack.packb([tag, values[:-2]], use_bin_type=True))
-    with pytest.raises(CodecError):  # and so are fields nobody knows
-        codec.decode(msgpack.packb([tag, [*values, 1]], use_bin_type=True))
+    # Fields it does not know yet are skipped: how a hello of any later version is still read.
+    newer = codec.decode(msgpack.packb([tag, [*values, 1]], use_bin_type=True))
+    assert newer == full
+
+
+def test_the_hello_of_protocol_1_still_reads() -> None:
+    """Version 1 built its frames by hand with msgpack: its hello must decode here so this box
+    can name both versions, and ours must decode there (same envelope, same leading fields)."""
+    eph = bytes(range(32))
+    v1_hello = msgpack.packb([1, [1, "mesh", A.node_id, eph]], use_bin_type=True)
+    assert codec.decode(v1_hello) == codec.HsInit(1, "mesh", A.node_id, eph)
+    ours = codec.HsInit(codec.PROTOCOL_VERSION, "mesh", A.node_id, eph)
+    assert msgpack.unpackb(codec.encode(ours)) == [1, [2, "mesh", A.node_id, eph]]
+    v1_refusal = msgpack.packb([20, [0, "peer_auth", "version mismatch"]], use_bin_type=True)
+    assert codec.decode(v1_refusal) == codec.Error(0, "peer_auth", "version mismatch")
+
+
+def _request(sampling: dict[str, object], stream_id: int = 7) -> bytes:
+    fields = [stream_id, [["user", "hi"]], sampling, None, None, None, "", "m"]
+    return msgspec.msgpack.encode([InferRequest.TAG, fields])
+
+
+@pytest.mark.parametrize(
+    ("sampling", "named"),
+    [
+        ({"temperature": 9.0}, "sampling.temperature"),
+        ({"top_p": 0.0}, "sampling.top_p"),
+        ({"max_tokens": 0}, "sampling.max_tokens"),
+        ({"stop": [""]}, "sampling.stop"),
+        ({"stop": ["x"] * 17}, "sampling.stop"),
+        ({"temperature": "hot"}, "sampling.temperature"),
+        ({"__class__": 1}, "sampling"),  # no field outside the declared ones
+    ],
+)
+def test_out_of_range_sampling_is_refused_naming_field_and_stream(
+    sampling: dict[str, object], named: str
+) -> None:
+    with pytest.raises(BadMessageError, match=rf"InferRequest: .*{named}") as caught:
+        codec.decode(_request(sampling))
+    assert caught.value.tag == InferRequest.TAG and caught.value.stream_id == 7
+
+
+def test_a_request_with_no_sampling_set_gets_the_defaults() -> None:
+    msg = codec.decode(_request({}))
+    assert isinstance(msg, InferRequest)
+    assert codec.sampling_of(msg.sampling) == Sampling()
+
+
+@given(SAMPLING)
+def test_sampling_travels_unchanged(wire: WireSampling) -> None:
+    sampling = codec.sampling_of(wire)
+    assert codec.wire_sampling(sampling) == wire
+
+
+def test_refusals_say_what_they_could_read() -> None:
+    with pytest.raises(BadMessageError) as caught:
+        codec.decode(msgpack.packb([99, []]))
+    assert caught.value.tag == 99 and caught.value.stream_id is None
+    with pytest.raises(BadMessageError) as caught:
+        codec.decode(msgpack.packb([TokenChunk.TAG, [5, b"not text", None]]))
+    assert caught.value.stream_id == 5 and "TokenChunk: " in str(caught.value)
+    assert "`$[1]`" not in str(caught.value) and "text" in str(caught.value)
+    with pytest.raises(BadMessageError) as caught:
+        codec.decode(b"\xc1")
+    assert caught.value.tag is None
+
+
+def test_a_forwarded_request_carries_its_tools_and_tool_turns() -> None:
+    from mongars_edge.inference.engine import ChatRequest, Message
+    from mongars_edge.inference.tools import Tool, ToolCall
+    from mongars_edge.mesh.remote import to_wire
+
+    tool = Tool(
+        "HassTurnOn", "Turns on", {"type": "object", "properties": {"name": {"type": "string"}}}
+    )
+    call = ToolCall("HassTurnOn", '{"name": "Kitchen Light"}', id="call_7")
+    request = ChatRequest(
+        messages=(
+            Message("user", "Turn on the kitchen light"),
+            Message("assistant", "", tool_calls=(call,)),
+            Message("tool", '{"success": true}', tool_call_id="call_7"),
+        ),
+        tools=(tool,),
+        tool_choice="required",
+    )
+    wire = codec.decode(codec.encode(to_wire(request, 3, "m")))
+    assert isinstance(wire, codec.InferRequest)
+    assert codec.request_messages(wire) == request.messages
+    assert codec.request_tools(wire) == request.tools
+    assert wire.tool_choice == "required"
+
+
+def test_a_forwarded_tool_with_a_broken_schema_is_refused() -> None:
+    from mongars_edge.errors import InvalidRequestError
+
+    wire = codec.InferRequest(
+        stream_id=1,
+        messages=[("user", "hi")],
+        sampling=WireSampling(),
+        adapter=None,
+        grammar=None,
+        json_schema=None,
+        assistant_prefix="",
+        model="m",
+        tools=[codec.WireTool("t", "", {"type": "object", "properties": {"a": {"type": 5}}})],
+    )
+    with pytest.raises(InvalidRequestError):
+        codec.request_tools(codec.decode(codec.encode(wire)))  # type: ignore[arg-type]

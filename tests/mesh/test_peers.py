@@ -49,7 +49,7 @@ def test_reasons() -> None:
     args: dict[str, Any] = {"paired": True, "revoked": False, "version": 1, "model": "m"}
     assert "not paired" in explain(peer, **{**args, "paired": False})
     assert "revoked" in explain(peer, **{**args, "revoked": True})
-    assert "version mismatch" in explain(Peer("n1", version=2), **args)
+    assert "protocol 2, this box 1: update" in explain(Peer("n1", version=2), **args)
     peer.last_error = "connection refused"
     assert explain(peer, **args) == "not used: unreachable (connection refused)"
     peer.linked = True

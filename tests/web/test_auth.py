@@ -9,8 +9,9 @@ import time
 import httpx
 import pytest
 
+from mongars_edge.datadir import DataDir
 from mongars_edge.runtime import Runtime
-from mongars_edge.web.auth import LOCAL_ADMIN_FILE, Throttle, ThrottledError, digest
+from mongars_edge.web.auth import Throttle, ThrottledError, digest
 from tests.web.conftest import PASSWORD, bearer, login_as
 
 
@@ -151,7 +152,7 @@ async def test_bearer_tokens_are_hashed_and_revocable(
 
 
 async def test_local_admin_token_file(client: httpx.AsyncClient, runtime: Runtime) -> None:
-    path = runtime.data_dir / LOCAL_ADMIN_FILE
+    path = DataDir(runtime.data_dir).local_admin_token
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
     token = path.read_text().strip()
     headers = {"Authorization": f"Bearer {token}"}
