@@ -68,6 +68,41 @@ class ConversationsMixin:
 
         return Conversation(await self._writer.run(job), user_id, title, now, now)
 
+    async def linked_conversation(
+        self, user_id: int, source: str, external_id: str, title: str = ""
+    ) -> tuple[int, bool]:
+        """The conversation `source` calls `external_id` for this user, made (and linked) if
+        there is none yet. Returns (conversation id, created). One writer transaction, so two
+        turns racing with a new id still land in one conversation."""
+        source = clean_text(source, "link source")
+        external_id = clean_text(external_id, "conversation id", allow_empty=False)
+        title = clean_text(title, "title")[:_TITLE_CHARS] if title else ""
+        now = time.time()
+
+        def job(conn: Conn) -> tuple[int, bool]:
+            row = conn.execute(
+                "SELECT conversation_id FROM conversation_links"
+                " WHERE source = ? AND user_id = ? AND external_id = ?",
+                (source, user_id, external_id),
+            ).fetchone()
+            if row is not None:
+                return int(row[0]), False
+            if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+                raise NotFoundError(f"no user with id {user_id}")
+            cur = conn.execute(
+                "INSERT INTO conversations(user_id, title, created, updated) VALUES (?, ?, ?, ?)",
+                (user_id, title, now, now),
+            )
+            conversation_id = int(cur.lastrowid)
+            conn.execute(
+                "INSERT INTO conversation_links(source, user_id, external_id, conversation_id,"
+                " created) VALUES (?, ?, ?, ?, ?)",
+                (source, user_id, external_id, conversation_id, now),
+            )
+            return conversation_id, True
+
+        return await self._writer.run(job)
+
     async def list_conversations(
         self, user_id: int, *, limit: int = 50, offset: int = 0
     ) -> list[Conversation]:

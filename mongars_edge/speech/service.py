@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from mongars_edge.hardware.tuning import TuningProfile
     from mongars_edge.runtime import Runtime
     from mongars_edge.settings import Settings
+    from mongars_edge.speech.agent import VoiceAgent
     from mongars_edge.speech.stt import SpeechToText
     from mongars_edge.speech.tts import TextToSpeech
 
@@ -91,7 +92,8 @@ async def _maybe(
 
 @contextlib.asynccontextmanager
 async def open_speech(runtime: Runtime) -> AsyncIterator[None]:
-    """Load TTS and STT side by side, start the Wyoming server; close all in reverse."""
+    """Load TTS and STT side by side, start the Wyoming server (for them and the conversation
+    agent, which needs no speech); close all in reverse."""
     settings, profile = runtime.settings, runtime.profile
     want_tts = wanted(settings.speech, profile.speech)
     want_stt = wanted(settings.stt, profile.stt)
@@ -112,12 +114,15 @@ async def open_speech(runtime: Runtime) -> AsyncIterator[None]:
         if stt is not None:
             runtime.stt = stt
             stack.push_async_callback(stt.aclose)
-        if settings.wyoming_port and (runtime.speech or runtime.stt):
+        agent = _agent(runtime)
+        if settings.wyoming_port and (runtime.speech or runtime.stt or agent):
             from mongars_edge.speech.wyoming import open_wyoming
 
             try:
                 runtime.wyoming = await stack.enter_async_context(
-                    open_wyoming(runtime.speech, runtime.stt, settings.host, settings.wyoming_port)
+                    open_wyoming(
+                        runtime.speech, runtime.stt, settings.host, settings.wyoming_port, agent
+                    )
                 )
             except MongarsError as exc:
                 # Chat and the web page still work; /health shows what is missing.
@@ -133,6 +138,15 @@ async def open_speech(runtime: Runtime) -> AsyncIterator[None]:
             runtime.wyoming = None
             runtime.speech = None
             runtime.stt = None
+
+
+def _agent(runtime: Runtime) -> VoiceAgent | None:
+    """The conversation agent, when it is on and the box has a chat model to answer with."""
+    if not runtime.settings.wyoming_agent or runtime.models is None:
+        return None
+    from mongars_edge.speech.agent import VoiceAgent
+
+    return VoiceAgent(runtime.chat, max_tokens=runtime.settings.reply_max_tokens)
 
 
 def _loopback_only(host: str) -> bool:
