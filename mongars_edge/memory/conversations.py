@@ -68,38 +68,36 @@ class ConversationsMixin:
 
         return Conversation(await self._writer.run(job), user_id, title, now, now)
 
-    async def linked_conversation(
-        self, user_id: int, source: str, external_id: str, title: str = ""
-    ) -> tuple[int, bool]:
-        """The conversation `source` calls `external_id` for this user, made (and linked) if
-        there is none yet. Returns (conversation id, created). One writer transaction, so two
-        turns racing with a new id still land in one conversation."""
-        source = clean_text(source, "link source")
-        external_id = clean_text(external_id, "conversation id", allow_empty=False)
-        title = clean_text(title, "title")[:_TITLE_CHARS] if title else ""
-        now = time.time()
+    async def conversation_link(self, user_id: int, source: str, external_id: str) -> int | None:
+        """Our id of the conversation `source` calls `external_id` for this user, if linked."""
+        row = await self._readers.fetchone(
+            "SELECT conversation_id FROM conversation_links"
+            " WHERE source = ? AND user_id = ? AND external_id = ?",
+            (source, user_id, external_id),
+        )
+        return None if row is None else int(row[0])
 
-        def job(conn: Conn) -> tuple[int, bool]:
+    async def link_conversation(
+        self, user_id: int, source: str, external_id: str, conversation_id: int
+    ) -> int:
+        """Name one of this user's conversations by `source`'s own id; returns the conversation
+        the id names now (an earlier link wins: two first turns racing keep the first)."""
+        source = clean_text(source, "link source", allow_empty=False)
+        external_id = clean_text(external_id, "conversation id", allow_empty=False)
+
+        def job(conn: Conn) -> int:
+            _owned(conn, user_id, conversation_id)
+            conn.execute(
+                "INSERT OR IGNORE INTO conversation_links(source, user_id, external_id,"
+                " conversation_id, created) VALUES (?, ?, ?, ?, ?)",
+                (source, user_id, external_id, conversation_id, time.time()),
+            )
             row = conn.execute(
                 "SELECT conversation_id FROM conversation_links"
                 " WHERE source = ? AND user_id = ? AND external_id = ?",
                 (source, user_id, external_id),
             ).fetchone()
-            if row is not None:
-                return int(row[0]), False
-            if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
-                raise NotFoundError(f"no user with id {user_id}")
-            cur = conn.execute(
-                "INSERT INTO conversations(user_id, title, created, updated) VALUES (?, ?, ?, ?)",
-                (user_id, title, now, now),
-            )
-            conversation_id = int(cur.lastrowid)
-            conn.execute(
-                "INSERT INTO conversation_links(source, user_id, external_id, conversation_id,"
-                " created) VALUES (?, ?, ?, ?, ?)",
-                (source, user_id, external_id, conversation_id, now),
-            )
-            return conversation_id, True
+            return int(row[0])
 
         return await self._writer.run(job)
 

@@ -40,7 +40,6 @@ VOICE_USER: Final = "voice"
 #: How Home Assistant's conversation ids are told apart from other programs' in the store.
 LINK_SOURCE: Final = "wyoming"
 MAX_CONVERSATION_ID: Final = 200
-_TITLE_CHARS: Final = 60
 _DEFAULT_LANG: Final[Lang] = "fr"  # as the chat pipeline: the home language of the box
 
 Send = Callable[[Event], Awaitable[None]]
@@ -203,16 +202,20 @@ class VoiceAgent:
         model is still a clean `not-handled` rather than a broken stream."""
         chat = self._chat
         user_id = await self.voice_user()
-        title = " ".join(text.split())[:_TITLE_CHARS]
-        conversation_id, _ = await chat.store.linked_conversation(user_id, LINK_SOURCE, key, title)
+        # The conversation is made by `prepare` (once the turn can run) and linked after it:
+        # a turn refused up front leaves nothing behind.
+        known = await chat.store.conversation_link(user_id, LINK_SOURCE, key)
         turn = Turn(
             messages=(Message("system", spoken_prompt(lang)), Message("user", text)),
             sampling=Sampling(max_tokens=self._max_tokens),
             sampling_set=frozenset({"max_tokens"}),
-            conversation_id=conversation_id,
+            conversation_id=known,
+            new_conversation=known is None,
             preferred_lang=hint,
         )
         prepared = await chat.prepare(turn, user_id)
+        if known is None and prepared.conversation_id is not None:
+            await chat.store.link_conversation(user_id, LINK_SOURCE, key, prepared.conversation_id)
         events = chat.stream(prepared)
         try:
             first = await anext(events)
