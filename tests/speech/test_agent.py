@@ -21,6 +21,7 @@ from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
 from mongars_edge.speech.agent import LINK_SOURCE, VOICE_USER, VoiceAgent
 from mongars_edge.speech.wyoming import WyomingServer, open_wyoming
+from tests.helpers import free_port
 from tests.web.conftest import TEST_SETTINGS, runtime
 
 __all__ = ["runtime"]
@@ -264,3 +265,15 @@ async def test_a_speech_only_server_says_conversation_is_off(data_dir: Path) -> 
         assert Info.from_event(await _read(client)).handle == []
         answer = await _ask(client, Transcript(text="Allume la lumière", language="fr"))
         assert answer.not_handled.text == "La conversation est désactivée sur cette boîte."
+
+
+async def test_with_speech_off_the_agent_setting_decides_if_wyoming_serves(
+    tmp_path: Path,
+) -> None:
+    off = _box(tmp_path / "off", wyoming_port=free_port(), wyoming_agent=False)
+    async with off() as box:
+        assert box.wyoming is None
+    async with _box(tmp_path / "on", wyoming_port=free_port())() as box:
+        assert box.wyoming is not None
+        answer = await _say(box.wyoming.port, "Hello!", "en", "01HABOX")
+        assert answer.types[-2:] == ["handled", "handled-stop"]
