@@ -4,7 +4,7 @@ port-0 socket, answering with the real chat pipeline (SmolLM2-135M, SQLite, the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from wyoming.event import Event
 from wyoming.handle import Handled, HandledChunk, HandledStart, HandledStop, NotHandled
 from wyoming.info import Describe, Info
 
+from mongars_edge.inference.engine import ChatRequest, Sampling
 from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
 from mongars_edge.speech.agent import LINK_SOURCE, VOICE_USER, VoiceAgent
@@ -277,3 +278,34 @@ async def test_with_speech_off_the_agent_setting_decides_if_wyoming_serves(
         assert box.wyoming is not None
         answer = await _say(box.wyoming.port, "Hello!", "en", "01HABOX")
         assert answer.types[-2:] == ["handled", "handled-stop"]
+
+
+async def test_a_full_queue_is_a_busy_sentence_and_the_waiting_turn_is_answered(
+    data_dir: Path,
+) -> None:
+    # One slot, one queued request: a long generation holds the slot (its grammar cannot end
+    # before 3000 characters), so of two turns sent together one waits and one is refused.
+    box_of = _box(data_dir, n_parallel=1, queue_size=1, ctx_size=4096)
+    async with box_of() as box:
+        assert box.engine is not None
+        hog = ChatRequest.of(
+            [("user", "Write.")],
+            sampling=Sampling(max_tokens=3500),
+            grammar="root ::= ten{300}\nten ::= [a-z ]{10}",
+        )
+        holding = box.engine.stream(hog)
+        assert isinstance(holding, AsyncGenerator)
+        assert (await anext(holding)).finish_reason is None  # it holds the slot now
+        agent = VoiceAgent(box.chat, max_tokens=MAX_TOKENS)
+        async with open_wyoming(None, None, "127.0.0.1", 0, agent) as srv:
+            turns = [
+                asyncio.create_task(_say(srv.port, text, "en", key))
+                for text, key in (("Hello!", "01HAQ1"), ("Good morning!", "01HAQ2"))
+            ]
+            done, waiting = await asyncio.wait(turns, return_when=asyncio.FIRST_COMPLETED)
+            (refused,) = done
+            assert refused.result().types == ["not-handled"]
+            assert refused.result().not_handled.text == "The box is busy; try again in a moment."
+            await holding.aclose()  # frees the slot: the queued turn runs
+            (answered,) = waiting
+            assert (await answered).types[-2:] == ["handled", "handled-stop"]
