@@ -71,6 +71,10 @@ _SAY: Final[dict[str, dict[Lang, str]]] = {
         "fr": "Désolé, je n'ai pas pu répondre.",
         "en": "Sorry, I could not answer that.",
     },
+    "no_voice_user": {
+        "fr": "Le compte vocal de la boîte n'est pas utilisable; son journal dit pourquoi.",
+        "en": "The box's voice account cannot be used; its log says why.",
+    },
     "off": {
         "fr": "La conversation est désactivée sur cette boîte.",
         "en": "Conversation is turned off on this box.",
@@ -102,7 +106,15 @@ def not_handled_off(event: Event) -> Event:
     return not_handled("off", reply_language(text if isinstance(text, str) else "", hint))
 
 
+class VoiceUserError(UnavailableError):
+    """The account named `voice` is a person's (it can sign in): the agent will not be them."""
+
+    kind = "voice_user_unusable"
+
+
 def _reason(exc: MongarsError) -> str:
+    if isinstance(exc, VoiceUserError):
+        return "no_voice_user"
     if isinstance(exc, UnavailableError):
         return "no_model"
     if isinstance(exc, QueueFullError | DeadlineExceededError):
@@ -160,13 +172,23 @@ class VoiceAgent:
         )
 
     async def voice_user(self) -> int:
-        """The voice user's id, the account made on first use (no password: it cannot sign in)."""
+        """The voice user's id, the account made on first use (no password: it cannot sign in).
+
+        Anyone who reaches the Wyoming port talks as this user and hears what it remembers:
+        an account someone can sign in as (made by hand with that name) is refused.
+        """
         store = self._chat.store
         user = await store.get_user_by_name(VOICE_USER)
         if user is None:
             with contextlib.suppress(UserExistsError):
                 await store.create_user(VOICE_USER, None, is_admin=False)
             user = await store.require_user(VOICE_USER)
+        if user.password_hash is not None or user.is_admin:
+            raise VoiceUserError(
+                f"the user {user.name!r} can sign in (a password or admin rights), so the "
+                "voice agent does not answer as them: remove that user (DELETE "
+                "/api/users/ID) and the agent makes its own"
+            )
         return user.id
 
     async def handle(self, event: Event, send: Send) -> None:
@@ -188,7 +210,8 @@ class VoiceAgent:
         try:
             events, first, lang = await self._start(text, hint, lang, key)
         except MongarsError as exc:
-            log.info("voice turn not handled (%s): %s", exc.kind, exc)
+            level = logging.WARNING if isinstance(exc, VoiceUserError) else logging.INFO
+            log.log(level, "voice turn not handled (%s): %s", exc.kind, exc)
             await send(not_handled(_reason(exc), lang, context))
             return
         context["language"] = lang

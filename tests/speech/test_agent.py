@@ -309,3 +309,15 @@ async def test_a_full_queue_is_a_busy_sentence_and_the_waiting_turn_is_answered(
             await holding.aclose()  # frees the slot: the queued turn runs
             (answered,) = waiting
             assert (await answered).types[-2:] == ["handled", "handled-stop"]
+
+
+async def test_a_person_named_voice_is_not_answered_for(
+    server: WyomingServer, runtime: Runtime
+) -> None:
+    # Whoever reaches the Wyoming port would talk as that person and hear their memories.
+    person = await runtime.memory.create_user(VOICE_USER, "scrypt$not-a-real-hash")
+    answer = await _say(server.port, "What do you remember about me?", "en", "01HAPERSON")
+    assert answer.types == ["not-handled"]
+    assert answer.not_handled.text == "The box's voice account cannot be used; its log says why."
+    await runtime.chat.drain()
+    assert await runtime.memory.list_conversations(person.id) == []
