@@ -211,10 +211,11 @@ class Runtime:
                 sampling_defaults=self.models.sampling_defaults if self.models else None,
             )
         )
-        from mongars_edge.speech.service import open_speech
+        from mongars_edge.speech.service import open_speech, voice_agent
 
+        agent = voice_agent(self.settings, self.chat, self.models)
         speech = await self._stack.enter_async_context(
-            open_speech(self.settings, self.profile, self.facts, self.data, self.models)
+            open_speech(self.settings, self.profile, self.facts, self.data, self.models, agent)
         )
         self.speech, self.stt, self.wyoming = speech.tts, speech.stt, speech.wyoming
         self.problems += speech.problems

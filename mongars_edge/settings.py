@@ -97,6 +97,11 @@ class Settings:
     wyoming_port: int = _setting(
         10200, "TCP port of the Wyoming voice server (0 disables it).", minimum=0, maximum=65535
     )
+    wyoming_agent: bool = _setting(
+        True,
+        "Offer the chat model to Home Assistant as a conversation agent on the Wyoming server "
+        "(a handle program answering as the `voice` user), with speech on or off.",
+    )
     stt_model: str = _setting(
         "auto",
         "Speech-to-text model: auto (multilingual whisper-base where the hardware profile "

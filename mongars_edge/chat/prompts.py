@@ -19,6 +19,18 @@ _PERSONA: Final[dict[str, str]] = {
         "Answer in English, clearly and honestly; if you do not know, say so."
     ),
 }
+# Spoken replies: a voice assistant reads the answer aloud, so lists, markdown and long
+# paragraphs read badly and keep the listener waiting.
+_SPOKEN: Final[dict[str, str]] = {
+    "fr": (
+        "Ta réponse sera lue à voix haute par un assistant vocal : réponds en une à trois "
+        "phrases courtes, en texte simple, sans listes, sans markdown et sans émojis."
+    ),
+    "en": (
+        "Your answer is read aloud by a voice assistant: answer in one to three short "
+        "sentences of plain text, with no lists, no markdown and no emoji."
+    ),
+}
 _MEMORY_HEADER: Final[dict[str, str]] = {
     "fr": "Ce que tu sais de la personne (tiré de conversations passées) :",
     "en": "What you know about the user (from past conversations):",
@@ -54,6 +66,11 @@ def system_prompt(
     if style:
         parts.append(" ".join(style))
     return "\n\n".join(parts)
+
+
+def spoken_prompt(lang: Lang) -> str:
+    """The system text of a turn whose answer is spoken (the persona, then how to speak)."""
+    return f"{_PERSONA[lang]}\n\n{_SPOKEN[lang]}"
 
 
 def with_memories(lang: Lang, memories: Sequence[str], text: str) -> str:

@@ -68,6 +68,39 @@ class ConversationsMixin:
 
         return Conversation(await self._writer.run(job), user_id, title, now, now)
 
+    async def conversation_link(self, user_id: int, source: str, external_id: str) -> int | None:
+        """Our id of the conversation `source` calls `external_id` for this user, if linked."""
+        row = await self._readers.fetchone(
+            "SELECT conversation_id FROM conversation_links"
+            " WHERE source = ? AND user_id = ? AND external_id = ?",
+            (source, user_id, external_id),
+        )
+        return None if row is None else int(row[0])
+
+    async def link_conversation(
+        self, user_id: int, source: str, external_id: str, conversation_id: int
+    ) -> int:
+        """Name one of this user's conversations by `source`'s own id; returns the conversation
+        the id names now (an earlier link wins: two first turns racing keep the first)."""
+        source = clean_text(source, "link source", allow_empty=False)
+        external_id = clean_text(external_id, "conversation id", allow_empty=False)
+
+        def job(conn: Conn) -> int:
+            _owned(conn, user_id, conversation_id)
+            conn.execute(
+                "INSERT OR IGNORE INTO conversation_links(source, user_id, external_id,"
+                " conversation_id, created) VALUES (?, ?, ?, ?, ?)",
+                (source, user_id, external_id, conversation_id, time.time()),
+            )
+            row = conn.execute(
+                "SELECT conversation_id FROM conversation_links"
+                " WHERE source = ? AND user_id = ? AND external_id = ?",
+                (source, user_id, external_id),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._writer.run(job)
+
     async def list_conversations(
         self, user_id: int, *, limit: int = 50, offset: int = 0
     ) -> list[Conversation]:

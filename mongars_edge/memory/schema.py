@@ -129,6 +129,19 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE messages ADD COLUMN tool_calls TEXT;
     ALTER TABLE messages ADD COLUMN tool_call_id TEXT;
     """,
+    # 5: conversations other programs name with ids of their own (a Home Assistant
+    # conversation id, through the Wyoming agent), mapped to ours per user.
+    """
+    CREATE TABLE conversation_links (
+      source TEXT NOT NULL,
+      user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+      external_id TEXT NOT NULL,
+      conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+      created REAL NOT NULL,
+      PRIMARY KEY (source, user_id, external_id)
+    );
+    CREATE INDEX conversation_links_conversation ON conversation_links(conversation_id);
+    """,
 )
 
 LATEST: Final = len(MIGRATIONS)

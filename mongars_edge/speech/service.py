@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, TypeVar
 from mongars_edge.errors import MongarsError, UnavailableError
 
 if TYPE_CHECKING:
+    from mongars_edge.chat.pipeline import ChatPipeline
     from mongars_edge.datadir import DataDir
     from mongars_edge.hardware.probe import HardwareFacts
     from mongars_edge.hardware.tuning import TuningProfile
     from mongars_edge.inference.manager import ModelManager
     from mongars_edge.settings import Settings
+    from mongars_edge.speech.agent import VoiceAgent
     from mongars_edge.speech.stt import SpeechToText
     from mongars_edge.speech.tts import TextToSpeech
     from mongars_edge.speech.wyoming import WyomingServer
@@ -109,8 +111,10 @@ async def open_speech(
     facts: HardwareFacts,
     data: DataDir,
     models: ModelManager | None,
+    agent: VoiceAgent | None = None,
 ) -> AsyncIterator[Speech]:
-    """Load TTS and STT side by side, start the Wyoming server; close all in reverse."""
+    """Load TTS and STT side by side, start the Wyoming server (for them and the conversation
+    agent, which needs no speech); close all in reverse."""
     speech = Speech()
     want_tts = wanted(settings.speech, profile.speech)
     want_stt = wanted(settings.stt, profile.stt)
@@ -131,12 +135,14 @@ async def open_speech(
             stack.push_async_callback(speech.tts.aclose)
         if speech.stt is not None:
             stack.push_async_callback(speech.stt.aclose)
-        if settings.wyoming_port and (speech.tts or speech.stt):
+        if settings.wyoming_port and (speech.tts or speech.stt or agent):
             from mongars_edge.speech.wyoming import open_wyoming
 
             try:
                 speech.wyoming = await stack.enter_async_context(
-                    open_wyoming(speech.tts, speech.stt, settings.host, settings.wyoming_port)
+                    open_wyoming(
+                        speech.tts, speech.stt, settings.host, settings.wyoming_port, agent
+                    )
                 )
             except MongarsError as exc:
                 # Chat and the web page still work; /health shows what is missing.
@@ -147,6 +153,17 @@ async def open_speech(
 
                 await stack.enter_async_context(advertise(settings.host, speech.wyoming.port))
         yield speech
+
+
+def voice_agent(
+    settings: Settings, chat: ChatPipeline, models: ModelManager | None
+) -> VoiceAgent | None:
+    """The conversation agent, when it is on and the box has a chat model to answer with."""
+    if not settings.wyoming_agent or models is None:
+        return None
+    from mongars_edge.speech.agent import VoiceAgent
+
+    return VoiceAgent(chat, max_tokens=settings.reply_max_tokens)
 
 
 def _loopback_only(host: str) -> bool:

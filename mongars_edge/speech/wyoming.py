@@ -1,13 +1,13 @@
-"""A Wyoming protocol server (Home Assistant's voice protocol): TTS, streaming TTS and ASR."""
+"""A Wyoming protocol server (Home Assistant's voice protocol): TTS, streaming TTS, ASR and a
+conversation agent (speech/agent.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -28,57 +28,29 @@ from wyoming.tts import (
 
 from mongars_edge import __version__
 from mongars_edge.errors import MongarsError
+from mongars_edge.speech.agent import not_handled_off
 from mongars_edge.speech.audio import MAX_AUDIO_S, pcm_to_stt
+from mongars_edge.speech.frames import FrameError, read_event
 from mongars_edge.speech.stt import SpeechToText
 from mongars_edge.speech.tts import SpeechStream, TextToSpeech
+
+if TYPE_CHECKING:
+    from mongars_edge.speech.agent import VoiceAgent
 
 log = logging.getLogger(__name__)
 
 #: Samples per audio-chunk event sent to clients (~46 ms at 22 kHz).
 SAMPLES_PER_CHUNK: Final = 1024
 _ATTRIBUTION: Final = Attribution(name="monGARS Edge", url="https://github.com/mongars")
-# Frame limits: the wyoming package reads whatever length a client announces; a LAN client
-# must not make the box allocate gigabytes. 1 MiB of PCM is 30 s at 16 kHz in one chunk.
-MAX_DATA_BYTES: Final = 256 * 1024
-MAX_PAYLOAD_BYTES: Final = 1024 * 1024
 
 
-class FrameError(ValueError):
-    """A client sent a frame we refuse to read; the connection is closed."""
-
-
-async def read_event(reader: asyncio.StreamReader) -> Event | None:
-    """One Wyoming event (JSON header line, optional data, optional payload), size-bounded."""
-    line = await reader.readline()  # the stream limit bounds the header line
-    if not line:
-        return None
-    header = json.loads(line)
-    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-        raise FrameError("a Wyoming header needs a type")
-    data = header.get("data") or {}
-    if not isinstance(data, dict):
-        raise FrameError("Wyoming event data must be an object")
-    data_length = _length(header, "data_length", MAX_DATA_BYTES)
-    if data_length:
-        extra = json.loads(await reader.readexactly(data_length))
-        if not isinstance(extra, dict):
-            raise FrameError("Wyoming event data must be an object")
-        data.update(extra)
-    payload_length = _length(header, "payload_length", MAX_PAYLOAD_BYTES)
-    payload = await reader.readexactly(payload_length) if payload_length else None
-    return Event(type=header["type"], data=data, payload=payload)
-
-
-def _length(header: dict[str, object], key: str, limit: int) -> int:
-    value = header.get(key) or 0
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
-        raise FrameError(f"{key} {value!r} is not a length from 0 to {limit}")
-    return value
-
-
-def build_info(tts: TextToSpeech | None, stt: SpeechToText | None) -> Info:
+def build_info(
+    tts: TextToSpeech | None, stt: SpeechToText | None, agent: VoiceAgent | None = None
+) -> Info:
     """What `describe` answers."""
     info = Info()
+    if agent is not None:
+        info.handle.append(agent.program(_ATTRIBUTION))
     if tts is not None:
         voices = [
             TtsVoice(
@@ -139,12 +111,14 @@ class _Handler(AsyncEventHandler):
         self,
         tts: TextToSpeech | None,
         stt: SpeechToText | None,
+        agent: VoiceAgent | None,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
         super().__init__(reader, writer)
         self._tts = tts
         self._stt = stt
+        self._agent = agent
         self._stream: SpeechStream | None = None
         self._pump: asyncio.Task[int | None] | None = None
         self._language: str | None = None
@@ -155,7 +129,13 @@ class _Handler(AsyncEventHandler):
         """Like the package's loop, with our bounded frame reader."""
         try:
             while True:
-                event = await read_event(self.reader)
+                try:
+                    event = await read_event(self.reader)
+                except (FrameError, ValueError) as exc:
+                    # Framing is lost (bad JSON, a length we refuse): say why, then hang up.
+                    text = f"unreadable Wyoming frame ({exc}); closing the connection"
+                    await self.write_event(Error(text=text, code="bad_frame").event())
+                    raise
                 if event is None or not await self.handle_event(event):
                     break
         finally:
@@ -177,7 +157,7 @@ class _Handler(AsyncEventHandler):
 
     async def _dispatch(self, event: Event) -> bool:
         if Describe.is_type(event.type):
-            await self.write_event(build_info(self._tts, self._stt).event())
+            await self.write_event(build_info(self._tts, self._stt, self._agent).event())
         elif Ping.is_type(event.type):
             await self.write_event(Pong(text=Ping.from_event(event).text).event())
         elif SynthesizeStart.is_type(event.type):
@@ -204,6 +184,14 @@ class _Handler(AsyncEventHandler):
             self._add_audio(AudioChunk.from_event(event))
         elif AudioStop.is_type(event.type):
             await self._transcribe()
+        elif Transcript.is_type(event.type):
+            if self._agent is None:
+                await self.write_event(not_handled_off(event))
+            else:
+                await self._agent.handle(event, self.write_event)
+        else:
+            text = f"unknown event type {event.type[:64]!r}"
+            await self.write_event(Error(text=text, code="unknown_event").event())
         return True
 
     def _tts_or_fail(self) -> TextToSpeech:
@@ -311,9 +299,15 @@ class _Handler(AsyncEventHandler):
 class WyomingServer:
     """The TCP listener; every connection gets its own handler task."""
 
-    def __init__(self, tts: TextToSpeech | None, stt: SpeechToText | None) -> None:
+    def __init__(
+        self,
+        tts: TextToSpeech | None,
+        stt: SpeechToText | None,
+        agent: VoiceAgent | None = None,
+    ) -> None:
         self._tts = tts
         self._stt = stt
+        self._agent = agent
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: set[_Handler] = set()
@@ -331,7 +325,7 @@ class WyomingServer:
         log.info("wyoming server listening", extra={"host": host, "port": self.port})
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handler = _Handler(self._tts, self._stt, reader, writer)
+        handler = _Handler(self._tts, self._stt, self._agent, reader, writer)
         self._handlers.add(handler)
         task = asyncio.current_task()
         if task is not None:
@@ -360,10 +354,14 @@ class WyomingServer:
 
 @contextlib.asynccontextmanager
 async def open_wyoming(
-    tts: TextToSpeech | None, stt: SpeechToText | None, host: str, port: int
+    tts: TextToSpeech | None,
+    stt: SpeechToText | None,
+    host: str,
+    port: int,
+    agent: VoiceAgent | None = None,
 ) -> AsyncIterator[WyomingServer]:
     """Serve Wyoming on host:port (0 picks a free port) until the block exits."""
-    server = WyomingServer(tts, stt)
+    server = WyomingServer(tts, stt, agent)
     await server.start(host, port)
     try:
         yield server

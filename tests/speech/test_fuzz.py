@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mongars_edge.speech.audio import AudioFormatError, decode_audio
+from mongars_edge.speech.frames import FrameError, read_event
 from mongars_edge.speech.sentences import MAX_CHARS, SentenceSplitter, split_sentences
-from mongars_edge.speech.wyoming import FrameError, read_event
 
 
 @given(st.text(max_size=3000), st.integers(min_value=1, max_value=50))
