@@ -44,7 +44,9 @@ TOKEN_PREFIX: Final = "mge_"  # noqa: S105 - a prefix, not a secret
 SESSION_COOKIE: Final = "mongars_session"
 CSRF_HEADER: Final = "x-csrf-token"
 CONSOLE_USER: Final = "console"
-RESERVED_NAMES: Final = frozenset([CONSOLE_USER])
+#: The Wyoming conversation agent answers as this user (speech/agent.py VOICE_USER).
+VOICE_USER: Final = "voice"
+RESERVED_NAMES: Final = frozenset([CONSOLE_USER, VOICE_USER])
 MIN_PASSWORD: Final = 8
 MAX_PASSWORD: Final = 1024
 _SAFE_METHODS: Final = frozenset(["GET", "HEAD", "OPTIONS"])

@@ -15,14 +15,15 @@ Password = Annotated[str, Meta(min_length=8, max_length=1024, description="8 to 
 # Letters (Latin-1 included), digits and . _ @ + - with inner spaces: printable by construction,
 # which the store requires, and what a schema checker can verify.
 _NAME_CHAR = "-A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff._@+"
-# The built-in `console` administrator's name, in any case (mongars_edge.web.auth.check_name).
-_RESERVED = "(?![Cc][Oo][Nn][Ss][Oo][Ll][Ee]$)"
+# The built-in `console` administrator's and `voice` user's names, in any case
+# (mongars_edge.web.auth.check_name).
+_RESERVED = "(?![Cc][Oo][Nn][Ss][Oo][Ll][Ee]$)(?![Vv][Oo][Ii][Cc][Ee]$)"
 UserName = Annotated[
     str,
     Meta(
         pattern=f"^{_RESERVED}[{_NAME_CHAR}]([{_NAME_CHAR} ]{{0,62}}[{_NAME_CHAR}])?$",
-        description="1 to 64 letters, digits, spaces inside, or . _ @ + -; not `console` "
-        "(the box's own administrator)",
+        description="1 to 64 letters, digits, spaces inside, or . _ @ + -; not `console` (the "
+        "box's own administrator) or `voice` (the Wyoming conversation agent's user)",
     ),
 ]
 Kind = Literal["fact", "preference", "summary"]
