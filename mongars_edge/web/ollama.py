@@ -29,8 +29,8 @@ from mongars_edge.inference.errors import ModelNotFoundError
 from mongars_edge.inference.tools import template_supports_tools
 from mongars_edge.web import ollama_chat
 from mongars_edge.web.auth import require_user
-from mongars_edge.web.http import BadFieldError, JsonReply, read_body
-from mongars_edge.web.ollama_chat import NDJSON, untagged
+from mongars_edge.web.http import BadFieldError, JsonReply
+from mongars_edge.web.ollama_chat import NDJSON, read_body, untagged
 from mongars_edge.web.openai import ALIASES, model_cards
 from mongars_edge.web.schemas import ollama as wire
 from mongars_edge.web.schemas.common import encode
@@ -240,18 +240,11 @@ async def ps(request: Request) -> Response:
     return JsonReply(wire.OllamaRunningList(models=[running]))
 
 
-def _named(body: wire.OllamaShowRequest | wire.OllamaPullRequest) -> str:
-    name = body.model or body.name
-    if not name:
-        raise BadFieldError("model", "name the model")
-    return name
-
-
 async def show(request: Request) -> Response:
     await require_user(request)
     runtime = _runtime(request)
     body = await read_body(request, wire.OllamaShowRequest)
-    name = _named(body)
+    name = body.model
     wanted = untagged(name)
     if wanted in _embedder_names(runtime):
         return JsonReply(_show_embedder(runtime))
@@ -365,7 +358,7 @@ async def pull(request: Request) -> Response:
     await require_user(request, admin=True)
     runtime = _runtime(request)
     body = await read_body(request, wire.OllamaPullRequest)
-    name = _named(body)
+    name = body.model
     wanted = untagged(name)
     manager = runtime.models
     if manager is None:

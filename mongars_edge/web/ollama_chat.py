@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -24,7 +24,7 @@ from mongars_edge.inference.engine import Message, Sampling, TokenEvent
 from mongars_edge.inference.errors import ModelNotFoundError
 from mongars_edge.inference.tools import Tool, ToolCall, ToolStream, check_history, parse_calls
 from mongars_edge.web.auth import require_user
-from mongars_edge.web.http import BadFieldError, JsonReply, read_body
+from mongars_edge.web.http import BadFieldError, JsonReply
 from mongars_edge.web.openai import (
     GenerationError,
     check_model,
@@ -33,11 +33,13 @@ from mongars_edge.web.openai import (
     start_stream,
 )
 from mongars_edge.web.schemas import ollama as wire
-from mongars_edge.web.schemas.common import encode
+from mongars_edge.web.schemas.common import decode, encode
 from mongars_edge.web.schemas.openai import SAMPLING_FIELDS
 
 if TYPE_CHECKING:
     from mongars_edge.runtime import Runtime
+
+T = TypeVar("T")
 
 NDJSON: Final = "application/x-ndjson"
 _TAG: Final = ":latest"
@@ -46,6 +48,12 @@ _TAG: Final = ":latest"
 def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+async def read_body(request: Request, kind: type[T]) -> T:
+    """The JSON body, whatever its Content-Type: Ollama reads it so, and its documented
+    `curl -d` examples send curl's default form type."""
+    return decode(await request.body(), kind)
 
 
 def now() -> str:
@@ -162,16 +170,8 @@ def _json_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
     return fmt
 
 
-def _check_common(body: wire.OllamaChatRequest | wire.OllamaGenerateRequest) -> None:
-    if body.logprobs:
-        raise BadFieldError("logprobs", "log probabilities are not supported on this box")
-
-
 def chat_turn(body: wire.OllamaChatRequest, accept_language: str | None, default_max: int) -> Turn:
     """A decoded /api/chat body as a pipeline Turn (the model is checked by the caller)."""
-    _check_common(body)
-    if not body.messages:
-        raise BadFieldError("messages", "must be a non-empty list of {role, content} objects")
     tools = to_tools(body.tools)
     schema = _json_schema(body.format)
     if tools and schema is not None:
@@ -191,9 +191,6 @@ def chat_turn(body: wire.OllamaChatRequest, accept_language: str | None, default
 def generate_turn(
     body: wire.OllamaGenerateRequest, accept_language: str | None, default_max: int
 ) -> Turn:
-    _check_common(body)
-    if body.raw:
-        raise BadFieldError("raw", "the box always applies the model's chat template")
     messages = [Message("system", body.system)] if body.system else []
     messages.append(Message("user", body.prompt or ""))
     sampling, chosen = to_sampling(body.options, default_max)
@@ -333,6 +330,11 @@ async def _answer(
     return JsonReply(make(text, calls, True, _metrics(last, started, load_s)))
 
 
+def _load_reason(keep_alive: float | str | None) -> str:
+    # keep_alive 0 is Ollama's "unload": answered as Ollama does, but the box keeps its model.
+    return "unload" if keep_alive in (0, "0", "0s") else "load"
+
+
 async def _loaded(runtime: Runtime, name: str) -> tuple[str | None, float]:
     began = time.perf_counter()
     wanted = await chat_model(runtime, name)
@@ -347,6 +349,17 @@ async def chat(request: Request) -> Response:
         body, request.headers.get("accept-language"), runtime.settings.reply_max_tokens
     )
     wanted, load_s = await _loaded(runtime, body.model)
+    if not body.messages:
+        # Ollama's way to load a model: the box has it loaded now (check_model did).
+        return JsonReply(
+            wire.OllamaChatChunk(
+                model=body.model,
+                created_at=now(),
+                message=wire.OllamaOutMessage(content=""),
+                done=True,
+                done_reason=_load_reason(body.keep_alive),
+            )
+        )
     turn = replace(turn, model=wanted)
     return await _answer(
         request, runtime, turn, _chat_maker(body.model), body.stream is not False, load_s
@@ -362,11 +375,14 @@ async def generate(request: Request) -> Response:
     )
     wanted, load_s = await _loaded(runtime, body.model)
     if not body.prompt:
-        # Ollama's way to load a model (or, with keep_alive 0, unload it: the box keeps it).
-        reason = "unload" if body.keep_alive in (0, "0", "0s") else "load"
+        # Ollama's way to load a model: the box has it loaded now (check_model did).
         return JsonReply(
             wire.OllamaGenerateChunk(
-                model=body.model, created_at=now(), response="", done=True, done_reason=reason
+                model=body.model,
+                created_at=now(),
+                response="",
+                done=True,
+                done_reason=_load_reason(body.keep_alive),
             )
         )
     turn = replace(turn, model=wanted)

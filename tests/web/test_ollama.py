@@ -92,8 +92,20 @@ def test_generate_and_loading(client: ollama.Client) -> None:
         client.generate(model="mongars", prompt="Say hello to Marie.", stream=True, options=GREEDY)
     )
     assert "".join(p.response or "" for p in parts) == whole.response
-    # An empty prompt is Ollama's way to load a model.
+    # An empty prompt, or no messages, is Ollama's way to load a model.
     assert client.generate(model=MODEL).done_reason == "load"
+    assert client.chat(model=MODEL, messages=[]).done_reason == "load"
+
+
+def test_curl_as_ollamas_docs_write_it(http: httpx.Client) -> None:
+    """`curl -d '{...}'` sends a form content type; Ollama reads the JSON anyway."""
+    body = {"model": "mongars", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+    reply = http.post(
+        "/api/generate",
+        content=json.dumps(body),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert reply.status_code == 200 and reply.json()["done"], reply.text
 
 
 def test_format_json_gives_a_json_object(client: ollama.Client) -> None:

@@ -177,12 +177,12 @@ class _Generation(Body, kw_only=True):
     think: Think | None = None
     truncate: IgnoredBool | None = None
     shift: IgnoredBool | None = None
-    logprobs: Annotated[bool, Meta(description="true is refused.")] | None = None
+    logprobs: Annotated[Literal[False], Meta(description="Only false.")] | None = None
     top_logprobs: IgnoredInt | None = None
 
 
 class OllamaChatRequest(_Generation, kw_only=True):
-    """POST /api/chat."""
+    """POST /api/chat; no messages loads the model (`done_reason: "load"`)."""
 
     messages: list[OllamaMessage] = field(default_factory=list)
     tools: list[OllamaTool] | None = None
@@ -200,7 +200,10 @@ class OllamaGenerateRequest(_Generation, kw_only=True):
     template: (
         Annotated[str, Meta(max_length=0, description="Refused: the model's own template.")] | None
     ) = None
-    raw: Annotated[bool, Meta(description="true is refused.")] | None = None
+    raw: (
+        Annotated[Literal[False], Meta(description="Only false: the model's template applies.")]
+        | None
+    ) = None
     context: (
         Annotated[list[int], Meta(max_length=0, description="Refused (deprecated in Ollama).")]
         | None
@@ -238,10 +241,12 @@ class OllamaEmbeddingsRequest(Body, kw_only=True):
 
 
 class OllamaShowRequest(Body, kw_only=True):
-    """POST /api/show (`name` is Ollama's older spelling of `model`)."""
+    """POST /api/show."""
 
-    model: ModelName | None = None
-    name: ModelName | None = None
+    model: ModelName
+    name: (
+        Annotated[str, Meta(description="Ollama's older spelling of `model`: ignored.")] | None
+    ) = None
     verbose: IgnoredBool | None = None
     system: IgnoredStr | None = None
     template: IgnoredStr | None = None
@@ -251,8 +256,10 @@ class OllamaShowRequest(Body, kw_only=True):
 class OllamaPullRequest(Body, kw_only=True):
     """POST /api/pull (administrators): a catalog model, downloaded with streamed status."""
 
-    model: ModelName | None = None
-    name: ModelName | None = None
+    model: ModelName
+    name: (
+        Annotated[str, Meta(description="Ollama's older spelling of `model`: ignored.")] | None
+    ) = None
     stream: bool | None = None
     insecure: IgnoredBool | None = None
     username: IgnoredStr | None = None
