@@ -100,8 +100,8 @@ def test_the_answer_after_a_tool_result_is_text(client: ollama.Client) -> None:
                 {"function": {"name": "HassTurnOn", "arguments": {"name": "Kitchen Light"}}}
             ],
         },
-        # Home Assistant's result message: no call id, and here the tool's name.
-        {"role": "tool", "tool_name": "HassTurnOn", "content": '{"data": {"success": true}}'},
+        # Home Assistant's result message: neither a call id nor the tool's name.
+        {"role": "tool", "content": '{"data": {"success": true}, "error": null}'},
     ]
     reply = client.chat(model="mongars", messages=messages, tools=TOOLS, stream=False, **HA)
     assert not reply.message.tool_calls, reply
