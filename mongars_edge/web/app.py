@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mongars_edge.errors import MongarsError
 from mongars_edge.localbox import same_machine
-from mongars_edge.web import api, openai
+from mongars_edge.web import api, ollama, openai
 from mongars_edge.web.http import BodyLimit, error_response
 from mongars_edge.web.metrics import CountRequests, Metrics, metrics_endpoint
 from mongars_edge.web.schemas.document import document
@@ -122,12 +122,12 @@ def create_app(runtime: Runtime) -> Starlette:
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, MongarsError):
             metrics.errors.labels(exc.kind).inc()
-        return error_response(exc)
+        return error_response(exc, ollama=request.url.path in ollama.PATHS)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         path = request.url.path
         if path.startswith(("/v1/", "/api/")) or not isinstance(exc, HTTPException):
-            return error_response(exc)
+            return error_response(exc, ollama=path in ollama.PATHS)
         return Response(f"{exc.status_code} {exc.detail}\n", status_code=exc.status_code)
 
     routes: list[BaseRoute] = [
@@ -162,6 +162,7 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/setup", page),
         *openai.routes(),
         *api.routes(),
+        *ollama.routes(),
         *_audio_routes(),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
@@ -175,7 +176,7 @@ def create_app(runtime: Runtime) -> Starlette:
         middleware=[
             Middleware(CountRequests, metrics=metrics),
             Middleware(SecurityHeaders),
-            Middleware(BodyLimit, limit=runtime.settings.max_body_bytes),
+            Middleware(BodyLimit, limit=runtime.settings.max_body_bytes, ollama_paths=ollama.PATHS),
         ],
         exception_handlers=handlers,
     )

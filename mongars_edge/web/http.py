@@ -1,7 +1,8 @@
 """Shared edge helpers: JSON bodies, the body size limit, and errors in OpenAI's error shape.
 
 Every error leaves the box as `{"error": {"message", "type", "param", "code"}}` (what OpenAI
-clients parse), on /v1/* and on the native /api/* alike; `code` is the MongarsError kind.
+clients parse), on /v1/* and on the native /api/* alike; `code` is the MongarsError kind. The
+Ollama-compatible routes (web/ollama.py) answer Ollama's `{"error": "message"}` instead.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def error_payload(status: int, message: str, code: str, param: str | None = None
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def error_response(exc: BaseException) -> JSONResponse:
-    """The HTTP answer for an exception; unexpected ones say nothing about internals."""
+def _describe(exc: BaseException) -> tuple[int, str, str, str | None, dict[str, str]]:
+    """(status, message, code, param, headers) of an exception; unexpected ones say nothing
+    about internals."""
     headers: dict[str, str] = {}
     if isinstance(exc, MongarsError):
         status, message, code = exc.http_status, str(exc), exc.kind
@@ -74,11 +76,15 @@ def error_response(exc: BaseException) -> JSONResponse:
         message = "internal error; see the box's log"
     if status == 401:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="mongars-edge"')
-    return JSONResponse(
-        error_payload(status, message, code, param if isinstance(param, str) else None),
-        status_code=status,
-        headers=headers,
-    )
+    return status, message, code, param if isinstance(param, str) else None, headers
+
+
+def error_response(exc: BaseException, *, ollama: bool = False) -> JSONResponse:
+    """The HTTP answer for an exception: OpenAI's error object, or with `ollama` Ollama's
+    `{"error": "message"}` (its clients read only that string)."""
+    status, message, code, param, headers = _describe(exc)
+    body = {"error": message} if ollama else error_payload(status, message, code, param)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _http_code(exc: HTTPException) -> str:
@@ -111,11 +117,15 @@ def read_query(request: Request, kind: type[T]) -> T:
 
 
 class BodyLimit:
-    """ASGI middleware: bodies over `limit` bytes get 413 before a handler reads them."""
+    """ASGI middleware: bodies over `limit` bytes get 413 before a handler reads them (in
+    Ollama's error shape on `ollama_paths`)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, ollama_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.ollama_paths = ollama_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,13 +163,15 @@ class BodyLimit:
         except PayloadTooLargeError as exc:
             if response_started:
                 raise
-            await error_response(exc)(scope, receive, send)
+            ollama = scope.get("path") in self.ollama_paths
+            await error_response(exc, ollama=ollama)(scope, receive, send)
 
     def _message(self) -> str:
         return f"the request body is larger than {self.limit} bytes (max_body_bytes)"
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, length: int) -> None:
-        response: Response = error_response(PayloadTooLargeError(self._message()))
+        ollama = scope.get("path") in self.ollama_paths
+        response: Response = error_response(PayloadTooLargeError(self._message()), ollama=ollama)
         if length <= _DRAIN_FACTOR * self.limit:
             # Read and drop the body so the client sees the 413 instead of a reset connection.
             while True:

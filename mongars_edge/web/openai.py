@@ -188,7 +188,7 @@ async def chat_completions(request: Request) -> Response:
             media_type="text/event-stream",
             headers=headers | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    gathered = await _gather_or_disconnect(request, first, events)
+    gathered = await gather_or_disconnect(request, first, events)
     if gathered is None:
         return Response(status_code=499)  # nobody is listening; the turn was kept as partial
     text, last = gathered
@@ -216,7 +216,7 @@ async def chat_completions(request: Request) -> Response:
     return JsonReply(reply, headers=headers)
 
 
-async def _gather_or_disconnect(
+async def gather_or_disconnect(
     request: Request, first: TokenEvent, events: AsyncIterator[TokenEvent]
 ) -> tuple[str, TokenEvent] | None:
     """Collect a whole reply; a client that hangs up cancels it (None; the turn is partial)."""
@@ -291,7 +291,7 @@ async def _sse(
     split = ToolStream(turn.tools if turn.tool_choice != "none" else ())
     try:
         yield delta(wire.Delta(role="assistant", content=""))
-        async for event in _guarded(all_events()):
+        async for event in guarded(all_events()):
             shown = split.feed(event.text) if event.text else ""
             if shown:
                 yield delta(wire.Delta(content=shown))
@@ -327,7 +327,7 @@ async def _sse(
         await events.aclose()
 
 
-async def _guarded(events: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
+async def guarded(events: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
     """A failure after the stream started (deadline, engine stopping) ends it with an error
     event instead of a cut connection."""
     try:

@@ -20,8 +20,10 @@ ST = Path(sys.executable).with_name("st")
 # Speech is off in the web tests' server, so a valid request to a speech route gets the
 # documented 503 `unavailable` (a bad one still gets its 400): that 503 is the box's
 # setting, not a server error. A chat request the schema allows can still be refused with a
-# 400 for what no schema says: a prompt longer than the context, tools (refused until the
-# box runs them), `regenerate` without a conversation. Every other 5xx fails the run.
+# 400 for what no schema says: a prompt longer than the context, a tool whose parameters are
+# no JSON schema, a tool result answering no call, `regenerate` without a conversation (on
+# /v1/chat/completions and Ollama's /api/chat and /api/generate alike). Every other 5xx
+# fails the run.
 _CONFIG = """
 [[operations]]
 include-path-regex = "^/v1/audio/"
@@ -29,7 +31,7 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
 checks.positive_data_acceptance.expected-statuses = [{accepted}, "503"]
 
 [[operations]]
-include-path = "/v1/chat/completions"
+include-path-regex = "^/(v1/chat/completions|api/chat|api/generate)$"
 checks.positive_data_acceptance.expected-statuses = [{accepted}, "400"]
 """.format(accepted='"2xx", "401", "403", "404", "409", "429"')
 _EXAMPLES = "8"

@@ -1,6 +1,7 @@
 """Hypothesis against every JSON body a real server accepts (read from its /openapi.json):
 malformed JSON, wrong types, out-of-range numbers and unknown fields each get OpenAI's error
-object with `param` naming the field; none gets a 5xx."""
+object with `param` naming the field (on the Ollama routes, Ollama's `{"error": message}` with
+the message starting with the field); none gets a 5xx."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mongars_edge.web.ollama import PATHS as OLLAMA_PATHS
 from tests.web.conftest import Server
 
 _SAMPLES: dict[str, Any] = {
@@ -98,6 +100,12 @@ _ANY: Any = object()
 
 def _check(response: httpx.Response, param: str | None) -> None:
     assert response.status_code == 400, (response.status_code, response.text)
+    if response.url.path in OLLAMA_PATHS:
+        body = response.json()
+        assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
+        if param is not _ANY:
+            assert body["error"].startswith(f"{param}: "), body
+        return
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"

@@ -27,7 +27,10 @@ MAX_ID: Final = 2**53
 Id = Annotated[int, Meta(ge=1, le=MAX_ID, description="a row id")]
 
 _PATH: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_FIELD: Final = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
+# The whole rest is the name: a field may itself be named "`".
+_FIELD: Final = re.compile(
+    r"^Object (?:missing required|contains unknown) field `(?P<name>.+)`$", re.DOTALL
+)
 
 
 class Body(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -10,13 +10,14 @@ import msgspec
 from starlette.routing import BaseRoute, Mount
 
 from mongars_edge.web.schemas.common import Error
+from mongars_edge.web.schemas.ollama import OllamaChatChunk, OllamaError, OllamaProgress
 from mongars_edge.web.schemas.openai import ChatCompletionChunk
 from mongars_edge.web.schemas.routes import JSON, ApiRoute, Op
 
 _REF: Final = "#/components/schemas/{name}"
 _CONVERTOR: Final = re.compile(r"\{(\w+):\w+\}")
 #: Shapes that travel inside another body (an SSE stream) but are part of the contract.
-_EXTRA: Final = (ChatCompletionChunk,)
+_EXTRA: Final = (ChatCompletionChunk, OllamaChatChunk, OllamaProgress)
 
 
 def _walk(routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, ApiRoute]]:
@@ -57,6 +58,7 @@ def document(routes: Iterable[BaseRoute], version: str) -> dict[str, Any]:
     found = list(_walk(routes))
     pool = _Schemas()
     error_at = pool.add(Error)
+    ollama_error_at = pool.add(OllamaError)
     for extra in _EXTRA:
         pool.add(extra)
     slots: dict[tuple[str, str, str], int] = {}
@@ -88,7 +90,8 @@ def document(routes: Iterable[BaseRoute], version: str) -> dict[str, Any]:
             "version": version,
             "description": "OpenAI-compatible and native API of a monGARS Edge box. "
             "Errors are {error: {message, type, param, code}}; `param` names the field "
-            "at fault (messages[0].role).",
+            "at fault (messages[0].role). The Ollama-compatible routes answer Ollama's "
+            "{error: message} instead.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -99,7 +102,12 @@ def document(routes: Iterable[BaseRoute], version: str) -> dict[str, Any]:
                 "Error": {
                     "description": "an error (OpenAI's error object)",
                     "content": {JSON: {"schema": schemas[error_at]}},
-                }
+                },
+                "OllamaError": {
+                    "description": "an error (Ollama's: the message, starting with the field "
+                    "at fault when there is one)",
+                    "content": {JSON: {"schema": schemas[ollama_error_at]}},
+                },
             },
         },
         "paths": paths,
@@ -152,7 +160,7 @@ def _operation(
         }
     responses: dict[str, Any] = {str(op.status): ok}
     for status in op.errors:
-        responses[str(status)] = {"$ref": "#/components/responses/Error"}
+        responses[str(status)] = {"$ref": f"#/components/responses/{op.error}"}
     out["responses"] = responses
     return out
 

@@ -19,7 +19,8 @@ class Op:
 
     `ok` is the success body's type (None: no body); `content` overrides it with media type ->
     type (or a ready JSON Schema dict) when the success is not one JSON shape; `form` says the
-    body is multipart with these file fields besides the `body` type's fields.
+    body is multipart with these file fields besides the `body` type's fields; `error` names
+    the error response its failures use ("Error": OpenAI's object, "OllamaError": Ollama's).
     """
 
     summary: str
@@ -34,6 +35,7 @@ class Op:
     headers: Mapping[str, str] = field(default_factory=dict)
     errors: tuple[int, ...] = ERRORS
     description: str = ""
+    error: str = "Error"
 
 
 class ApiRoute(Route):
