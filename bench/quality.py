@@ -171,6 +171,20 @@ def _cli(data: Path, *args: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
+def wait_healthy(client: httpx.Client, proc: subprocess.Popen[bytes], failure: str) -> None:
+    """Until `/health` answers 200 (two minutes at most); SystemExit(failure) if the server
+    process ends first."""
+    for _ in range(600):
+        try:
+            if client.get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(failure)
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def serving(path: Path, threads: int, prefix: str = "bench-quality-") -> Iterator[httpx.Client]:
     """A real `mongars-edge serve` on loopback with `path` as its model, and a client for it
@@ -205,15 +219,7 @@ def serving(path: Path, threads: int, prefix: str = "bench-quality-") -> Iterato
     headers = {"Authorization": f"Bearer {token}"}
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
-            for _ in range(600):
-                try:
-                    if client.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None:
-                    raise SystemExit(f"the box did not start; see {data / 'serve.log'}")
-                time.sleep(0.2)
+            wait_healthy(client, proc, f"the box did not start; see {data / 'serve.log'}")
             yield client
     finally:
         proc.terminate()

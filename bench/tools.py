@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from inference import find_server  # noqa: E402
-from quality import _free_port, serving  # noqa: E402
+from quality import _free_port, serving, wait_healthy  # noqa: E402
 
 from mongars_edge.inference.models import ModelStore  # noqa: E402
 
@@ -241,15 +241,7 @@ def llama_server(binary: str, model: Path, threads: int) -> Iterator[httpx.Clien
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
-            for _ in range(600):
-                try:
-                    if client.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None:
-                    raise SystemExit(f"llama-server did not start; see {log}")
-                time.sleep(0.2)
+            wait_healthy(client, proc, f"llama-server did not start; see {log}")
             yield client
     finally:
         proc.terminate()

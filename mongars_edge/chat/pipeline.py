@@ -538,9 +538,7 @@ def _history(stored: Sequence[StoredMessage]) -> list[Message]:
             out[-1] = Message("assistant", m.content, tool_calls=calls)
             continue
         out.append(Message(m.role, m.content, tool_calls=calls))
-    # A tool result whose call is not in the history (trimmed, or stored apart) is dropped.
-    made = {c.id for m in out for c in m.tool_calls}
-    return [m for m in out if m.role != "tool" or m.tool_call_id in made]
+    return _answered(out)
 
 
 def _to_store(m: Message) -> NewMessage:

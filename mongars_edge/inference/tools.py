@@ -316,24 +316,6 @@ def _parse(text: str, tools: Sequence[Tool]) -> tuple[str, list[ToolCall]]:
     return text, []
 
 
-def may_be_a_call(text: str) -> bool:
-    """Whether streamed text so far might be (the start of) a call, so it must be held back
-    rather than shown: a reply that opens with JSON or a fence, or a tag being written."""
-    head = text.lstrip()
-    if not head:
-        return True
-    if head[0] in "{[" or head.startswith("`"):
-        return True
-    for marker in ("<tool_call>", "[TOOL_CALLS]"):
-        if marker in text:
-            return True
-        # the marker may be cut across pieces: hold a tail that could begin it
-        for n in range(1, len(marker)):
-            if text.endswith(marker[:n]):
-                return True
-    return False
-
-
 def check_choice(choice: str, tools: Sequence[Tool]) -> None:
     if choice in ("auto", "none", "required"):
         if choice == "required" and not tools:
@@ -363,10 +345,6 @@ def check_history(messages: Sequence[Any]) -> None:
                     "message made",
                     param=f"messages[{i}].tool_call_id",
                 )
-
-
-def new_call_id() -> str:
-    return "call_" + uuid.uuid4().hex[:24]
 
 
 def stored_calls(calls: Sequence[ToolCall]) -> str:
