@@ -1,8 +1,9 @@
 """Mesh benchmark in network namespaces: ratios against a 1-box baseline measured in the same run.
 
-    .venv/bin/python bench/mesh.py [--clients 8] [--tokens 64] [--json]     (root)
+    .venv/bin/python bench/mesh.py [--rounds 5] [--model ID] [--clients 8] [--json]     (root)
 
-Two namespaces on a bridge, each box pinned to its own core (taskset). Box B is a real
+Two namespaces on a bridge, each box pinned to its own core (taskset), both on the same model
+(--model: a catalog id pulled into --models-from, default the embedded 135M). Box B is a real
 `mongars-edge serve`; the origin A is this script re-executed inside its namespace with a real
 engine, MeshService and Router, so it can time what happens inside. Prints:
  (a) aggregate tok/s of A+B (paired) with N concurrent clients / A alone, rounds interleaved,
@@ -35,7 +36,7 @@ from typing import Any  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-MODEL_ID = "smollm2-135m-instruct"
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 PROMPTS = [
     "Explain why the sky is blue.",
     "Give three tips for growing tomatoes.",
@@ -59,12 +60,11 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
     from mongars_edge.mesh.remote import RemoteEngine
     from mongars_edge.mesh.router import Router
     from mongars_edge.mesh.service import MeshService
-    from tests.inference.gen_models import smollm2_path
 
     data = Path(args.data)
     config = EngineConfig(
-        model_path=smollm2_path(),
-        model_id=MODEL_ID,
+        model_path=model_path(args.model, Path(args.models_from)),
+        model_id=args.model,
         n_ctx=2048,
         n_parallel=4,
         n_threads=1,
@@ -168,6 +168,21 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def model_path(model_id: str, models_from: Path) -> Path:
+    """The GGUF of a catalog model: embedded, or pulled into the data dir *models_from*."""
+    from mongars_edge.inference.models import ModelStore
+
+    store = ModelStore(models_from)
+    entry = store.catalog.get(model_id)
+    path = store.path_of(entry) if entry is not None else None
+    if path is None or not path.is_file():
+        raise SystemExit(
+            f"bench/mesh.py: {model_id} is not installed in {models_from}: "
+            f"run `mongars-edge models pull {model_id} --data-dir {models_from}`"
+        )
+    return path
+
+
 # --- the driver, in the host namespace ---------------------------------------------------------
 
 
@@ -177,6 +192,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--latency-rounds", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per side")
+    parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="catalog id of both boxes' model")
+    parser.add_argument("--models-from", default=str(REPO / ".data"), help="where it is pulled")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--origin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--phase", default="main", help=argparse.SUPPRESS)
@@ -202,7 +219,12 @@ def main() -> None:
     with Lab(root, ["a", "b"]) as lab:
         a, b = lab.boxes["a"], lab.boxes["b"]
         b.cpu = cpus[-1]
-        b.extra_env = {"MONGARS_N_PARALLEL": "4"}
+        b.extra_env = {"MONGARS_N_PARALLEL": "4", "MONGARS_MODEL": args.model}
+        # Box B serves the same GGUF, linked into its data dir's model store (unless embedded).
+        source = model_path(args.model, Path(args.models_from))
+        if source.parent.name == "models":
+            (b.data_dir / "models").mkdir(parents=True, exist_ok=True)
+            (b.data_dir / "models" / source.name).symlink_to(source)
         b.start()
         lab.wait("box B serving", lambda: bool(b.state()), 180)
 
@@ -232,6 +254,10 @@ def main() -> None:
                 str(args.latency_rounds),
                 "--rounds",
                 str(args.rounds),
+                "--model",
+                args.model,
+                "--models-from",
+                args.models_from,
             )
             done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
             lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
@@ -249,6 +275,7 @@ def main() -> None:
         return
     first = results.get("start_to_first_forward_s")
     print(
+        f"model {args.model}\n"
         f"(a) 2 boxes / 1 box, {args.clients} clients: {results['throughput_ratio']:.2f}x "
         f"({results['two_box_tok_s']:.1f} / {results['one_box_tok_s']:.1f} tok/s; "
         f"{results['forwarded']} forwarded)   target >= 1.8"
