@@ -17,6 +17,7 @@ from mongars_edge.errors import UnavailableError
 from mongars_edge.hardware.probe import HardwareFacts, probe
 from mongars_edge.hardware.tuning import TuningProfile
 from mongars_edge.inference.manager import load_profile
+from mongars_edge.inference.onnx_report import OnnxReport, installed_providers, report
 from mongars_edge.settings import Settings
 from mongars_edge.telemetry import Watchdog, appliance_problems
 
@@ -52,6 +53,8 @@ class Runtime:
         self._facts: HardwareFacts | None = None
         self._profile: TuningProfile | None = None
         self._embedder: ThreadedEmbedder | None = None
+        # The ONNX providers installed and the package that has them, read once at start.
+        self._onnx_installed: tuple[tuple[str, ...], str | None] = ((), None)
         self._stack = contextlib.AsyncExitStack()
         # Service-level problems shown on /health (probe warnings live in facts).
         self.problems: list[str] = []
@@ -113,6 +116,7 @@ class Runtime:
         self.problems += await asyncio.to_thread(appliance_problems, self.data_dir)
         self._facts = await asyncio.to_thread(probe, self.settings.sysroot, self.data_dir)
         self._profile = load_profile(self._facts, self.data_dir)
+        self._onnx_installed = await asyncio.to_thread(installed_providers)
         log.info(
             "hardware probed",
             extra={"board": self._facts.board, "profile": json.dumps(self._profile.summary())},
@@ -163,9 +167,21 @@ class Runtime:
         self.engine = local if local.loaded else None
 
     def health_problems(self) -> list[str]:
-        """Everything /health lists: the box's own problems and the chat model's."""
+        """Everything /health lists: the box's own problems, the ONNX GPU path's, the model's."""
         model = self.models.problems() if self.models is not None else []
-        return [*self.problems, *model]
+        return [*self.problems, *self.onnx_report().problems(), *model]
+
+    def onnx_report(self) -> OnnxReport:
+        """The profile's ONNX providers against those installed, and what each model runs on."""
+        present, package = self._onnx_installed
+        facts = self.facts
+        return report(
+            self.profile.onnx_providers,
+            jetson=facts.board.startswith("jetson") or facts.l4t_release is not None,
+            tensorrt_lib=facts.tensorrt,
+            present=present,
+            package=package,
+        )
 
     def speech_summary(self) -> dict[str, object]:
         """Which voice speaks each language and which model hears (for /health)."""
