@@ -67,7 +67,7 @@ class OnnxReport:
         out: list[str] = []
         wanted_gpu = [p for p in self.wanted if p in GPU_PROVIDERS]
         if self.missing:
-            names = " and ".join(_SHORT[p] for p in self.missing)
+            names = " or ".join(_SHORT[p] for p in self.missing)
             what = "the ONNX models (voices, embedder) run on the CPU"
             if len(self.missing) < len(wanted_gpu):
                 what = "the ONNX models run on CUDA without TensorRT"
@@ -95,7 +95,10 @@ class OnnxReport:
 
     def _fix(self) -> str:
         if self.jetson:
-            return JETSON_FIX
+            return (
+                f"{JETSON_FIX} (it installs NVIDIA's onnxruntime-gpu where one is published for "
+                "this JetPack and the app's Python, or says why not)"
+            )
         return (
             "install onnxruntime-gpu for your CUDA in the app's Python "
             "(pip uninstall onnxruntime && pip install onnxruntime-gpu), then restart"
