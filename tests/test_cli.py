@@ -25,7 +25,7 @@ def test_probe_json_on_this_machine(tmp_path: Path) -> None:
     result = run_cli("probe", "--json", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert set(payload) == {"facts", "profile"}
+    assert set(payload) == {"facts", "profile", "onnx"}
     assert payload["facts"]["cpu_count"] >= 1
     assert payload["profile"]["n_threads"] >= 1
 
@@ -50,7 +50,13 @@ def test_probe_plain_text_lists_reasons(tmp_path: Path) -> None:
 
 def test_probe_reports_the_onnx_providers_present_on_a_jetson(tmp_path: Path) -> None:
     """A recorded AGX Orin probed beside this machine's onnxruntime (PyPI's, CPU only)."""
-    args = ("probe", "--sysroot", str(SYSROOTS / "jetson-agx-orin-64gb"), "--data-dir", str(tmp_path))
+    args = (
+        "probe",
+        "--sysroot",
+        str(SYSROOTS / "jetson-agx-orin-64gb"),
+        "--data-dir",
+        str(tmp_path),
+    )
     payload = json.loads(run_cli(*args, "--json").stdout)
     onnx = payload["onnx"]
     assert onnx["wanted"] == [

@@ -137,7 +137,6 @@ def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
     """Show what this box is and how the engine will be tuned for it."""
     from mongars_edge.hardware.probe import probe
     from mongars_edge.inference.manager import load_profile
-
     from mongars_edge.inference.onnx_report import report
 
     settings = make_settings(config_path, **flags)

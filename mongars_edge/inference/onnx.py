@@ -113,7 +113,7 @@ class Opened:
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"provider": self.provider, "wanted": list(self.wanted)}
         if self.failed:
-            out["failed"] = {name: error for name, error in self.failed}
+            out["failed"] = dict(self.failed)
         state = self.engine_state()
         if state is not None:
             out["tensorrt_engine"] = state

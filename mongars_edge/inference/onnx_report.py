@@ -23,12 +23,14 @@ from mongars_edge.inference.onnx import (
 )
 
 #: Installs NVIDIA's onnxruntime-gpu for the board's JetPack, or says why it cannot.
-JETSON_FIX = "sudo /usr/lib/mongars-edge/jetson/gpu-wheels.sh && sudo systemctl restart mongars-edge"
+JETSON_FIX = (
+    "sudo /usr/lib/mongars-edge/jetson/gpu-wheels.sh && sudo systemctl restart mongars-edge"
+)
 _SHORT = {TENSORRT: "TensorRT", CUDA: "CUDA", CPU: "CPU"}
 
 
 def onnxruntime_package() -> str | None:
-    """Which distribution provides `import onnxruntime`, with its version ("onnxruntime-gpu 1.24.0")."""
+    """The distribution `import onnxruntime` comes from, and its version: "onnxruntime 1.31.1"."""
     for dist in ("onnxruntime-gpu", "onnxruntime"):
         try:
             return f"{dist} {importlib.metadata.version(dist)}"

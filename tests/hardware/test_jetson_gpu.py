@@ -1,4 +1,4 @@
-"""The Jetson's GPU path on recorded facts: JetPack's libraries, provider lists, what is reported."""
+"""The Jetson's GPU path on recorded facts: JetPack's libraries, provider lists, reports."""
 
 from __future__ import annotations
 
@@ -123,7 +123,10 @@ def test_a_provider_that_failed_to_open_a_model_is_reported() -> None:
         "en_US-joe-medium.onnx",
         (TENSORRT, CUDA, CPU),
         CPU,
-        ((TENSORRT, "did not initialise (onnxruntime fell back)"), (CUDA, "libcudnn.so.9: cannot open")),
+        (
+            (TENSORRT, "did not initialise (onnxruntime fell back)"),
+            (CUDA, "libcudnn.so.9: cannot open"),
+        ),
     )
     [problem] = _jetson_report(GPU_BUILD, package="onnxruntime-gpu 1.24.0", sessions=[fell_back])
     assert "en_US-joe-medium.onnx wanted TensorRT and runs on CPU" in problem
@@ -141,7 +144,9 @@ def test_a_box_without_a_gpu_wants_nothing_more_than_the_cpu() -> None:
     ("present", "chain"),
     [(GPU_BUILD, [TENSORRT, CUDA, CPU]), (PYPI_BUILD, [CPU])],
 )
-def test_selection_on_recorded_provider_lists(tmp_path: Path, present: str, chain: list[str]) -> None:
+def test_selection_on_recorded_provider_lists(
+    tmp_path: Path, present: str, chain: list[str]
+) -> None:
     wanted = profile_for(probe(SYSROOTS / "jetson-orin-nano-8gb")).onnx_providers
     specs = onnx.provider_specs(wanted, cache_dir=tmp_path / "voice", available=_providers(present))
     assert [name for name, _ in specs] == chain

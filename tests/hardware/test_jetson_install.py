@@ -115,7 +115,9 @@ def _run(
 
 
 def test_jetpack_6_2_with_its_python_gets_the_pinned_gpu_wheel(tmp_path: Path) -> None:
-    check = _check_output(tmp_path, "onnxruntime-gpu-1.24.0-jp6-cu126.json", "CUDAExecutionProvider")
+    check = _check_output(
+        tmp_path, "onnxruntime-gpu-1.24.0-jp6-cu126.json", "CUDAExecutionProvider"
+    )
     run = _run(tmp_path, SYSROOTS / "jetson-agx-orin-64gb", check=check)
     assert run.code == 0, run.out
     assert "board: L4T R36, CUDA 12.6, TensorRT 10.3.0; the app's Python: cp310" in run.out
@@ -136,9 +138,8 @@ def test_the_apps_python_3_11_has_no_nvidia_wheel_and_stays_on_the_cpu(tmp_path:
     run = _run(tmp_path, SYSROOTS / "jetson-agx-orin-64gb", tag="cp311")
     assert run.code == 3, run.out
     assert "no pinned onnxruntime-gpu for L4T R36 with CUDA 12.6 and Python cp311" in run.out
-    assert "onnxruntime-gpu 1.24.0 (CUDA 12.6, cp310); onnxruntime-gpu 1.23.0 (CUDA 12.9, cp312)" in (
-        run.out
-    )
+    pinned = "onnxruntime-gpu 1.24.0 (CUDA 12.6, cp310); onnxruntime-gpu 1.23.0 (CUDA 12.9, cp312)"
+    assert pinned in run.out
     assert run.pip == []  # nothing asked of pip, nothing changed
 
 
@@ -155,11 +156,16 @@ def test_cuda_12_9_with_python_3_12_takes_the_cu129_row(tmp_path: Path) -> None:
     (root / "usr/local/cuda").unlink()
     (root / "usr/local/cuda-12.9").mkdir()
     (root / "usr/local/cuda").symlink_to("cuda-12.9")  # no version.json: read from the link
-    check = _check_output(tmp_path, "onnxruntime-gpu-1.24.0-jp6-cu126.json", "CUDAExecutionProvider")
+    check = _check_output(
+        tmp_path, "onnxruntime-gpu-1.24.0-jp6-cu126.json", "CUDAExecutionProvider"
+    )
     run = _run(tmp_path, root, tag="cp312", check=check)
     assert run.code == 0, run.out
     assert any("--index-url https://pypi.jetson-ai-lab.io/jp6/cu129 " in line for line in run.pip)
-    assert any(line.startswith("requirement onnxruntime-gpu==1.23.0 --hash=sha256:2e3a07") for line in run.pip)
+    assert any(
+        line.startswith("requirement onnxruntime-gpu==1.23.0 --hash=sha256:2e3a07")
+        for line in run.pip
+    )
 
 
 def test_a_file_with_another_sha256_is_refused_and_nothing_changes(tmp_path: Path) -> None:
@@ -189,9 +195,15 @@ def test_a_wheel_that_does_not_open_cuda_is_rolled_back(tmp_path: Path) -> None:
     pins.write_text(f"R36 jp6/cu126 12.6 {tag} onnxruntime-gpu 1.24.0 {SHA_1_24}\n")
     run = _run(tmp_path, SYSROOTS / "jetson-agx-orin-64gb", pins=pins, real_python=True)
     assert run.code == 3, run.out
-    assert re.search(r"providers present: .*CPUExecutionProvider; a model asked for CUDA opened on: nothing", run.out)
+    assert re.search(
+        r"providers present: .*CPUExecutionProvider; a model asked for CUDA opened on: nothing",
+        run.out,
+    )
     assert "did not open a model on CUDA here; onnxruntime 1.31.1 is back" in run.out
-    assert run.pip[-2:] == ["pip uninstall --quiet -y onnxruntime-gpu", "pip install --quiet onnxruntime==1.31.1"]
+    assert run.pip[-2:] == [
+        "pip uninstall --quiet -y onnxruntime-gpu",
+        "pip install --quiet onnxruntime==1.31.1",
+    ]
 
 
 @pytest.mark.parametrize("sha", ["", "d980b934", "Z" * 64])
@@ -227,7 +239,7 @@ def test_every_pin_is_a_full_sha256_matching_the_index_url_it_came_from() -> Non
     urls = re.findall(r"(jp6/cu\d+)/\+f/([0-9a-f]{3})/([0-9a-f]{13})/\s*#?\s*(\S+\.whl)", text)
     assert len(rows) == len(urls) == 2
     for row in rows:
-        l4t, index, cuda, tag, package, version, sha = row
+        _l4t, index, cuda, tag, package, version, sha = row
         assert re.fullmatch(r"[0-9a-f]{64}", sha)
         assert index == f"jp6/cu{cuda.replace('.', '')}"
         wheel = f"{package.replace('-', '_')}-{version}-{tag}-{tag}-linux_aarch64.whl"
