@@ -244,3 +244,50 @@ def test_every_pin_is_a_full_sha256_matching_the_index_url_it_came_from() -> Non
         assert index == f"jp6/cu{cuda.replace('.', '')}"
         wheel = f"{package.replace('-', '_')}-{version}-{tag}-{tag}-linux_aarch64.whl"
         assert (index, sha[:3], sha[3:16], wheel) in urls
+
+
+def _root(tmp_path: Path, name: str = "jetson-agx-orin-64gb") -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(SYSROOTS / name, root, symlinks=True)
+    return root
+
+
+def test_a_garbled_release_file_is_an_unknown_l4t(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    (root / "etc/nv_tegra_release").write_bytes(b"\x00\xffR36 release?\n")
+    run = _run(tmp_path, root)
+    assert run.code == 3 and "unknown L4T release" in run.out
+    assert run.pip == []
+
+
+def test_a_garbled_version_json_falls_back_to_the_cuda_link(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    (root / "usr/local/cuda-12.6/version.json").write_text('{"cuda": "twelve"', encoding="utf-8")
+    check = _check_output(
+        tmp_path, "onnxruntime-gpu-1.24.0-jp6-cu126.json", "CUDAExecutionProvider"
+    )
+    run = _run(tmp_path, root, check=check)
+    assert run.code == 0, run.out
+    assert "CUDA 12.6" in run.out
+
+
+def test_a_newer_l4t_line_has_no_pin_yet(tmp_path: Path) -> None:
+    """JetPack 7 (L4T R38) is not in the pin list: it says so rather than guess a wheel."""
+    root = _root(tmp_path)
+    release = root / "etc/nv_tegra_release"
+    release.write_text(release.read_text().replace("# R36 (release)", "# R38 (release)"))
+    run = _run(tmp_path, root)
+    assert run.code == 3
+    assert "no pinned onnxruntime-gpu for L4T R38" in run.out and "pinned for R38: none" in run.out
+
+
+def test_without_tensorrt_it_says_cuda_still_can(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    shutil.rmtree(root / "usr/lib/aarch64-linux-gnu")
+    check = _check_output(
+        tmp_path, "onnxruntime-gpu-1.24.0-jp6-cu126.json", "CUDAExecutionProvider", ct2=""
+    )
+    run = _run(tmp_path, root, check=check)
+    assert run.code == 0, run.out
+    assert "TensorRT none" in run.out and "the TensorRT provider cannot load, CUDA can" in run.out
+    assert "CTranslate2" not in run.out  # not installed in this venv: nothing said about it
