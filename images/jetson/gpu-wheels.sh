@@ -76,9 +76,16 @@ fi
 # --- swap the packages; check; put the CPU one back if CUDA does not open a model ----------------
 cpu_version=$("$PIP" show onnxruntime 2>/dev/null | sed -n 's/^Version: //p')
 say "replacing onnxruntime ${cpu_version:-(none)} by onnxruntime-gpu $version"
+put_cpu_back() {
+  "$PIP" uninstall --quiet -y onnxruntime-gpu || true
+  [ -z "$cpu_version" ] || "$PIP" install --quiet "onnxruntime==$cpu_version"
+}
 [ -z "$cpu_version" ] || "$PIP" uninstall --quiet -y onnxruntime
-"$PIP" install --quiet --no-deps --no-index --require-hashes --find-links "$work/wheels" \
-  -r "$work/requirements.txt"
+if ! "$PIP" install --quiet --no-deps --no-index --require-hashes --find-links "$work/wheels" \
+    -r "$work/requirements.txt"; then
+  put_cpu_back
+  stay_on_cpu "pip could not install the downloaded onnxruntime-gpu $version; onnxruntime $cpu_version is back"
+fi
 
 "$PY" -m mongars_edge.inference.gpu_check > "$work/check" 2>&1 || true
 fact() { sed -n "s/^$1=//p" "$work/check" | head -n 1; }
@@ -87,8 +94,7 @@ opened=$(fact cuda_session)
 say "providers present: ${present:-none}; a model asked for CUDA opened on: ${opened:-nothing}"
 if [ "$opened" != "CUDAExecutionProvider" ]; then
   sed 's/^/    check: /' "$work/check"
-  "$PIP" uninstall --quiet -y onnxruntime-gpu
-  [ -z "$cpu_version" ] || "$PIP" install --quiet "onnxruntime==$cpu_version"
+  put_cpu_back
   stay_on_cpu "onnxruntime-gpu $version did not open a model on CUDA here; onnxruntime $cpu_version is back"
 fi
 case ",$present," in

@@ -41,6 +41,7 @@ case "$1" in
     if [ -n "${FAKE_DOWNLOAD_FAILS:-}" ]; then cat "$FAKE_DOWNLOAD_FAILS"; exit 1; fi
     mkdir -p "$dest" && : > "$dest/onnxruntime_gpu-1.24.0-cp310-cp310-linux_aarch64.whl" ;;
   show) cat "$FAKE_SHOW" ;;
+  install) case "$*" in *--no-index*) [ -z "${FAKE_INSTALL_FAILS:-}" ] || exit 1 ;; esac ;;
 esac
 exit 0
 """
@@ -91,6 +92,7 @@ def _run(
     pins: Path = PINS,
     real_python: bool = False,
     download_fails: str | None = None,
+    install_fails: bool = False,
 ) -> Run:
     venv = _venv(tmp_path, real_python=real_python)
     log = tmp_path / "pip.log"
@@ -106,6 +108,8 @@ def _run(
         "FAKE_SHOW": str(JETSON / "pip" / "show-onnxruntime.txt"),
         "PYTHONPATH": str(REPO),
     }
+    if install_fails:
+        env["FAKE_INSTALL_FAILS"] = "1"
     if download_fails:
         env["FAKE_DOWNLOAD_FAILS"] = str(JETSON / "pip" / download_fails)
     done = subprocess.run(
@@ -291,3 +295,13 @@ def test_without_tensorrt_it_says_cuda_still_can(tmp_path: Path) -> None:
     assert run.code == 0, run.out
     assert "TensorRT none" in run.out and "the TensorRT provider cannot load, CUDA can" in run.out
     assert "CTranslate2" not in run.out  # not installed in this venv: nothing said about it
+
+
+def test_an_install_that_fails_puts_the_cpu_package_back(tmp_path: Path) -> None:
+    run = _run(tmp_path, SYSROOTS / "jetson-agx-orin-64gb", install_fails=True)
+    assert run.code == 3, run.out
+    assert "pip could not install the downloaded onnxruntime-gpu 1.24.0" in run.out
+    assert run.pip[-2:] == [
+        "pip uninstall --quiet -y onnxruntime-gpu",
+        "pip install --quiet onnxruntime==1.31.1",
+    ]
