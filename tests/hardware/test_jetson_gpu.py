@@ -172,3 +172,13 @@ def test_the_report_dict_is_what_health_shows() -> None:
         "missing": [],
         "sessions": {"embedder (e5-small-q4.bin)": {"provider": CUDA, "wanted": [CUDA, CPU]}},
     }
+
+
+def test_the_watchdog_is_widened_only_where_voices_may_build_engines() -> None:
+    from mongars_edge.runtime import trt_build_window
+
+    jetson = profile_for(probe(SYSROOTS / "jetson-agx-orin-64gb")).onnx_providers
+    pi = profile_for(probe(SYSROOTS / "pi5-8gb")).onnx_providers
+    assert trt_build_window(jetson, _providers(GPU_BUILD)) >= 600
+    assert trt_build_window(jetson, _providers(PYPI_BUILD)) == 0
+    assert trt_build_window(pi, _providers(GPU_BUILD)) == 0
