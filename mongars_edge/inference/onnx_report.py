@@ -71,7 +71,7 @@ class OnnxReport:
         if self.missing:
             names = " or ".join(_SHORT[p] for p in self.missing)
             what = "the ONNX models (voices, embedder) run on the CPU"
-            if len(self.missing) < len(wanted_gpu):
+            if CUDA in wanted_gpu and CUDA not in self.missing:
                 what = "the ONNX models run on CUDA without TensorRT"
             out.append(
                 f"ONNX Runtime here ({self.package or 'not installed'}) has no {names} provider "
