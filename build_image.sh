@@ -349,6 +349,8 @@ build_jetson() {
   install -m 0644 "$REPO/systemd/jetson/mongars-edge.service.d/10-jetson.conf" \
     "$stage/etc/systemd/system/mongars-edge.service.d/"
   install -m 0755 "$REPO/firmware/jetson/power-mode.sh" "$stage/usr/lib/mongars-edge/jetson/"
+  install -m 0755 "$REPO/images/jetson/gpu-wheels.sh" "$stage/usr/lib/mongars-edge/jetson/"
+  install -m 0644 "$REPO/images/jetson/gpu-wheels.txt" "$stage/usr/lib/mongars-edge/jetson/"
   install_appliance_files_only "$stage"
   install -m 0644 "$REPO/firmware/jetson/mongars-edge-power.service" "$stage/usr/lib/systemd/system/"
   step "the app wheel (llama-cpp-python is compiled on the board with CUDA by install-app.sh)"

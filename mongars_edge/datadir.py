@@ -96,9 +96,9 @@ class DataDir:
         return self.mesh / "state.json"
 
     @property
-    def onnx_cache(self) -> Path:
-        """ONNX Runtime's compiled engines (TensorRT) for the voices."""
-        return self.root / "onnx-cache"
+    def trt_cache(self) -> Path:
+        """TensorRT engines ONNX Runtime built for the voices, one folder per model."""
+        return self.root / "trt-cache"
 
     @property
     def local_admin_token(self) -> Path:

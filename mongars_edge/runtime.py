@@ -17,6 +17,8 @@ from mongars_edge.errors import UnavailableError
 from mongars_edge.hardware.probe import HardwareFacts, probe
 from mongars_edge.hardware.tuning import TuningProfile
 from mongars_edge.inference.manager import load_profile
+from mongars_edge.inference.onnx import TENSORRT
+from mongars_edge.inference.onnx_report import OnnxReport, installed_providers, report
 from mongars_edge.settings import Settings
 from mongars_edge.telemetry import Watchdog, appliance_problems
 
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 # A watchdog limit for the embedding model's load (see Watchdog.widened): ~1 s on a Pi 5, more
 # than the usual 30 s under qemu's full-system emulation of the Pi image.
 _EMBEDDER_LOAD_S = 600.0
+# The same while the voices load when they may build TensorRT engines (first start only): NVIDIA
+# gives no figure; minutes per voice on an Orin is what others report. Not measured here.
+_TRT_BUILD_S = 1800.0
 
 
 class Runtime:
@@ -52,6 +57,8 @@ class Runtime:
         self._facts: HardwareFacts | None = None
         self._profile: TuningProfile | None = None
         self._embedder: ThreadedEmbedder | None = None
+        # The ONNX providers installed and the package that has them, read once at start.
+        self._onnx_installed: tuple[tuple[str, ...], str | None] = ((), None)
         self._stack = contextlib.AsyncExitStack()
         # Service-level problems shown on /health (probe warnings live in facts).
         self.problems: list[str] = []
@@ -113,6 +120,7 @@ class Runtime:
         self.problems += await asyncio.to_thread(appliance_problems, self.data_dir)
         self._facts = await asyncio.to_thread(probe, self.settings.sysroot, self.data_dir)
         self._profile = load_profile(self._facts, self.data_dir)
+        self._onnx_installed = await asyncio.to_thread(installed_providers)
         log.info(
             "hardware probed",
             extra={"board": self._facts.board, "profile": json.dumps(self._profile.summary())},
@@ -163,9 +171,21 @@ class Runtime:
         self.engine = local if local.loaded else None
 
     def health_problems(self) -> list[str]:
-        """Everything /health lists: the box's own problems and the chat model's."""
+        """Everything /health lists: the box's own problems, the ONNX GPU path's, the model's."""
         model = self.models.problems() if self.models is not None else []
-        return [*self.problems, *model]
+        return [*self.problems, *self.onnx_report().problems(), *model]
+
+    def onnx_report(self) -> OnnxReport:
+        """The profile's ONNX providers against those installed, and what each model runs on."""
+        present, package = self._onnx_installed
+        facts = self.facts
+        return report(
+            self.profile.onnx_providers,
+            jetson=facts.board.startswith("jetson") or facts.l4t_release is not None,
+            tensorrt_lib=facts.tensorrt,
+            present=present,
+            package=package,
+        )
 
     def speech_summary(self) -> dict[str, object]:
         """Which voice speaks each language and which model hears (for /health)."""
@@ -214,9 +234,11 @@ class Runtime:
         from mongars_edge.speech.service import open_speech, voice_agent
 
         agent = voice_agent(self.settings, self.chat, self.models)
-        speech = await self._stack.enter_async_context(
-            open_speech(self.settings, self.profile, self.facts, self.data, self.models, agent)
-        )
+        window = trt_build_window(self.profile.onnx_providers, self._onnx_installed[0])
+        async with self.watchdog.widened(window) if window else contextlib.nullcontext():
+            speech = await self._stack.enter_async_context(
+                open_speech(self.settings, self.profile, self.facts, self.data, self.models, agent)
+            )
         self.speech, self.stt, self.wyoming = speech.tts, speech.stt, speech.wyoming
         self.problems += speech.problems
         # Closed before the services themselves: nobody is handed a closing voice.
@@ -232,6 +254,15 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
+
+
+def trt_build_window(wanted: tuple[str, ...], present: tuple[str, ...]) -> float:
+    """The watchdog limit while voices load: wide when they may build TensorRT engines, else 0.
+
+    The engine is built in ONNX Runtime's native code, which may hold the GIL for minutes: the
+    loop's pings stop, and systemd would kill the service before the engine is cached, again
+    at every restart."""
+    return _TRT_BUILD_S if TENSORRT in wanted and TENSORRT in present else 0.0
 
 
 def _import_chat_modules() -> None:

@@ -25,7 +25,7 @@ def test_probe_json_on_this_machine(tmp_path: Path) -> None:
     result = run_cli("probe", "--json", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert set(payload) == {"facts", "profile"}
+    assert set(payload) == {"facts", "profile", "onnx"}
     assert payload["facts"]["cpu_count"] >= 1
     assert payload["profile"]["n_threads"] >= 1
 
@@ -46,6 +46,31 @@ def test_probe_plain_text_lists_reasons(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "raspberry-pi-5" in result.stdout
     assert "n_threads" in result.stdout
+
+
+def test_probe_reports_the_onnx_providers_present_on_a_jetson(tmp_path: Path) -> None:
+    """A recorded AGX Orin probed beside this machine's onnxruntime (PyPI's, CPU only)."""
+    args = (
+        "probe",
+        "--sysroot",
+        str(SYSROOTS / "jetson-agx-orin-64gb"),
+        "--data-dir",
+        str(tmp_path),
+    )
+    payload = json.loads(run_cli(*args, "--json").stdout)
+    onnx = payload["onnx"]
+    assert onnx["wanted"] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    ]  # fmt: skip
+    assert "CPUExecutionProvider" in onnx["present"]
+    assert onnx["missing"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    assert payload["facts"]["tensorrt"] == "10.3.0"
+    [problem] = onnx["problems"]
+    assert "gpu-wheels.sh" in problem
+    text = run_cli(*args).stdout
+    assert "gpu         CUDA, JetPack 6.2+b77, TensorRT 10.3.0, cuDNN 9.3.0" in text
+    assert "onnx        wants TensorrtExecutionProvider, CUDAExecutionProvider" in text
+    assert f"problem     {problem}" in text
 
 
 def test_bad_environment_value_is_one_line_exit_2() -> None:

@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +16,9 @@ from mongars_edge.cli.base import F, common_options, make_settings
 from mongars_edge.errors import MongarsError
 from mongars_edge.localbox import local_url, remove_marker, write_marker
 from mongars_edge.settings import Settings, describe
+
+if TYPE_CHECKING:
+    from mongars_edge.hardware.probe import HardwareFacts
 
 log = logging.getLogger(__name__)
 
@@ -134,28 +137,56 @@ def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
     """Show what this box is and how the engine will be tuned for it."""
     from mongars_edge.hardware.probe import probe
     from mongars_edge.inference.manager import load_profile
+    from mongars_edge.inference.onnx_report import report
 
     settings = make_settings(config_path, **flags)
     data_dir = settings.resolved_data_dir()
     facts = probe(settings.sysroot, data_dir)
     profile = load_profile(facts, data_dir)
+    # The providers of the onnxruntime installed beside this CLI (the app's), not the sysroot's.
+    onnx = report(
+        profile.onnx_providers,
+        jetson=facts.board.startswith("jetson") or facts.l4t_release is not None,
+        tensorrt_lib=facts.tensorrt,
+    )
     if as_json:
-        payload = {"facts": facts.to_dict(), "profile": profile.to_dict()}
+        payload = {
+            "facts": facts.to_dict(),
+            "profile": profile.to_dict(),
+            "onnx": {**onnx.to_dict(), "problems": onnx.problems()},
+        }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
     click.echo(f"board       {facts.board} ({facts.board_model or 'no model string'})")
     click.echo(f"cpu         {facts.cpu_count} x {facts.arch} {facts.cpu_model}")
     click.echo(f"memory      {facts.mem_total_mb} MB, swap {facts.swap_total_mb} MB")
-    click.echo(f"gpu         {'CUDA' if facts.cuda else 'none'}")
+    click.echo(f"gpu         {_gpu_line(facts)}")
     click.echo(f"storage     {facts.storage}")
+    click.echo(
+        f"onnx        wants {', '.join(onnx.wanted)}; present {', '.join(onnx.present) or 'none'}"
+        f" ({onnx.package or 'onnxruntime not installed'})"
+    )
     for warning in facts.warnings:
         click.echo(f"warning     {warning}")
+    for problem in onnx.problems():
+        click.echo(f"problem     {problem}")
     click.echo(f"\nprofile ({profile.source}):")
     for key, value in profile.to_dict().items():
         if key in ("reasons", "source"):
             continue
         reason = profile.reasons.get(key, "")
         click.echo(f"  {key:<16} {value!s:<24} {reason}")
+
+
+def _gpu_line(facts: HardwareFacts) -> str:
+    if not facts.cuda:
+        return "none"
+    parts = ["CUDA"]
+    if facts.jetpack_package or facts.jetpack:
+        parts.append(f"JetPack {facts.jetpack_package or facts.jetpack}")
+    parts.append(f"TensorRT {facts.tensorrt}" if facts.tensorrt else "no TensorRT")
+    parts.append(f"cuDNN {facts.cudnn}" if facts.cudnn else "no cuDNN")
+    return ", ".join(parts)
 
 
 @click.command("tui")

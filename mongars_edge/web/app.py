@@ -60,6 +60,8 @@ async def health(request: Request) -> JSONResponse:
         "board": runtime.facts.board,
         "profile": runtime.profile.summary(),
         "speech": runtime.speech_summary(),
+        # The ONNX providers wanted, installed and used per model (TensorRT engine state).
+        "onnx": runtime.onnx_report().to_dict(),
         "problems": problems,
     }
     server = request.scope.get("server")

@@ -50,6 +50,8 @@ def test_overlay_contents(overlay: Path) -> None:
             "usr/lib/tmpfiles.d/mongars-edge.conf",
             "usr/lib/mongars-edge/firstboot",
             "usr/lib/mongars-edge/jetson/power-mode.sh",
+            "usr/lib/mongars-edge/jetson/gpu-wheels.sh",
+            "usr/lib/mongars-edge/jetson/gpu-wheels.txt",
             "usr/lib/mongars-edge/install-app.sh",
             "etc/ssh/sshd_config.d/mongars-edge.conf",
             "etc/mongars-edge/firstboot/README.txt",
@@ -61,6 +63,7 @@ def test_overlay_contents(overlay: Path) -> None:
         assert all(m.uid == 0 and m.gid == 0 for m in members.values())
         assert members["usr/lib/mongars-edge/firstboot"].mode & 0o111
         assert members["usr/lib/mongars-edge/jetson/power-mode.sh"].mode & 0o111
+        assert members["usr/lib/mongars-edge/jetson/gpu-wheels.sh"].mode & 0o111
         # Nothing applies itself: the first-boot folder holds examples only.
         firstboot = [n for n in members if n.startswith("etc/mongars-edge/firstboot/")]
         assert all(n.endswith((".example", "README.txt")) for n in firstboot), firstboot

@@ -83,6 +83,7 @@ async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
         "board",
         "profile",
         "speech",
+        "onnx",
         "problems",
     }
     assert health["model"] == "smollm2-135m-instruct"

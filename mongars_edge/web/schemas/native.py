@@ -223,6 +223,10 @@ class Health(Reply, kw_only=True):
     board: str
     profile: dict[str, Any]
     speech: dict[str, Any]
+    onnx: Annotated[
+        dict[str, Any],
+        Meta(description="ONNX providers: wanted, present, and what each model runs on."),
+    ]
     problems: list[Any]
     data_dir: str | UnsetType = UNSET
 
