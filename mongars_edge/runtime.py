@@ -101,6 +101,13 @@ class Runtime:
             raise UnavailableError("no chat model is loaded on this box (the model setting is off)")
         return engine
 
+    def _persona(self, model_id: str) -> bool:
+        """Whether the box's persona goes into this model's prompts (the `persona` setting;
+        auto: the catalog's word)."""
+        if self.settings.persona != "auto":
+            return self.settings.persona == "on"
+        return self.models is None or self.models.persona(model_id)
+
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_at
 
@@ -229,6 +236,7 @@ class Runtime:
                 self.data_dir,
                 local=self.engine,
                 sampling_defaults=self.models.sampling_defaults if self.models else None,
+                persona=self._persona,
             )
         )
         from mongars_edge.speech.service import open_speech, voice_agent

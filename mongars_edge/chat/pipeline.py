@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
@@ -136,11 +135,13 @@ class ChatPipeline:
         data_dir: Path,
         *,
         sampling_defaults: SamplingDefaults | None = None,
+        persona: Callable[[str], bool] | None = None,
     ) -> None:
         self._engine = engine
         self.store = store
         self.settings = settings
         self._sampling_defaults = sampling_defaults
+        self._persona = persona
         self.styles = StyleBook(data_dir / "chat")
         # What each conversation's prompts said, so the next turn's prompt starts with exactly
         # the tokens of the last one and reuses its KV prefix (see _Said). In memory only, as
@@ -163,11 +164,20 @@ class ChatPipeline:
         *,
         local: LocalEngine | None = None,
         sampling_defaults: SamplingDefaults | None = None,
+        persona: Callable[[str], bool] | None = None,
     ) -> AsyncIterator[ChatPipeline]:
         """`local` (the box's own engine) reads turns for memories while the box is idle:
         memory work never goes to a peer. `sampling_defaults(model_id)`: a model's own
-        sampling settings, for the fields a request leaves out."""
-        pipeline = cls(engine, store, settings, data_dir, sampling_defaults=sampling_defaults)
+        sampling settings, for the fields a request leaves out. `persona(model_id)`: whether
+        the box's persona goes into that model's prompts (default: always)."""
+        pipeline = cls(
+            engine,
+            store,
+            settings,
+            data_dir,
+            sampling_defaults=sampling_defaults,
+            persona=persona,
+        )
         async with contextlib.AsyncExitStack() as stack:
             if local is not None:
                 from mongars_edge.memory.consolidate import MemoryWorker
@@ -245,7 +255,8 @@ class ChatPipeline:
             await jobs.settle()
 
         engine = self._engine()
-        sampling = self._sampling(turn, turn.model or engine.info.id)
+        model_id = turn.model or engine.info.id
+        sampling = self._sampling(turn, model_id)
         prompted = [*said.as_prompted(history), *dialogue[len(history) :]]
         if turn.new_conversation:
             title = " ".join(query.split())[:_TITLE_CHARS]
@@ -270,16 +281,22 @@ class ChatPipeline:
         n_ctx = engine.info.n_ctx
         budget = n_ctx - max(1, min(sampling.max_tokens, n_ctx // 2)) - _SAFETY
         tools = bool(turn.tools) and turn.tool_choice != "none"
-        messages = _assemble(lang, style, memories, client_system, prompted, tools=tools)
+        system = prompts.system_prompt(
+            lang,
+            style=style,
+            client_system=client_system,
+            tools=tools,
+            persona=self._persona is None or self._persona(model_id),
+        )
+        messages = _assemble(lang, system, memories, prompted)
         trimmed = 0
         try:
             prompt: Prompt | None = await engine.prepare(request_of(messages, sampling.max_tokens))
         except PromptTooLongError:
             prompt = None
         if prompt is None or prompt.n_tokens > budget:
-            fit_args = (engine, n_ctx, sampling.max_tokens, lang, style, memories)
             messages, trimmed, _ = await asyncio.to_thread(
-                functools.partial(_fit, tools=tools), *fit_args, client_system, prompted
+                _fit, engine, n_ctx, sampling.max_tokens, lang, system, memories, prompted
             )
             prompt = await engine.prepare(request_of(messages, sampling.max_tokens))
         reply = min(sampling.max_tokens, max(1, n_ctx - prompt.n_tokens - _SAFETY))
@@ -631,19 +648,10 @@ def _recalled_line(hit: Hit) -> str:
 
 
 def _assemble(
-    lang: Lang,
-    style: list[str],
-    memories: list[str],
-    client_system: str,
-    dialogue: list[Message],
-    *,
-    tools: bool = False,
+    lang: Lang, system: str, memories: list[str], dialogue: list[Message]
 ) -> list[Message]:
-    """The whole prompt, as `_fit` makes it when everything fits."""
-    system = Message(
-        "system",
-        prompts.system_prompt(lang, style=style, client_system=client_system, tools=tools),
-    )
+    """The whole prompt, as `_fit` makes it when everything fits. An empty `system` sends
+    none (the model's template keeps its own)."""
     kept = list(dialogue)
     if kept and kept[-1].role == "user" and memories:
         last = kept[-1]
@@ -651,7 +659,11 @@ def _assemble(
     # A history that starts with an answer confuses small models: start with a question.
     while len(kept) > 1 and kept[0].role == "assistant":
         kept.pop(0)
-    return [system, *_answered(kept)]
+    return [*_system(system), *_answered(kept)]
+
+
+def _system(text: str) -> list[Message]:
+    return [Message("system", text)] if text else []
 
 
 def _fit(
@@ -659,12 +671,9 @@ def _fit(
     n_ctx: int,
     max_tokens: int,
     lang: Lang,
-    style: list[str],
+    system_text: str,
     memories: list[str],
-    client_system: str,
     dialogue: list[Message],
-    *,
-    tools: bool = False,
 ) -> tuple[list[Message], int, int]:
     """Messages that fit the context with room for the reply: the newest turns are kept,
     recalled memories (on the newest user message) go before history does, and a last message
@@ -675,8 +684,7 @@ def _fit(
     def cost(message: Message) -> int:
         return engine.count_tokens(message.content) + _MESSAGE_OVERHEAD
 
-    text = prompts.system_prompt(lang, style=style, client_system=client_system, tools=tools)
-    system = Message("system", text)
+    system = _system(system_text)
     original = dialogue[-1] if dialogue else None
     if original is None or original.role != "user":
         memories = []
@@ -684,7 +692,7 @@ def _fit(
         last = original
         if last is not None and memories:
             last = Message(last.role, prompts.with_memories(lang, memories, last.content))
-        used = cost(system) + (cost(last) if last is not None else 0)
+        used = sum(map(cost, system)) + (cost(last) if last is not None else 0)
         if used <= budget or not memories:
             break
         memories = memories[:-1]
@@ -704,7 +712,7 @@ def _fit(
     kept = _answered(kept)
     trimmed = len(dialogue) - len(kept)
     reply = min(max_tokens, max(1, n_ctx - used - _SAFETY))
-    return [system, *kept], trimmed, reply
+    return [*system, *kept], trimmed, reply
 
 
 def _answered(messages: list[Message]) -> list[Message]:

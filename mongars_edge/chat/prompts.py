@@ -8,11 +8,14 @@ from typing import Final
 
 from mongars_edge.chat.lang import Lang
 
+# "Réponds en français québécois" made Qwen2.5 1.5B answer "Montréal" to "C'est quoi la
+# capitale du Canada?" (bench/quality.py): the persona asks for the local turn of phrase, not
+# for Québec as the subject.
 _PERSONA: Final[dict[str, str]] = {
     "fr": (
         "Tu es monGARS, un assistant privé qui fonctionne sur une petite boîte à la maison, "
-        "sans nuage. Réponds en français québécois naturel, clairement et honnêtement; "
-        "si tu ne sais pas, dis-le."
+        "sans nuage. Réponds en français, clairement, exactement et honnêtement, avec des "
+        "tournures d'ici au besoin; si tu ne sais pas, dis-le."
     ),
     "en": (
         "You are monGARS, a private assistant running on a small box at home, with no cloud. "
@@ -56,16 +59,19 @@ def system_prompt(
     style: Sequence[str] = (),
     client_system: str = "",
     tools: bool = False,
+    persona: bool = True,
 ) -> str:
-    """The system message: the client's own system text wins over our persona when given."""
-    parts = [client_system.strip() or _PERSONA[lang]]
+    """The system message: the client's own system text wins over our persona when given.
+    Without `persona` (a model too small to follow it) and with nothing else to say, it is
+    empty, and the model's template keeps its own system message."""
+    parts = [client_system.strip() or (_PERSONA[lang] if persona else "")]
     if client_system.strip():
         parts.append(_ANSWER_IN[lang])
     if tools:
         parts.append(_AFTER_TOOLS[lang])
     if style:
         parts.append(" ".join(style))
-    return "\n\n".join(parts)
+    return "\n\n".join(p for p in parts if p)
 
 
 def spoken_prompt(lang: Lang) -> str:

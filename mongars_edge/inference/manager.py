@@ -301,6 +301,11 @@ class ModelManager:
             rows.append(row)
         return rows
 
+    def persona(self, model_id: str) -> bool:
+        """Whether the box's persona goes into this model's prompts (the catalog's `persona`)."""
+        entry = self.store.catalog.get(model_id)
+        return entry is None or entry.persona
+
     def sampling_defaults(self, model_id: str) -> dict[str, float | int]:
         """The model's own generation settings from the catalog (empty when it has none)."""
         entry = self.store.catalog.get(model_id)

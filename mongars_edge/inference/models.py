@@ -124,7 +124,8 @@ class ModelStore:
 
     def resolve(self, spec: str) -> tuple[str, Path]:
         """A `model` setting (catalog id, the id of a GGUF in the models folder, or a GGUF
-        path) -> (id, path); ModelNotFoundError."""
+        path) -> (id, path); ModelNotFoundError. A path to a catalog model's file (its file
+        name) keeps the catalog id, and with it the model's sampling defaults and persona."""
         if spec in self.catalog:
             entry = self.catalog[spec]
             if entry.kind != "chat":
@@ -144,7 +145,9 @@ class ModelStore:
         if path.suffix == ".gguf" or os.sep in spec:
             if not path.is_file():
                 raise ModelNotFoundError(f"model file {path} does not exist")
-            return path.stem, path
+            known = (e.id for e in self.catalog.values() if e.kind == "chat")
+            by_name = {self.catalog[i].filename: i for i in known}
+            return by_name.get(path.name, path.stem), path
         stray = self.dir / f"{spec}.gguf"
         if stray.is_file():  # listed by `list()` under its file name
             return spec, stray

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from mongars_edge.chat.pipeline import Prepared, Turn
 from mongars_edge.inference.engine import Message, Sampling, TokenEvent
 from mongars_edge.inference.errors import PromptTooLongError
 from mongars_edge.runtime import Runtime
+from mongars_edge.settings import load_settings
+from tests.web.conftest import TEST_SETTINGS
 
 
 async def _user(runtime: Runtime, name: str = "ana") -> int:
@@ -193,3 +196,23 @@ async def test_a_conversation_keeps_the_style_it_started_with(runtime: Runtime) 
     assert len(systems) == 1
     fresh = await runtime.chat.prepare(_turn("salut!", new_conversation=True), uid)
     assert fresh.request.messages[0].content != first.request.messages[0].content
+
+
+async def test_a_model_too_small_for_the_persona_keeps_its_own_system_message(
+    tmp_path: Path,
+) -> None:
+    """The catalog runs the 135M without the persona (bench/quality.py: 1-2 of 12 with it, 4
+    without); the `persona` setting overrides the catalog either way."""
+    settings = {**TEST_SETTINGS, "data_dir": tmp_path / "data", "persona": "auto"}
+    async with Runtime(load_settings(environ={}, cli=settings)) as runtime:
+        user = await _user(runtime)
+        turn = Turn(messages=(Message("user", "What is the capital of Canada?"),), memory=False)
+        prepared = await runtime.chat.prepare(turn, user)
+        rendered = runtime.engine.render(prepared.request.messages)  # type: ignore[union-attr]
+        assert [m.role for m in prepared.request.messages] == ["user"]
+        assert "monGARS" not in rendered and "SmolLM" in rendered  # the template's own
+        runtime.settings = replace(runtime.settings, persona="on")
+        turn = Turn(messages=(Message("user", "Quelle heure est-il?"),), memory=False)
+        prepared = await runtime.chat.prepare(turn, user)
+        system = prepared.request.messages[0]
+        assert system.role == "system" and "monGARS" in system.content

@@ -273,3 +273,17 @@ def test_models_an_image_ships_are_found_and_kept(
     with pytest.raises(ModelNotFoundError, match="ships with this box's image"):
         store.remove("shipped")
     assert shipped.is_file()
+
+
+def test_a_path_to_a_catalog_models_file_keeps_its_catalog_id(tmp_path: Path) -> None:
+    """`--model .data/models/<catalog file>` is that catalog model (its sampling defaults and
+    persona), wherever the file lies; any other GGUF is named by its file."""
+    s = m.ModelStore(tmp_path / "data")
+    entry = s.catalog["qwen2.5-coder-0.5b-instruct"]
+    copy = tmp_path / "elsewhere" / entry.filename
+    copy.parent.mkdir()
+    copy.write_bytes(b"GGUF")
+    other = tmp_path / "elsewhere" / "mine.gguf"
+    other.write_bytes(b"GGUF")
+    assert s.resolve(str(copy)) == (entry.id, copy)
+    assert s.resolve(str(other)) == ("mine", other)
