@@ -62,14 +62,16 @@ def system_prompt(
     persona: bool = True,
 ) -> str:
     """The system message: the client's own system text wins over our persona when given.
-    Without `persona` (a model too small to follow it) and with nothing else to say, it is
-    empty, and the model's template keeps its own system message."""
+    Without `persona` (a model too small to follow it) there is no persona and no learned
+    style either, and with no client text and no tools the message is empty: the model's
+    template keeps its own. (The 135M answered 3 of bench/quality.py's 12 questions once the
+    style book had learned "Answer briefly..." in place of its template's message, 4 without.)"""
     parts = [client_system.strip() or (_PERSONA[lang] if persona else "")]
     if client_system.strip():
         parts.append(_ANSWER_IN[lang])
     if tools:
         parts.append(_AFTER_TOOLS[lang])
-    if style:
+    if style and persona:
         parts.append(" ".join(style))
     return "\n\n".join(p for p in parts if p)
 
