@@ -20,9 +20,6 @@ hypothesis.settings.load_profile("mongars")
 
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parent.parent
-SYSROOTS = REPO / "tests" / "fixtures" / "sysroots"
-
 # asyncio's debug mode reports every callback that held the loop longer than this. A test in
 # which the loop was blocked that long did something blocking inside it (STYLE habit 3). One
 # second, not less: on a loaded 2-core CI box a short callback can be preempted for a while.
@@ -72,9 +69,9 @@ def no_blocking_in_loop() -> Iterator[None]:
 @pytest.fixture(autouse=True, scope="session")
 def no_box_of_the_developer() -> Iterator[None]:
     """In-process commands (CliRunner) look for the local box on a port nobody serves, as the
-    subprocesses of tests.helpers.clean_env do: a `make serve` on this machine stays out."""
+    subprocesses of tests.support.env.clean_env do: a `make serve` on this machine stays out."""
     saved = os.environ.get("MONGARS_PORT")
-    with socket.socket() as sock:  # not tests.helpers: this file is copied alone (test_loop_guard)
+    with socket.socket() as sock:  # not tests.support: this file is copied alone (test_loop_guard)
         sock.bind(("127.0.0.1", 0))
         os.environ["MONGARS_PORT"] = str(sock.getsockname()[1])
     try:
@@ -115,8 +112,8 @@ _MODEL_FIXTURES = frozenset(
     }
 )
 _MODEL_DIRS = ("integration", "appliance", "docs", "speech", "tui")
-# Modules whose tests start `serve` themselves (tests.helpers.start_server, tests.web.conftest
-# start) without one of the fixtures above.
+# Modules whose tests start `serve` themselves (tests.support.server.start_server) without one
+# of the fixtures above.
 _MODEL_MODULES = frozenset(
     {
         "test_cli.py",

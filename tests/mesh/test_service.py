@@ -12,7 +12,7 @@ from mongars_edge.mesh import codec, pairing
 from mongars_edge.mesh.errors import PairingError
 from mongars_edge.mesh.router import Router
 from mongars_edge.mesh.service import MeshService
-from tests.mesh.conftest import Boxes
+from tests.support.types import Boxes
 
 QUESTION = [("user", "Write three sentences about the sea.")]
 

@@ -14,7 +14,8 @@ from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
 from mongars_edge.web import create_app
 from mongars_edge.web.schemas.document import document
-from tests.web.conftest import TEST_SETTINGS, bearer
+from tests.support.accounts import bearer
+from tests.support.server import TEST_SETTINGS
 
 
 async def test_conversations_crud_and_export(client: httpx.AsyncClient, runtime: Runtime) -> None:

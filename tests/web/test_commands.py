@@ -12,8 +12,8 @@ import httpx
 from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
 from mongars_edge.web import create_app
-from tests.helpers import clean_env
-from tests.web.conftest import TEST_SETTINGS
+from tests.support.env import clean_env
+from tests.support.server import TEST_SETTINGS
 
 
 async def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
