@@ -21,7 +21,7 @@ from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.members import MemberFile, MemberRecord, MeshState
 from mongars_edge.mesh.node import MeshConfig, NodeState
 from mongars_edge.mesh.pairing import serve_pairing
-from mongars_edge.mesh.peers import Peer, sanitize
+from mongars_edge.mesh.peers import Peer, sanitize, split_address
 from mongars_edge.mesh.serving import Serving
 from mongars_edge.mesh.state import remember_addresses, write_state
 from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Backoff, Link, answer, dial, read_frame
@@ -371,13 +371,13 @@ class MeshService:
         located = {key for key, _, _ in out}
         for member in self.node.state.members.values():
             # Paired through an address (`pair --join --peer`): no mDNS needed to find it.
-            host, _, port = member.address.rpartition(":")
-            if member.node_id not in located and host and port.isdigit():
-                out.append((member.node_id, host.strip("[]"), int(port)))
+            found = split_address(member.address)
+            if member.node_id not in located and found is not None:
+                out.append((member.node_id, *found))
         for addr in self.node.config.static_peers:
-            host, _, port = addr.rpartition(":")
-            if host and port.isdigit():
-                out.append((self._static_ids.get(addr, addr), host.strip("[]"), int(port)))
+            found = split_address(addr)
+            if found is not None:
+                out.append((self._static_ids.get(addr, addr), *found))
         return out
 
     def _dial_targets(self) -> None:
