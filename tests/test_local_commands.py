@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.env import clean_env, run_cli
+from tests.support.env import clean_env, free_port, run_cli
 from tests.support.server import start_server
 
 

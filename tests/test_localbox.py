@@ -40,7 +40,9 @@ def test_health_tells_only_clients_on_this_machine_where_the_data_is(box: Server
     assert not same_machine(None, "127.0.0.1")
 
 
-def test_with_no_data_dir_chosen_the_cli_acts_on_the_running_box(box: Server, tmp_path: Path) -> None:
+def test_with_no_data_dir_chosen_the_cli_acts_on_the_running_box(
+    box: Server, tmp_path: Path
+) -> None:
     # The newcomer's case: `make serve` keeps its data in ./.data; a bare `users add` as root
     # used to write to /var/lib/mongars-edge, where the server never looked.
     result = subprocess.run(

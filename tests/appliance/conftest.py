@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+
 @pytest.fixture
 def cli_wrapper(tmp_path: Path) -> Path:
     """An executable that runs this checkout's CLI, as /usr/bin/mongars-edge does on a box."""

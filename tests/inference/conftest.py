@@ -14,6 +14,7 @@ from tests.inference.gen_models import build_all, smollm2_path
 from tests.inference.wheel_index import VERSION, Published, Wheel, make_wheel
 from tests.support.types import EngineFactory
 
+
 @pytest.fixture(scope="session")
 def models() -> dict[str, Path]:
     return build_all()

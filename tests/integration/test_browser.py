@@ -44,7 +44,9 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs De
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("browser"), MONGARS_REPLY_MAX_TOKENS="200")
+    running = start_server(
+        tmp_path_factory.mktemp("browser"), env={"MONGARS_REPLY_MAX_TOKENS": "200"}
+    )
     yield running
     running.stop(20)
 

@@ -75,9 +75,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, index: Index) -> Iterator[S
         sparse.truncate(200 << 30)
     running = start_server(
         data_dir,
-        MONGARS_MODEL=CHOSEN,
-        MONGARS_PYPI_INDEX=index.url,
-        MONGARS_REPLY_MAX_TOKENS="16",
+        env={
+            "MONGARS_MODEL": CHOSEN,
+            "MONGARS_PYPI_INDEX": index.url,
+            "MONGARS_REPLY_MAX_TOKENS": "16",
+        },
     )
     yield running
     running.stop(20)

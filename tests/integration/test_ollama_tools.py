@@ -50,7 +50,7 @@ HA: dict[str, Any] = {"keep_alive": -1, "options": {"num_ctx": 8192, "temperatur
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     gguf = pulled(MODEL)
     data_dir = tmp_path_factory.mktemp("ollama-tools") / "data"
-    server = start_server(data_dir, MONGARS_MODEL=str(gguf), MONGARS_N_THREADS="2")
+    server = start_server(data_dir, env={"MONGARS_MODEL": str(gguf), "MONGARS_N_THREADS": "2"})
     try:
         yield server
     finally:

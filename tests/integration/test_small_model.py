@@ -20,7 +20,7 @@ MODEL = "qwen2.5-coder-0.5b-instruct"
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     gguf = pulled(MODEL)
     data_dir = tmp_path_factory.mktemp("small") / "data"
-    server = start_server(data_dir, MONGARS_MODEL=str(gguf), MONGARS_N_THREADS="2")
+    server = start_server(data_dir, env={"MONGARS_MODEL": str(gguf), "MONGARS_N_THREADS": "2"})
     try:
         yield server
     finally:

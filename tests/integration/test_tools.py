@@ -51,7 +51,7 @@ TURN_ON: list[Any] = [
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     gguf = pulled(MODEL)
     data_dir = tmp_path_factory.mktemp("tools") / "data"
-    server = start_server(data_dir, MONGARS_MODEL=str(gguf), MONGARS_N_THREADS="2")
+    server = start_server(data_dir, env={"MONGARS_MODEL": str(gguf), "MONGARS_N_THREADS": "2"})
     try:
         yield server
     finally:

@@ -45,10 +45,12 @@ def _start(data_dir: Path) -> Server:
     """`mongars-edge serve` with speech and speech-to-text on (no Wyoming port, no mesh)."""
     return start_server(
         data_dir,
-        MONGARS_SPEECH="on",
-        MONGARS_STT="on",
-        MONGARS_WYOMING_PORT="0",
-        MONGARS_REPLY_MAX_TOKENS="48",  # short replies: their audio plays in real time
+        env={
+            "MONGARS_SPEECH": "on",
+            "MONGARS_STT": "on",
+            "MONGARS_WYOMING_PORT": "0",
+            "MONGARS_REPLY_MAX_TOKENS": "48",  # short replies: their audio plays in real time
+        },
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+
 import pytest
 
 from mongars_edge.inference.adapters import AdapterStore
@@ -14,6 +15,7 @@ from tests.inference.gen_models import build_all, smollm2_path
 from tests.support.env import free_port
 from tests.support.mesh import fast_config
 from tests.support.types import Boxes
+
 
 @pytest.fixture(scope="session")
 def models() -> dict[str, Path]:

@@ -20,10 +20,10 @@ from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.remote import RemoteEngine, to_wire
 from mongars_edge.mesh.service import MeshService
 from mongars_edge.mesh.transport import Link, dial, read_frame
+from tests.mesh.test_service import QUESTION, until
 from tests.support.env import free_port
 from tests.support.mesh import fast_config
 from tests.support.types import Boxes
-from tests.mesh.test_service import QUESTION, until
 
 OLD = 1  # the protocol of the boxes already in the field
 THEIRS_OLD = f"peer speaks mesh protocol {OLD}, this box {codec.PROTOCOL_VERSION}"

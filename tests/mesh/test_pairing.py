@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ def test_addresses_are_split_and_only_unpaired_boxes_are_tried() -> None:
     assert split_address("[fe80::1]:8765") == ("fe80::1", 8765)
     for bad in ("", "10.0.0.2", ":8765", "host:port", "host:87a"):
         assert split_address(bad) is None
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"address": "10.0.0.2:8765", "paired": False},
         {"address": "10.0.0.3:8765", "paired": True},
         {"address": None, "paired": False},
@@ -33,8 +34,8 @@ async def test_one_address_fails_with_its_own_error_several_name_each(data_dir: 
     with pytest.raises(PairingError) as alone:
         await join_through([("127.0.0.1", one)], "1234-5678", me, data_dir, "box")
     assert str(alone.value).startswith(f"cannot reach 127.0.0.1:{one} (connection refused)")
+    targets = [("127.0.0.1", one), ("127.0.0.1", two)]
     with pytest.raises(PairingError) as several:
-        targets = [("127.0.0.1", one), ("127.0.0.1", two)]
         await join_through(targets, "1234-5678", me, data_dir, "box")
     message = str(several.value)
     assert message.startswith(f"pairing failed: 127.0.0.1:{one}: cannot reach")

@@ -229,8 +229,8 @@ async def test_lying_peer_is_bounded_and_its_claims_are_checked(boxes: Boxes) ->
 
 
 async def test_fake_adverts_do_not_grow_the_peer_table(boxes: Boxes) -> None:
-    from mongars_edge.mesh.peers import Peer
     from mongars_edge.mesh.dialer import MAX_PEERS
+    from mongars_edge.mesh.peers import Peer
 
     async with boxes(2, engine=False) as (a, b):
         await pair(a, b)

@@ -13,6 +13,7 @@ from tests.web.conftest import runtime
 
 __all__ = ["runtime", "stt", "tts"]
 
+
 @pytest.fixture(scope="session")
 def tts() -> Iterator[TextToSpeech]:
     engine = TextToSpeech.load(None)

@@ -25,7 +25,6 @@ from mongars_edge.speech.wyoming import WyomingServer, open_wyoming
 from tests.support.env import free_port
 from tests.support.server import TEST_SETTINGS
 
-
 TIMEOUT = 180  # a hang guard, not a timing assertion
 MAX_TOKENS = 40  # short replies: the suite runs on two shared cores
 

@@ -9,7 +9,6 @@ from tests.support.env import run_cli
 from tests.support.speech import SENTENCES, wer
 
 
-
 def test_say_then_listen_on_the_command_line(tmp_path: Path) -> None:
     out = tmp_path / "ten.wav"
     text = " ".join(SENTENCES)

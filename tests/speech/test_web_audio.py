@@ -24,7 +24,6 @@ from tests.support.accounts import bearer, login_as
 from tests.support.server import TEST_SETTINGS
 from tests.support.speech import wer
 
-
 # One Runtime and one server for the module: opening a Runtime per test costs more than the
 # tests themselves. Tests that change the runtime put it back.
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,7 +131,7 @@ def start_server(
     port: int | None = None,
     wait: bool = True,
     deadline_s: float = 120,
-    **env: str,
+    env: Mapping[str, str] | None = None,
 ) -> Server:
     """A real `serve` with TEST_SETTINGS on loopback; *args* are added to its command line and
     *env* (MONGARS_*=...) to its environment. With *wait*, returns once /health answers."""
@@ -152,7 +153,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         text=True,
         # Parallel test servers must not fight over the Wyoming port; voices load slowly.
-        env=clean_env(**(settings_env() | env)),
+        env=clean_env(**(settings_env() | dict(env or {}))),
     )
     server = Server(proc, port, data_dir)
 

@@ -35,6 +35,6 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One real server per test module (queue of 1, two slots: 429s are reachable)."""
-    running = start_server(tmp_path_factory.mktemp("serve"), MONGARS_QUEUE_SIZE="1")
+    running = start_server(tmp_path_factory.mktemp("serve"), env={"MONGARS_QUEUE_SIZE": "1"})
     yield running
     running.stop(20)

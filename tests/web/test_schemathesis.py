@@ -41,7 +41,8 @@ _EXAMPLES = "8"
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # A tiny context keeps generated chat requests short (most prompts are refused with 400).
     running = start_server(
-        tmp_path_factory.mktemp("fuzz"), MONGARS_CTX_SIZE="256", MONGARS_REPLY_MAX_TOKENS="8"
+        tmp_path_factory.mktemp("fuzz"),
+        env={"MONGARS_CTX_SIZE": "256", "MONGARS_REPLY_MAX_TOKENS": "8"},
     )
     yield running
     running.stop(20)
