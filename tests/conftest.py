@@ -90,8 +90,10 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
-# Fixtures that load a llama.cpp model, a speech model or start a real server: a test using one
-# is a `model` test, so `pytest -m "not model"` runs the fast rest in seconds.
+# Fixtures that build or load a llama.cpp model, load a speech or embedding model, or start a real
+# server: a test using one is a `model` test, as is every test in _MODEL_DIRS. A test that loads
+# a model without one of these fixtures (a Runtime of its own, a `serve` it starts) says so with
+# `@pytest.mark.model` (or a module's `pytestmark`). `pytest -m "not model"` runs the fast rest.
 _MODEL_FIXTURES = frozenset(
     {
         "models",
@@ -112,24 +114,6 @@ _MODEL_FIXTURES = frozenset(
     }
 )
 _MODEL_DIRS = ("integration", "appliance", "docs", "speech", "tui")
-# Modules whose tests start `serve` themselves (tests.support.server.start_server) without one
-# of the fixtures above.
-_MODEL_MODULES = frozenset(
-    {
-        "test_cli.py",
-        "test_local_commands.py",
-        "test_smollm2.py",
-        "test_commands.py",
-        "test_openai_client.py",
-        "test_auth.py",
-        "test_pypi.py",
-        "test_schemathesis.py",
-        "test_crash.py",
-        "test_e5onnx.py",
-        "test_localbox.py",
-        "test_models.py",
-    }
-)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -138,9 +122,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         path = Path(str(item.fspath))
         parts = path.relative_to(tests_dir).parts if path.is_relative_to(tests_dir) else ()
         fixtures = set(getattr(item, "fixturenames", ()))
-        if (
-            fixtures & _MODEL_FIXTURES
-            or (parts and parts[0] in _MODEL_DIRS)
-            or path.name in _MODEL_MODULES
-        ):
+        if fixtures & _MODEL_FIXTURES or (parts and parts[0] in _MODEL_DIRS):
             item.add_marker(pytest.mark.model)

@@ -67,6 +67,7 @@ def test_bad_config_file_is_one_line_exit_2(tmp_path: Path) -> None:
     assert str(config) in result.stderr
 
 
+@pytest.mark.model  # the server loads SmolLM2
 def test_serve_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", "--log-format", "json", wait=False)
     try:

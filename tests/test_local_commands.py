@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.env import clean_env, free_port, run_cli
 from tests.support.server import start_server
 
@@ -31,6 +33,7 @@ def _config(tmp_path: Path, model: Path) -> Path:
     return config
 
 
+@pytest.mark.model  # the server loads SmolLM2
 def test_chat_streams_an_answer_from_the_running_box(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = start_server(data)

@@ -14,6 +14,8 @@ from mongars_edge.localbox import MARKER_FILE, ask_data_dir, same_machine, servi
 from tests.support.env import clean_env, run_cli
 from tests.support.server import Server, start_server
 
+pytestmark = pytest.mark.model  # a real `serve` (its memory opens the embedder)
+
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

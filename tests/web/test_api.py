@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
+import pytest
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -235,6 +236,7 @@ async def test_speech_routes_while_speech_is_off(
         assert bad.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.model  # no chat model, but the Runtime opens the embedder
 async def test_no_model_is_503(data_dir: Path) -> None:
     settings = load_settings(
         environ={}, cli={"data_dir": data_dir, **TEST_SETTINGS, "model": "off"}

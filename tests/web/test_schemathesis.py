@@ -16,6 +16,8 @@ import pytest
 
 from tests.support.server import Server, start_server
 
+pytestmark = pytest.mark.model  # a real server on SmolLM2
+
 ST = Path(sys.executable).with_name("st")
 # Speech is off in the web tests' server, so a valid request to a speech route gets the
 # documented 503 `unavailable` (a bad one still gets its 400): that 503 is the box's
