@@ -15,7 +15,7 @@ from tests.support.server import Server, settings_env, start_server
 
 
 def _serve(data_dir: Path, *, wait: bool = True, **settings: object) -> Server:
-    env = settings_env(speech="on", stt="on", **settings)
+    env = settings_env(**({"speech": "on", "stt": "on"} | settings))
     return start_server(data_dir, "--log-format", "json", wait=wait, env=env)
 
 
