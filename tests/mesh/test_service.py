@@ -11,24 +11,8 @@ from mongars_edge.inference.engine import ChatRequest, Sampling, complete
 from mongars_edge.mesh import codec, pairing
 from mongars_edge.mesh.errors import PairingError
 from mongars_edge.mesh.router import Router
-from mongars_edge.mesh.service import MeshService
+from tests.support.mesh import QUESTION, pair, until
 from tests.support.types import Boxes
-
-QUESTION = [("user", "Write three sentences about the sea.")]
-
-
-async def until(cond: object, limit_s: float = 15.0) -> None:
-    end = time.monotonic() + limit_s
-    while time.monotonic() < end:
-        if callable(cond) and cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
-async def pair(member: MeshService, joiner: MeshService) -> None:
-    code = pairing.open_window(member.data_dir)
-    await pairing.join("127.0.0.1", member.port, code, joiner.me, joiner.data_dir, "joiner")
 
 
 async def test_pairing_links_and_gossips_membership(boxes: Boxes) -> None:
