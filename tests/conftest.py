@@ -20,9 +20,6 @@ hypothesis.settings.load_profile("mongars")
 
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parent.parent
-SYSROOTS = REPO / "tests" / "fixtures" / "sysroots"
-
 # asyncio's debug mode reports every callback that held the loop longer than this. A test in
 # which the loop was blocked that long did something blocking inside it (STYLE habit 3). One
 # second, not less: on a loaded 2-core CI box a short callback can be preempted for a while.
@@ -72,9 +69,9 @@ def no_blocking_in_loop() -> Iterator[None]:
 @pytest.fixture(autouse=True, scope="session")
 def no_box_of_the_developer() -> Iterator[None]:
     """In-process commands (CliRunner) look for the local box on a port nobody serves, as the
-    subprocesses of tests.helpers.clean_env do: a `make serve` on this machine stays out."""
+    subprocesses of tests.support.env.clean_env do: a `make serve` on this machine stays out."""
     saved = os.environ.get("MONGARS_PORT")
-    with socket.socket() as sock:  # not tests.helpers: this file is copied alone (test_loop_guard)
+    with socket.socket() as sock:  # not tests.support: this file is copied alone (test_loop_guard)
         sock.bind(("127.0.0.1", 0))
         os.environ["MONGARS_PORT"] = str(sock.getsockname()[1])
     try:
@@ -93,8 +90,10 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
-# Fixtures that load a llama.cpp model, a speech model or start a real server: a test using one
-# is a `model` test, so `pytest -m "not model"` runs the fast rest in seconds.
+# Fixtures that build or load a llama.cpp model, load a speech or embedding model, or start a real
+# server: a test using one is a `model` test, as is every test in _MODEL_DIRS. A test that loads
+# a model without one of these fixtures (a Runtime of its own, a `serve` it starts) says so with
+# `@pytest.mark.model` (or a module's `pytestmark`). `pytest -m "not model"` runs the fast rest.
 _MODEL_FIXTURES = frozenset(
     {
         "models",
@@ -115,24 +114,6 @@ _MODEL_FIXTURES = frozenset(
     }
 )
 _MODEL_DIRS = ("integration", "appliance", "docs", "speech", "tui")
-# Modules whose tests start `serve` themselves (tests.helpers.start_server, tests.web.conftest
-# start) without one of the fixtures above.
-_MODEL_MODULES = frozenset(
-    {
-        "test_cli.py",
-        "test_local_commands.py",
-        "test_smollm2.py",
-        "test_commands.py",
-        "test_openai_client.py",
-        "test_auth.py",
-        "test_pypi.py",
-        "test_schemathesis.py",
-        "test_crash.py",
-        "test_e5onnx.py",
-        "test_localbox.py",
-        "test_models.py",
-    }
-)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -141,9 +122,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         path = Path(str(item.fspath))
         parts = path.relative_to(tests_dir).parts if path.is_relative_to(tests_dir) else ()
         fixtures = set(getattr(item, "fixturenames", ()))
-        if (
-            fixtures & _MODEL_FIXTURES
-            or (parts and parts[0] in _MODEL_DIRS)
-            or path.name in _MODEL_MODULES
-        ):
+        if fixtures & _MODEL_FIXTURES or (parts and parts[0] in _MODEL_DIRS):
             item.add_marker(pytest.mark.model)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import clean_env, free_port, run_cli, start_server, stop_cleanly, wait_json
+from tests.support.env import clean_env, run_cli
+from tests.support.server import start_server
 
 REPO = Path(__file__).resolve().parent.parent
 SYSROOTS = REPO / "tests" / "fixtures" / "sysroots"
@@ -91,20 +92,18 @@ def test_bad_config_file_is_one_line_exit_2(tmp_path: Path) -> None:
     assert str(config) in result.stderr
 
 
+@pytest.mark.model  # the server loads SmolLM2
 def test_serve_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
-    proc = start_server(tmp_path / "data", port, "--log-format", "json")
+    server = start_server(tmp_path / "data", "--log-format", "json", wait=False)
     try:
-        health = wait_json(f"http://127.0.0.1:{port}/health", proc)
+        health = server.wait_healthy()
         assert health["status"] == "ok"
         assert health["version"]
         assert health["profile"]["threads"] >= 1
         assert health["board"]
-        records = stop_cleanly(proc, 30)
+        records = server.stop_cleanly(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        server.stop()
     assert any(r["msg"] == "stopped cleanly" for r in records)
 
 

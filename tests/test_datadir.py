@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mongars_edge.datadir import DataDir, create_private, write_private
-from tests.helpers import clean_env, run_cli
+from tests.support.env import clean_env, run_cli
 
 NOBODY = 65534
 _CLI = (sys.executable, "-m", "mongars_edge")

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
-from tests.helpers import clean_env, free_port, run_cli, start_server, wait_json
+import pytest
+
+from tests.support.env import clean_env, free_port, run_cli
+from tests.support.server import start_server
 
 
 def test_doctor_passes_on_a_good_box(tmp_path: Path) -> None:
@@ -31,17 +33,15 @@ def _config(tmp_path: Path, model: Path) -> Path:
     return config
 
 
+@pytest.mark.model  # the server loads SmolLM2
 def test_chat_streams_an_answer_from_the_running_box(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    port = free_port()
-    proc = start_server(data, port)
+    server = start_server(data)
     try:
-        wait_json(f"http://127.0.0.1:{port}/health", proc)
-        env = clean_env(MONGARS_PORT=str(port))
+        env = clean_env(MONGARS_PORT=str(server.port))
         result = run_cli("chat", "Say hello.", "--data-dir", str(data), env=env)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        server.stop()
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert "conversation:" in result.stderr

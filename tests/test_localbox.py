@@ -6,46 +6,34 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from mongars_edge.localbox import MARKER_FILE, ask_data_dir, same_machine, serving_url
-from tests.helpers import clean_env, free_port, run_cli, start_server, stop_cleanly, wait_json
+from tests.support.env import clean_env, run_cli
+from tests.support.server import Server, start_server
 
-
-@dataclass
-class Box:
-    data_dir: Path
-    port: int
-    proc: subprocess.Popen[str]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+pytestmark = pytest.mark.model  # a real `serve` (its memory opens the embedder)
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A real `serve` with no model: enough for /health, accounts and the marker."""
-    data = tmp_path_factory.mktemp("box") / "data"
-    port = free_port()
-    proc = start_server(data, port, "--model", "off")
+    server = start_server(tmp_path_factory.mktemp("box") / "data", "--model", "off")
     try:
-        wait_json(f"http://127.0.0.1:{port}/health", proc)
-        yield Box(data, port, proc)
+        yield server
     finally:
-        if proc.poll() is None:
-            stop_cleanly(proc)
+        if server.proc.poll() is None:
+            server.stop_cleanly()
 
 
-def _env(box: Box, home: Path) -> dict[str, str]:
+def _env(box: Server, home: Path) -> dict[str, str]:
     # HOME: as root an unset data dir would be /var/lib/mongars-edge; nothing may land there.
     return clean_env(MONGARS_PORT=str(box.port), HOME=str(home))
 
 
-def test_health_tells_only_clients_on_this_machine_where_the_data_is(box: Box) -> None:
+def test_health_tells_only_clients_on_this_machine_where_the_data_is(box: Server) -> None:
     assert ask_data_dir(box.url) == box.data_dir
     assert serving_url(box.data_dir) == box.url
     assert same_machine("127.0.0.1", "127.0.0.1") and same_machine("::1", "::1")
@@ -54,7 +42,9 @@ def test_health_tells_only_clients_on_this_machine_where_the_data_is(box: Box) -
     assert not same_machine(None, "127.0.0.1")
 
 
-def test_with_no_data_dir_chosen_the_cli_acts_on_the_running_box(box: Box, tmp_path: Path) -> None:
+def test_with_no_data_dir_chosen_the_cli_acts_on_the_running_box(
+    box: Server, tmp_path: Path
+) -> None:
     # The newcomer's case: `make serve` keeps its data in ./.data; a bare `users add` as root
     # used to write to /var/lib/mongars-edge, where the server never looked.
     result = subprocess.run(
@@ -74,7 +64,7 @@ def test_with_no_data_dir_chosen_the_cli_acts_on_the_running_box(box: Box, tmp_p
     assert "ana  (admin)" in listed.stdout
 
 
-def test_a_different_data_dir_chosen_is_said(box: Box, tmp_path: Path) -> None:
+def test_a_different_data_dir_chosen_is_said(box: Server, tmp_path: Path) -> None:
     other = tmp_path / "other"
     result = run_cli("probe", "--data-dir", str(other), env=_env(box, tmp_path))
     assert result.returncode == 0, result.stderr
@@ -82,7 +72,7 @@ def test_a_different_data_dir_chosen_is_said(box: Box, tmp_path: Path) -> None:
     assert f"pass --data-dir {box.data_dir}" in result.stderr
 
 
-def test_the_data_dir_of_a_box_on_another_port_needs_no_note(box: Box, tmp_path: Path) -> None:
+def test_the_data_dir_of_a_box_on_another_port_needs_no_note(box: Server, tmp_path: Path) -> None:
     # Two boxes on one machine: acting on the second one's data dir is not a disagreement.
     result = run_cli("users", "list", "--data-dir", str(box.data_dir), env=clean_env())
     assert result.returncode == 0, result.stderr
@@ -91,13 +81,11 @@ def test_the_data_dir_of_a_box_on_another_port_needs_no_note(box: Box, tmp_path:
 
 def test_the_marker_goes_when_the_box_stops(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    port = free_port()
-    proc = start_server(data, port, "--model", "off")
+    server = start_server(data, "--model", "off")
     try:
-        wait_json(f"http://127.0.0.1:{port}/health", proc)
         assert (data / MARKER_FILE).is_file()
     finally:
-        stop_cleanly(proc)
+        server.stop_cleanly()
     assert not (data / MARKER_FILE).exists()
     assert serving_url(data) is None
 

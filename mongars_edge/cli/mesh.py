@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from mongars_edge.cli.base import common_options, make_settings
-from mongars_edge.mesh.errors import MeshError, PairingError
+from mongars_edge.mesh.errors import PairingError
 
 
 def _running_state(data_dir: Path) -> dict[str, Any] | None:
@@ -84,6 +84,7 @@ def add_commands(main: click.Group) -> None:
         from mongars_edge.mesh import pairing
         from mongars_edge.mesh.identity import Identity
         from mongars_edge.mesh.members import MemberFile
+        from mongars_edge.mesh.peers import split_address
 
         settings = make_settings(config_path, **flags)
         data_dir = settings.resolved_data_dir()
@@ -112,40 +113,23 @@ def add_commands(main: click.Group) -> None:
             for node_id in sorted(joined):
                 click.echo(_linked_line(data_dir, node_id))
             return
-        targets: list[tuple[str, int]] = []
         if peer:
-            host, _, port = peer.rpartition(":")
-            if not host or not port.isdigit():
+            given = split_address(peer)
+            if given is None:
                 raise PairingError(f"--peer wants HOST:PORT, not {peer!r}")
-            targets.append((host.strip("[]"), int(port)))
+            targets = [given]
         else:
-            state = _running_state(data_dir) or {}
-            for row in state.get("peers", []):
-                where, _, number = str(row.get("address") or "").rpartition(":")
-                if not row.get("paired") and where and number.isdigit():
-                    targets.append((where.strip("[]"), int(number)))
+            targets = pairing.unpaired_addresses((_running_state(data_dir) or {}).get("peers", []))
             if not targets:
                 raise PairingError(
                     "no unpaired box seen on the network; is this box serving? "
                     "Or give the member's address with --peer HOST:PORT"
                 )
-        errors = []
-        for target_host, target_port in targets:
-            try:
-                member = asyncio.run(
-                    pairing.join(target_host, target_port, code, me, data_dir, socket.gethostname())
-                )
-            except MeshError as exc:
-                if peer:  # the one address given: its error is the whole story
-                    raise
-                errors.append(f"{target_host}:{target_port}: {exc}")
-                if "did not match" in str(exc):
-                    break
-                continue
-            click.echo(f"joined the mesh through {member}; this box is {me.node_id}")
-            click.echo(_linked_line(data_dir, member))
-            return
-        raise PairingError("pairing failed: " + "; ".join(errors))
+        member = asyncio.run(
+            pairing.join_through(targets, code, me, data_dir, socket.gethostname())
+        )
+        click.echo(f"joined the mesh through {member}; this box is {me.node_id}")
+        click.echo(_linked_line(data_dir, member))
 
     @main.group("peers", invoke_without_command=True)
     @common_options
@@ -191,21 +175,16 @@ def add_commands(main: click.Group) -> None:
     ) -> None:
         """Revoke a member: its key is unpinned here and the revocation is signed and gossiped."""
         from mongars_edge.errors import NotFoundError
+        from mongars_edge.mesh import members
         from mongars_edge.mesh.identity import Identity
-        from mongars_edge.mesh.members import MemberFile
 
         # The options are accepted before `remove` too (`peers --data-dir D remove ID`).
         group_config, group_flags = ctx.obj
         flags = {k: v if v is not None else group_flags.get(k) for k, v in flags.items()}
         settings = make_settings(config_path or group_config, **flags)
         data_dir = settings.resolved_data_dir()
-        me = Identity.load_or_create(data_dir)
-        with MemberFile(data_dir).changing() as state:
-            matches = [m for m in state.members.values() if m.node_id.startswith(node_id)]
-            if len(matches) != 1:
-                raise NotFoundError(f"no single member matches {node_id!r} (see `peers`)")
-            member = matches[0]
-            state.issue(me, member.node_id, member.verify_key, "revoke")
-            state.members.pop(member.node_id)
-            state.revoked[member.node_id] = time.time()
-        click.echo(f"revoked {member.node_id}; members will refuse it")
+        try:
+            revoked = members.revoke(data_dir, Identity.load_or_create(data_dir), node_id)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{exc} (see `peers`)") from None
+        click.echo(f"revoked {revoked}; members will refuse it")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import msgpack
 
 from mongars_edge.datadir import DataDir
+from mongars_edge.errors import NotFoundError
 from mongars_edge.mesh.errors import AuthError, MeshError
 from mongars_edge.mesh.identity import Identity, mesh_dir, node_id_of, verify
 
@@ -254,3 +255,17 @@ class MemberFile:
             os.replace(tmp, self.path)
         finally:
             os.close(fd)
+
+
+def revoke(data_dir: Path, me: Identity, prefix: str) -> str:
+    """Unpin the one member whose node id starts with *prefix* and sign its revocation, which
+    gossip carries to the other members; returns its node id. NotFoundError if not exactly one."""
+    with MemberFile(data_dir).changing() as state:
+        matches = [m for m in state.members.values() if m.node_id.startswith(prefix)]
+        if len(matches) != 1 or not prefix:
+            raise NotFoundError(f"no single member matches {prefix!r}")
+        member = matches[0]
+        state.issue(me, member.node_id, member.verify_key, "revoke")
+        state.members.pop(member.node_id)
+        state.revoked[member.node_id] = time.time()
+    return member.node_id

@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,6 +42,7 @@ from mongars_edge.mesh.errors import (
 )
 from mongars_edge.mesh.identity import Identity, mesh_dir, node_id_of
 from mongars_edge.mesh.members import MemberFile, MemberRecord
+from mongars_edge.mesh.peers import split_address
 from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, read_frame, write_frame
 
 log = logging.getLogger(__name__)
@@ -251,6 +253,39 @@ async def join(host: str, port: int, code: str, me: Identity, data_dir: Path, na
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     await asyncio.to_thread(_adopt, welcome, me, data_dir, address)
     return welcome.node_id
+
+
+def unpaired_addresses(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """Where the unpaired boxes of a peers report (`peers --json`, `/api/peers`) listen."""
+    out = []
+    for row in rows:
+        found = split_address(str(row.get("address") or ""))
+        if found is not None and not row.get("paired"):
+            out.append(found)
+    return out
+
+
+async def join_through(
+    targets: Sequence[tuple[str, int]], code: str, me: Identity, data_dir: Path, name: str
+) -> str:
+    """Join through the first of *targets* (host, port) that admits this box; returns the
+    member's node id (`pair --join` and `POST /api/peers/pair`).
+
+    One target: its PairingError as it is. Several: one PairingError naming each failure. A
+    code that did not match stops the tries: the box that showed it has burnt its window.
+    """
+    normalize(code)  # a malformed code is one error, not one per target
+    errors = []
+    for host, port in targets:
+        try:
+            return await join(host, port, code, me, data_dir, name)
+        except MeshError as exc:
+            if len(targets) == 1:
+                raise
+            errors.append(f"{host}:{port}: {exc}")
+            if "did not match" in str(exc):
+                break
+    raise PairingError("pairing failed: " + ("; ".join(errors) or "no box to join through"))
 
 
 def _adopt(welcome: PairWelcome, me: Identity, data_dir: Path, address: str) -> None:

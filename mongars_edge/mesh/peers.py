@@ -22,6 +22,14 @@ MAX_SLOTS: Final = 64
 MAX_QUEUE: Final = 10_000
 
 
+def split_address(address: str) -> tuple[str, int] | None:
+    """HOST:PORT (an IPv6 host in brackets) as (host, port); None when it is not one."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
 @dataclass
 class Peer:
     """One box seen on the network (mDNS or static) or connected to us."""

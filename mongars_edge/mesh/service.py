@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.codec import Msg
+from mongars_edge.mesh.dialer import Dialer
 from mongars_edge.mesh.errors import AuthError, CodecError, MeshError, PeerUnavailableError
 from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.members import MemberFile, MemberRecord, MeshState
@@ -24,7 +25,7 @@ from mongars_edge.mesh.pairing import serve_pairing
 from mongars_edge.mesh.peers import Peer, sanitize
 from mongars_edge.mesh.serving import Serving
 from mongars_edge.mesh.state import remember_addresses, write_state
-from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Backoff, Link, answer, dial, read_frame
+from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Link, answer, read_frame
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PENDING_HANDSHAKES = 32
-MAX_PEERS = 256
 
 
 class MeshService:
@@ -55,14 +55,12 @@ class MeshService:
         self._members_mtime = self.members.mtime()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._dialling: set[str] = set()
-        self._backoff: dict[str, tuple[Backoff, float]] = {}
-        self._static_ids: dict[str, str] = {}
         self._handshakes = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._discovery: Discovery | None = None
         self.share: Share | None = None
         self.serving = Serving(self.node, self._ensure_adapter)
+        self.dialer = Dialer(self.node, self._run_link)
 
     # What the Runtime, the web edge and the tests read: the node's own state.
     @property
@@ -325,7 +323,7 @@ class MeshService:
         if new_records:
             self._broadcast(codec.Members([r.to_wire() for r in new_records]))
 
-    # --- gossip, dialling, state for the CLI ---------------------------------------------------
+    # --- gossip and state for the CLI ---------------------------------------------------------
 
     def _telemetry(self) -> codec.Telemetry:
         engine = self.node.engine
@@ -356,89 +354,15 @@ class MeshService:
                 for link in list(self.node.links.values()):
                     with contextlib.suppress(PeerUnavailableError):
                         await link.drain()
-                self._dial_targets()
+                self.dialer.dial_targets()
                 await asyncio.to_thread(write_state, self.node)
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("mesh gossip tick failed")
             await asyncio.sleep(self.node.config.gossip_s)
 
-    def targets(self) -> list[tuple[str, str, int]]:
-        """(key, host, port) of boxes we should hold a link to."""
-        out = []
-        for peer in self.node.peers.values():
-            if peer.host and peer.port and self.node.state.key_of(peer.node_id) is not None:
-                out.append((peer.node_id, peer.host, peer.port))
-        located = {key for key, _, _ in out}
-        for member in self.node.state.members.values():
-            # Paired through an address (`pair --join --peer`): no mDNS needed to find it.
-            host, _, port = member.address.rpartition(":")
-            if member.node_id not in located and host and port.isdigit():
-                out.append((member.node_id, host.strip("[]"), int(port)))
-        for addr in self.node.config.static_peers:
-            host, _, port = addr.rpartition(":")
-            if host and port.isdigit():
-                out.append((self._static_ids.get(addr, addr), host.strip("[]"), int(port)))
-        return out
-
-    def _dial_targets(self) -> None:
-        now = time.monotonic()
-        for key, host, port in self.targets():
-            if key in self.node.links or key in self._dialling or key == self.node.me.node_id:
-                continue
-            backoff, not_before = self._backoff.get(key, (Backoff(), 0.0))
-            if now < not_before:
-                continue
-            self._dialling.add(key)
-            self._spawn(self._dial(key, host, port, backoff))
-
-    async def _dial(self, key: str, host: str, port: int, backoff: Backoff) -> None:
-        expect = key if len(key) == 16 and ":" not in key else None
-        try:
-            link = await dial(
-                host,
-                port,
-                self.node.me,
-                self.node.state.key_of,
-                expect=expect,
-                idle_timeout=self.node.config.idle_timeout_s,
-            )
-        except (MeshError, CodecError) as exc:
-            self._backoff[key] = (backoff, time.monotonic() + backoff.next())
-            if key in self.node.peers:
-                self.node.peers[key].last_error = str(exc)
-            self.node.warn_once(
-                f"dial:{key}:{exc.kind}", "cannot link to %s:%d: %s", host, port, exc
-            )
-            return
-        finally:
-            self._dialling.discard(key)
-        backoff.reset()
-        self._backoff.pop(key, None)
-        if expect is None:
-            self._static_ids[key] = link.peer_id
-        source = "static" if expect is None else "paired"
-        peer = self.node.peers.setdefault(link.peer_id, Peer(link.peer_id, source=source))
-        peer.host, peer.port = host, port
-        self._spawn(self._run_link(link))
-
     def seen(self, peer: Peer) -> None:
         """Discovery found or refreshed a box."""
-        known = self.node.peers.get(peer.node_id)
-        if known is None:
-            if len(self.node.peers) >= MAX_PEERS:  # fake adverts must not grow memory without bound
-                strangers = [p for p in self.node.peers.values() if not self.node.key_of(p.node_id)]
-                if not strangers:
-                    return
-                del self.node.peers[min(strangers, key=lambda p: p.seen_at).node_id]
-            self.node.peers[peer.node_id] = peer
-            return
-        known.host, known.port, known.version = peer.host, peer.port, peer.version
-        known.mesh_hash, known.capabilities, known.source = (
-            peer.mesh_hash,
-            peer.capabilities,
-            peer.source,
-        )
-        known.seen_at = peer.seen_at
+        self.dialer.seen(peer)
 
 
 def _advertise(config: MeshConfig) -> bool:

@@ -12,7 +12,7 @@ from mongars_edge.mesh import codec
 from mongars_edge.mesh.identity import mesh_dir
 from mongars_edge.mesh.members import mesh_hash
 from mongars_edge.mesh.node import NodeState
-from mongars_edge.mesh.peers import Peer, explain
+from mongars_edge.mesh.peers import Peer, explain, split_address
 
 
 def remember_addresses(node: NodeState) -> None:
@@ -24,11 +24,9 @@ def remember_addresses(node: NodeState) -> None:
     for row in rows if isinstance(rows, list) else []:
         try:
             node_id, address = str(row["node_id"]), str(row["address"])
-            host, _, port = address.rpartition(":")
-            if node.state.key_of(node_id) is not None and host and port.isdigit():
-                node.peers[node_id] = Peer(
-                    node_id, host.strip("[]"), int(port), source="remembered"
-                )
+            found = split_address(address)
+            if node.state.key_of(node_id) is not None and found is not None:
+                node.peers[node_id] = Peer(node_id, *found, source="remembered")
         except (KeyError, TypeError):
             continue
 

@@ -386,56 +386,40 @@ async def peers_pair(request: Request) -> JSONResponse:
     runtime = _rt(request)
     body = await read_body(request, wire.PairRequest)  # a bad body is a 400 even mesh off
     mesh = _mesh_on(runtime)
-    code, peer = body.code, body.peer
     import socket
 
     from mongars_edge.mesh import pairing
     from mongars_edge.mesh.errors import MeshError
+    from mongars_edge.mesh.peers import split_address
     from mongars_edge.mesh.state import report
 
-    targets: list[tuple[str, int]] = []
-    rows = [peer] if peer else [r["address"] for r in report(mesh)["peers"] if not r["paired"]]
-    for address in rows:
-        where, _, number = str(address).rpartition(":")
-        if where and number.isdigit():
-            targets.append((where.strip("[]"), int(number)))
-    if not targets:
-        raise InvalidRequestError("no unpaired box seen on the network; give `peer` HOST:PORT")
-    errors = []
-    for host, port in targets:
-        try:
-            member = await pairing.join(
-                host, port, code, mesh.me, runtime.data_dir, socket.gethostname()
-            )
-        except MeshError as exc:
-            errors.append(f"{host}:{port}: {exc}")
-            continue
-        return JSONResponse({"joined_through": member, "node_id": mesh.me.node_id})
-    raise InvalidRequestError("pairing failed: " + "; ".join(errors))
+    if body.peer:
+        given = split_address(body.peer)
+        if given is None:
+            raise InvalidRequestError(f"peer wants HOST:PORT, not {body.peer!r}", param="peer")
+        targets = [given]
+    else:
+        targets = pairing.unpaired_addresses(report(mesh)["peers"])
+        if not targets:
+            raise InvalidRequestError("no unpaired box seen on the network; give `peer` HOST:PORT")
+    try:
+        member = await pairing.join_through(
+            targets, body.code, mesh.me, runtime.data_dir, socket.gethostname()
+        )
+    except MeshError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    return JSONResponse({"joined_through": member, "node_id": mesh.me.node_id})
 
 
 async def peer_item(request: Request) -> Response:
     """Revoke a member (`mongars-edge peers remove`)."""
+    from mongars_edge.mesh import members
+
     await require_user(request, admin=True)
     runtime = _rt(request)
     mesh = _mesh_on(runtime)
-    node_id = request.path_params["node_id"]
-
-    def revoke() -> None:
-        import time
-
-        from mongars_edge.mesh.members import MemberFile
-
-        with MemberFile(runtime.data_dir).changing() as state:
-            matches = [m for m in state.members.values() if m.node_id.startswith(node_id)]
-            if len(matches) != 1 or not node_id:
-                raise NotFoundError(f"no single member matches {node_id!r}")
-            member = matches[0]
-            state.issue(mesh.me, member.node_id, member.verify_key, "revoke")
-            state.members.pop(member.node_id)
-            state.revoked[member.node_id] = time.time()
-
-    await asyncio.to_thread(revoke)
+    prefix = request.path_params["node_id"]
+    await asyncio.to_thread(members.revoke, runtime.data_dir, mesh.me, prefix)
     return Response(status_code=204)
 
 

@@ -1,17 +1,12 @@
-"""Shared pieces of the appliance tests: the repo's units, a wrapper for the real CLI."""
+"""Appliance fixtures: a wrapper for the real CLI; image builds only when asked."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-UNITS = REPO / "systemd"
-FIRSTBOOT = REPO / "images" / "common" / "firstboot"
 
 
 @pytest.fixture
@@ -22,13 +17,6 @@ def cli_wrapper(tmp_path: Path) -> Path:
     path.write_text(f'#!/bin/sh\nexec {sys.executable} -m mongars_edge "$@"\n')
     path.chmod(0o755)
     return path
-
-
-def need_tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed (see Makefile TEST_APT_PACKAGES)")
-    return found
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.appliance.conftest import FIRSTBOOT
-from tests.helpers import clean_env
+from tests.support.env import FIRSTBOOT, clean_env
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMPLE me@laptop"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.appliance.conftest import REPO
+from tests.support.env import REPO
 
 
 def _build(out: Path, models: str | None) -> Path:

@@ -19,7 +19,7 @@ from mongars_edge.telemetry import (
     appliance_problems,
     watchdog_interval,
 )
-from tests.helpers import clean_env, free_port, wait_json
+from tests.support.env import clean_env, free_port, wait_json
 
 
 @pytest.fixture

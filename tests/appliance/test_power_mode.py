@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.appliance.conftest import REPO
-from tests.helpers import clean_env
+from tests.support.env import REPO, clean_env
 
 SCRIPT = REPO / "firmware/jetson/power-mode.sh"
 SYSROOTS = REPO / "tests/fixtures/sysroots"

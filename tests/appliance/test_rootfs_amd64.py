@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.appliance.conftest import REPO, need_tool
-from tests.helpers import free_port, wait_json
+from tests.support.env import REPO, free_port, need_tool, wait_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.appliance.conftest import FIRSTBOOT, UNITS, need_tool
+from tests.support.env import FIRSTBOOT, UNITS, need_tool
 
 MAX_EXPOSURE = 3.0
 

@@ -13,7 +13,7 @@ from mongars_edge.inference.engine import Message, Sampling, TokenEvent
 from mongars_edge.inference.errors import PromptTooLongError
 from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
-from tests.web.conftest import TEST_SETTINGS
+from tests.support.server import TEST_SETTINGS
 
 
 async def _user(runtime: Runtime, name: str = "ana") -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,7 @@ import pytest
 from mongars_edge.inference.llama import EngineConfig, LlamaEngine
 from tests.inference.gen_models import build_all, smollm2_path
 from tests.inference.wheel_index import VERSION, Published, Wheel, make_wheel
-
-EngineFactory = Callable[..., contextlib.AbstractAsyncContextManager[LlamaEngine]]
+from tests.support.types import EngineFactory
 
 
 @pytest.fixture(scope="session")

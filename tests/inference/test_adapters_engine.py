@@ -9,7 +9,7 @@ import pytest
 
 from mongars_edge.inference.engine import ChatRequest, Sampling, complete
 from mongars_edge.inference.errors import AdapterError, AdapterNotFoundError
-from tests.inference.conftest import EngineFactory
+from tests.support.types import EngineFactory
 
 
 def ask(text: str, adapter: str | None, n: int = 16) -> ChatRequest:

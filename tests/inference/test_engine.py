@@ -17,7 +17,7 @@ from mongars_edge.inference.errors import (
     QueueFullError,
 )
 from mongars_edge.inference.llama import LlamaEngine
-from tests.inference.conftest import EngineFactory
+from tests.support.types import EngineFactory
 
 
 def ask(text: str, n: int = 24, **kwargs: object) -> ChatRequest:

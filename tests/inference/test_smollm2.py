@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from mongars_edge.inference.engine import ChatRequest, Sampling, complete
-from tests.inference.conftest import EngineFactory
+from tests.support.types import EngineFactory
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import clean_env
+from tests.support.env import clean_env
 
 SUBNET = "10.77.0"
 HTTP_PORT = 8080

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.web.conftest import PASSWORD, Server, start, stop
+from tests.support.accounts import PASSWORD
+from tests.support.server import Server, start_server
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -43,9 +44,11 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs De
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start(tmp_path_factory.mktemp("browser"), MONGARS_REPLY_MAX_TOKENS="200")
+    running = start_server(
+        tmp_path_factory.mktemp("browser"), env={"MONGARS_REPLY_MAX_TOKENS": "200"}
+    )
     yield running
-    stop(running)
+    running.stop(20)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from mongars_edge.inference.catalog import load_catalog
 from mongars_edge.inference.models import DEFAULT_MODEL
 from tests.inference.gen_models import write_tiny_model
 from tests.inference.wheel_index import Index, wheel_name
-from tests.web.conftest import PASSWORD, Server, start, stop
+from tests.support.accounts import PASSWORD
+from tests.support.server import Server, start_server
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
@@ -72,14 +73,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, index: Index) -> Iterator[S
     write_tiny_model(data_dir / "models" / f"{STRAY}.gguf")
     with (data_dir / "models" / f"{HUGE}.gguf").open("wb") as sparse:
         sparse.truncate(200 << 30)
-    running = start(
+    running = start_server(
         data_dir,
-        MONGARS_MODEL=CHOSEN,
-        MONGARS_PYPI_INDEX=index.url,
-        MONGARS_REPLY_MAX_TOKENS="16",
+        env={
+            "MONGARS_MODEL": CHOSEN,
+            "MONGARS_PYPI_INDEX": index.url,
+            "MONGARS_REPLY_MAX_TOKENS": "16",
+        },
     )
     yield running
-    stop(running)
+    running.stop(20)
 
 
 @pytest.fixture(scope="module")

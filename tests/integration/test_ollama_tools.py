@@ -11,8 +11,8 @@ from typing import Any
 import ollama
 import pytest
 
-from tests.helpers import pulled
-from tests.web.conftest import Server, start, stop
+from tests.support.models import pulled
+from tests.support.server import Server, start_server
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 SYSTEM = (
@@ -50,11 +50,11 @@ HA: dict[str, Any] = {"keep_alive": -1, "options": {"num_ctx": 8192, "temperatur
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     gguf = pulled(MODEL)
     data_dir = tmp_path_factory.mktemp("ollama-tools") / "data"
-    server = start(data_dir, MONGARS_MODEL=str(gguf), MONGARS_N_THREADS="2")
+    server = start_server(data_dir, env={"MONGARS_MODEL": str(gguf), "MONGARS_N_THREADS": "2"})
     try:
         yield server
     finally:
-        stop(server)
+        server.stop(20)
 
 
 @pytest.fixture

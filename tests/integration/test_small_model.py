@@ -10,8 +10,8 @@ import pytest
 from openai import OpenAI
 
 from mongars_edge.chat.lang import detect
-from tests.helpers import pulled
-from tests.web.conftest import Server, start, stop
+from tests.support.models import pulled
+from tests.support.server import Server, start_server
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -20,11 +20,11 @@ MODEL = "qwen2.5-coder-0.5b-instruct"
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     gguf = pulled(MODEL)
     data_dir = tmp_path_factory.mktemp("small") / "data"
-    server = start(data_dir, MONGARS_MODEL=str(gguf), MONGARS_N_THREADS="2")
+    server = start_server(data_dir, env={"MONGARS_MODEL": str(gguf), "MONGARS_N_THREADS": "2"})
     try:
         yield server
     finally:
-        stop(server)
+        server.stop(20)
 
 
 def _ask(client: OpenAI, text: str) -> str:

@@ -12,8 +12,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.helpers import pulled
-from tests.web.conftest import Server, start, stop
+from tests.support.models import pulled
+from tests.support.server import Server, start_server
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -51,11 +51,11 @@ TURN_ON: list[Any] = [
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     gguf = pulled(MODEL)
     data_dir = tmp_path_factory.mktemp("tools") / "data"
-    server = start(data_dir, MONGARS_MODEL=str(gguf), MONGARS_N_THREADS="2")
+    server = start_server(data_dir, env={"MONGARS_MODEL": str(gguf), "MONGARS_N_THREADS": "2"})
     try:
         yield server
     finally:
-        stop(server)
+        server.stop(20)
 
 
 @pytest.fixture
@@ -225,11 +225,11 @@ def test_bad_tool_input_is_a_400_naming_the_field(
 def test_a_model_whose_template_has_no_tools_refuses_them(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    server = start(tmp_path_factory.mktemp("notools") / "data")  # the 135M: no tools
+    server = start_server(tmp_path_factory.mktemp("notools") / "data")  # the 135M: no tools
     try:
         client = OpenAI(base_url=server.url + "/v1", api_key=server.admin_token(), max_retries=0)
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model="mongars", messages=TURN_ON, tools=TOOLS)
         assert "does not support tools" in str(caught.value)
     finally:
-        stop(server)
+        server.stop(20)

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port
-from tests.tui.daemon import Daemon, start_daemon, stop_daemon
+from tests.support.env import free_port
+from tests.support.server import Server, start_server
 
 SSHD = "/usr/sbin/sshd"
 DROP_IN = Path(__file__).resolve().parents[2] / "mongars_edge/tui/ssh/sshd-mongars-tui.conf"
@@ -40,19 +40,19 @@ def _wait(predicate: Callable[[], object], what: str, rounds: int = 600) -> None
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
+def daemon(tmp_path: Path) -> Iterator[Server]:
     # Short replies: the test wants to see one streamed, not to wait for a long one.
     config = tmp_path / "daemon.toml"
     config.write_text("reply_max_tokens = 24\n")
-    running = start_daemon(tmp_path / "data", free_port(), "--config", str(config))
+    running = start_server(tmp_path / "data", "--config", str(config))
     try:
         yield running
     finally:
-        stop_daemon(running)
+        running.stop(30)
 
 
 @pytest.fixture
-def sshd(tmp_path: Path, daemon: Daemon) -> Iterator[tuple[int, Path]]:
+def sshd(tmp_path: Path, daemon: Server) -> Iterator[tuple[int, Path]]:
     """A private sshd on a loopback port: key only, ForceCommand = the TUI on this box."""
     here = tmp_path / "ssh"
     here.mkdir()
@@ -151,7 +151,7 @@ class Tmux:
 
 
 def test_ssh_login_runs_the_tui_and_streams_an_answer(
-    tmp_path: Path, daemon: Daemon, sshd: tuple[int, Path]
+    tmp_path: Path, daemon: Server, sshd: tuple[int, Path]
 ) -> None:
     ssh_port, here = sshd
     tmux = Tmux(tmp_path / "tmux.sock")

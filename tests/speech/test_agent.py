@@ -22,10 +22,8 @@ from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
 from mongars_edge.speech.agent import LINK_SOURCE, VOICE_USER, VoiceAgent
 from mongars_edge.speech.wyoming import WyomingServer, open_wyoming
-from tests.helpers import free_port
-from tests.web.conftest import TEST_SETTINGS, runtime
-
-__all__ = ["runtime"]
+from tests.support.env import free_port
+from tests.support.server import TEST_SETTINGS
 
 TIMEOUT = 180  # a hang guard, not a timing assertion
 MAX_TOKENS = 40  # short replies: the suite runs on two shared cores

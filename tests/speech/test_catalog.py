@@ -17,7 +17,7 @@ from mongars_edge.errors import InvalidRequestError, NotFoundError
 from mongars_edge.speech.catalog import VoiceEntry, installed, pull, remove
 from mongars_edge.speech.tts import TextToSpeech
 from mongars_edge.speech.voices import default_english_model
-from tests.helpers import run_cli
+from tests.support.env import run_cli
 
 
 class _Quiet(SimpleHTTPRequestHandler):

@@ -10,7 +10,7 @@ import pytest
 from mongars_edge.speech.audio import pcm_to_stt
 from mongars_edge.speech.stt import SpeechToText
 from mongars_edge.speech.tts import TextToSpeech
-from tests.helpers import pulled
+from tests.support.models import pulled
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import run_cli
-
-from .conftest import SENTENCES, wer
+from tests.support.env import run_cli
+from tests.support.speech import SENTENCES, wer
 
 
 def test_say_then_listen_on_the_command_line(tmp_path: Path) -> None:

@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 from pathlib import Path
 
 from wyoming.client import AsyncTcpClient
 from wyoming.info import Describe, Info
 
-from tests.helpers import clean_env, free_port, run_cli, start_server, stop_cleanly, wait_json
-from tests.web.conftest import TEST_SETTINGS
+from tests.support.env import free_port, run_cli
+from tests.support.server import Server, settings_env, start_server
 
 
-def _env(**overrides: object) -> dict[str, str]:
-    settings = TEST_SETTINGS | {"speech": "on", "stt": "on"} | overrides
-    return clean_env(**{f"MONGARS_{k.upper()}": str(v) for k, v in settings.items()})
-
-
-def _serve(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
-    return start_server(data_dir, port, "--log-format", "json", env=env)
+def _serve(data_dir: Path, *, wait: bool = True, **settings: object) -> Server:
+    env = settings_env(**({"speech": "on", "stt": "on"} | settings))
+    return start_server(data_dir, "--log-format", "json", wait=wait, env=env)
 
 
 async def _describe(port: int) -> Info:
@@ -33,19 +28,17 @@ async def _describe(port: int) -> Info:
 
 
 def test_serve_opens_speech_and_wyoming_and_closes_them(tmp_path: Path) -> None:
-    port, wyoming = free_port(), free_port()
-    proc = _serve(tmp_path / "data", port, _env(wyoming_port=wyoming))
+    wyoming = free_port()
+    server = _serve(tmp_path / "data", wait=False, wyoming_port=wyoming)
     try:
-        health = wait_json(f"http://127.0.0.1:{port}/health", proc, deadline_s=120)
+        health = server.wait_healthy()
         assert health["status"] == "ok", health
         info = asyncio.run(_describe(wyoming))
         assert info.tts[0].voices[0].name == "joe"
         assert info.asr[0].models[0].name == "tiny.en"
-        records = stop_cleanly(proc)
+        records = server.stop_cleanly()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        server.stop()
     assert any(r["msg"] == "wyoming server listening" for r in records)
     with socket.socket() as probe:  # the Wyoming port is free again
         probe.bind(("127.0.0.1", wyoming))
@@ -56,23 +49,24 @@ def test_a_busy_wyoming_port_degrades_but_does_not_stop_the_box(tmp_path: Path) 
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        port = free_port()
-        env = _env(wyoming_port=taken, stt="off", stt_model=str(tmp_path / "nowhere"))
-        proc = _serve(tmp_path / "data", port, env)
+        nowhere = str(tmp_path / "nowhere")
+        server = _serve(
+            tmp_path / "data", wait=False, wyoming_port=taken, stt="off", stt_model=nowhere
+        )
         try:
-            health = wait_json(f"http://127.0.0.1:{port}/health", proc, deadline_s=120)
+            health = server.wait_healthy()
         finally:
-            proc.terminate()
-            proc.communicate(timeout=60)
+            server.stop()
     assert health["status"] == "degraded"
     assert any("Wyoming" in p and str(taken) in p for p in health["problems"]), health
 
 
 def test_speech_on_with_a_broken_model_is_a_clear_error(tmp_path: Path) -> None:
-    env = _env(wyoming_port=0, stt_model=str(tmp_path / "nowhere"))
-    proc = _serve(tmp_path / "data", free_port(), env)
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode != 0
+    server = _serve(tmp_path / "data", wait=False, wyoming_port=0, stt_model=tmp_path / "nowhere")
+    server.proc.wait(timeout=180)
+    server.stop()  # reads its output to the end
+    out = server.output()
+    assert server.proc.returncode != 0
     assert "speech-to-text is on but cannot start" in out
     assert "model.bin" in out and "Traceback" not in out
     # With stt=auto the same mistake is a problem on /health, not a dead box: see above.

@@ -20,8 +20,7 @@ from mongars_edge.speech.audio import (
 from mongars_edge.speech.errors import SpeechBusyError
 from mongars_edge.speech.stt import MAX_QUEUED, SpeechToText
 from mongars_edge.speech.tts import TextToSpeech
-
-from .conftest import wer
+from tests.support.speech import wer
 
 TEXT = "Please turn on the lights in the kitchen."
 

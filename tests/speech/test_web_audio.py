@@ -20,9 +20,9 @@ from mongars_edge.speech.audio import float_to_pcm16, pcm16_to_float, resample, 
 from mongars_edge.speech.stt import SpeechToText
 from mongars_edge.speech.tts import TextToSpeech
 from mongars_edge.web import create_app
-from tests.web.conftest import TEST_SETTINGS, bearer, login_as
-
-from .conftest import wer
+from tests.support.accounts import bearer, login_as
+from tests.support.server import TEST_SETTINGS
+from tests.support.speech import wer
 
 # One Runtime and one server for the module: opening a Runtime per test costs more than the
 # tests themselves. Tests that change the runtime put it back.

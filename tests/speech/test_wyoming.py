@@ -27,8 +27,7 @@ from mongars_edge.speech.audio import pcm_to_stt
 from mongars_edge.speech.stt import SpeechToText
 from mongars_edge.speech.tts import TextToSpeech
 from mongars_edge.speech.wyoming import WyomingServer, open_wyoming
-
-from .conftest import wer
+from tests.support.speech import wer
 
 TIMEOUT = 120  # a hang guard, not a timing assertion
 

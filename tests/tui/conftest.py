@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from mongars_edge.tui.app import MongarsApp
 from mongars_edge.tui.client import DaemonClient
-from tests.helpers import free_port
-from tests.tui.daemon import Daemon, start_daemon, stop_daemon
+from tests.support.server import Server, start_server
+from tests.support.types import AppFactory
 from tests.tui.loopguard import no_blocking_in_loop  # noqa: F401 - overrides the suite's guard
 
 
 @pytest.fixture(scope="session")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One real daemon (SmolLM2, no mesh) shared by the TUI tests."""
-    running = start_daemon(tmp_path_factory.mktemp("tui") / "data", free_port())
+    running = start_server(tmp_path_factory.mktemp("tui") / "data")
     try:
         yield running
     finally:
-        stop_daemon(running)
+        running.stop(30)
 
 
 @pytest.fixture(scope="session")
-def chat_api(daemon: Daemon) -> Daemon:
+def chat_api(daemon: Server) -> Server:
     """The daemon, when it already serves /v1/chat/completions (skip the test otherwise)."""
     token = daemon.token()()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -40,11 +40,8 @@ def chat_api(daemon: Daemon) -> Daemon:
     return daemon
 
 
-AppFactory = Callable[..., MongarsApp]
-
-
 @pytest.fixture
-def make_app(daemon: Daemon) -> AppFactory:
+def make_app(daemon: Server) -> AppFactory:
     def make(url: str | None = None, poll_s: float = 0.5, max_tokens: int = 16) -> MongarsApp:
         token = daemon.token() if url is None else None
         client = DaemonClient(url or daemon.url, token)

@@ -19,9 +19,9 @@ from mongars_edge.tui.app import MongarsApp
 from mongars_edge.tui.client import DaemonClient, LocalToken
 from mongars_edge.tui.screens.chat import ChatScreen
 from mongars_edge.tui.widgets import DaemonBanner, PromptArea
-from tests.helpers import clean_env, free_port
-from tests.tui.conftest import AppFactory
-from tests.tui.daemon import Daemon, start_daemon, stop_daemon
+from tests.support.env import clean_env, free_port
+from tests.support.server import Server, start_server
+from tests.support.types import AppFactory
 from tests.tui.pilot import screen_text, until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,22 +37,22 @@ async def test_daemon_down_shows_a_banner_and_reconnects(tmp_path: Path) -> None
         await until(pilot, lambda: app.daemon_state == "down")
         await until(pilot, lambda: "Daemon unreachable" in screen_text(app))
         assert "connection refused" in screen_text(app)
-        daemon = await asyncio.to_thread(start_daemon, data_dir, port)
+        daemon = await asyncio.to_thread(start_server, data_dir, port=port)
         try:
             await until(pilot, lambda: app.daemon_state == "up")
             await until(pilot, lambda: not banner.display)
             await until(pilot, lambda: "Daemon unreachable" not in screen_text(app))
             first = app.generation
-            await asyncio.to_thread(stop_daemon, daemon)
+            await asyncio.to_thread(daemon.stop, 30)
             await until(pilot, lambda: app.daemon_state == "down" and banner.display)
-            daemon = await asyncio.to_thread(start_daemon, data_dir, port)
+            daemon = await asyncio.to_thread(start_server, data_dir, port=port)
             await until(pilot, lambda: app.daemon_state == "up" and app.generation > first)
             assert any("connected" in line for line in app.events)
         finally:
-            await asyncio.to_thread(stop_daemon, daemon)
+            await asyncio.to_thread(daemon.stop, 30)
 
 
-async def test_tiny_terminal_and_a_resize_storm(daemon: Daemon, make_app: AppFactory) -> None:
+async def test_tiny_terminal_and_a_resize_storm(daemon: Server, make_app: AppFactory) -> None:
     app = make_app()
     rng = random.Random(8)
     async with app.run_test(size=(12, 4)) as pilot:
@@ -69,7 +69,7 @@ async def test_tiny_terminal_and_a_resize_storm(daemon: Daemon, make_app: AppFac
 
 
 async def test_a_100_kb_paste_is_sent_whole_and_shown_short(
-    daemon: Daemon, make_app: AppFactory
+    daemon: Server, make_app: AppFactory
 ) -> None:
     app = make_app()
     line = "The quick brown fox jumps over the lazy dog, again and again and again.\n"
@@ -122,7 +122,7 @@ def test_an_unreadable_token_file_says_why_and_what_to_do(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
-def test_without_a_terminal_it_says_to_use_ssh_t(daemon: Daemon) -> None:
+def test_without_a_terminal_it_says_to_use_ssh_t(daemon: Server) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mongars_edge", "tui", "--url", daemon.url, "--token", "x"],
         capture_output=True,

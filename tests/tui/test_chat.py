@@ -6,8 +6,8 @@ from textual.widgets import OptionList
 
 from mongars_edge.tui.screens.chat import AdapterPicker, ChatScreen
 from mongars_edge.tui.widgets import Answer, ConfirmScreen, PromptArea
-from tests.tui.conftest import AppFactory
-from tests.tui.daemon import Daemon
+from tests.support.server import Server
+from tests.support.types import AppFactory
 from tests.tui.pilot import screen_text, until
 
 
@@ -19,7 +19,7 @@ def _answers(chat: ChatScreen) -> list[Answer]:
     return list(chat.query("Answer.assistant").results(Answer))
 
 
-async def test_prompt_streams_a_markdown_answer(chat_api: Daemon, make_app: AppFactory) -> None:
+async def test_prompt_streams_a_markdown_answer(chat_api: Server, make_app: AppFactory) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.daemon_state == "up")
@@ -61,7 +61,7 @@ async def test_prompt_streams_a_markdown_answer(chat_api: Daemon, make_app: AppF
         assert chat.conversation_id is None
 
 
-async def test_escape_stops_a_long_answer(chat_api: Daemon, make_app: AppFactory) -> None:
+async def test_escape_stops_a_long_answer(chat_api: Server, make_app: AppFactory) -> None:
     app = make_app(max_tokens=400)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.daemon_state == "up")
@@ -78,7 +78,7 @@ async def test_escape_stops_a_long_answer(chat_api: Daemon, make_app: AppFactory
 
 
 async def test_adapter_picker_or_a_clear_not_available(
-    daemon: Daemon, make_app: AppFactory
+    daemon: Server, make_app: AppFactory
 ) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:

@@ -13,11 +13,11 @@ from mongars_edge.tui.client import (
     items,
     parse_metrics,
 )
-from tests.helpers import free_port
-from tests.tui.daemon import Daemon
+from tests.support.env import free_port
+from tests.support.server import Server
 
 
-async def test_health_and_metrics_of_a_real_daemon(daemon: Daemon) -> None:
+async def test_health_and_metrics_of_a_real_daemon(daemon: Server) -> None:
     client = DaemonClient(daemon.url, daemon.token())
     try:
         health = await client.health()
@@ -31,7 +31,7 @@ async def test_health_and_metrics_of_a_real_daemon(daemon: Daemon) -> None:
         await client.aclose()
 
 
-async def test_stream_chat_yields_text_and_a_conversation_id(chat_api: Daemon) -> None:
+async def test_stream_chat_yields_text_and_a_conversation_id(chat_api: Server) -> None:
     client = DaemonClient(chat_api.url, chat_api.token())
     try:
         deltas = [
@@ -47,7 +47,7 @@ async def test_stream_chat_yields_text_and_a_conversation_id(chat_api: Daemon) -
     assert deltas[-1].finish_reason in ("stop", "length")
 
 
-async def test_failures_become_clear_errors(daemon: Daemon) -> None:
+async def test_failures_become_clear_errors(daemon: Server) -> None:
     wrong = DaemonClient(daemon.url, "not-a-token")
     missing = DaemonClient(daemon.url, daemon.token())
     down = DaemonClient(f"http://127.0.0.1:{free_port()}")

@@ -12,8 +12,8 @@ import pytest
 from mongars_edge.errors import MongarsError
 from mongars_edge.settings import load_settings
 from mongars_edge.tui.app import find_daemon
-from tests.helpers import clean_env, free_port
-from tests.tui.daemon import Daemon
+from tests.support.env import clean_env, free_port
+from tests.support.server import Server
 
 
 def _tui(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -42,7 +42,7 @@ def test_no_box_anywhere_is_one_line_and_77(tmp_path: Path) -> None:
     assert "--data-dir" in line and "--url" in line and "--token" in line
 
 
-def test_it_finds_the_running_box_and_its_token(daemon: Daemon, tmp_path: Path) -> None:
+def test_it_finds_the_running_box_and_its_token(daemon: Server, tmp_path: Path) -> None:
     port = daemon.url.rsplit(":", 1)[1]
     settings = load_settings(environ={"MONGARS_PORT": port, "HOME": str(tmp_path)})
     url, token = find_daemon(settings, None)
@@ -54,12 +54,12 @@ def test_it_finds_the_running_box_and_its_token(daemon: Daemon, tmp_path: Path) 
     assert result.returncode == 1 and "needs a terminal" in result.stderr
 
 
-def test_a_url_of_this_machine_needs_no_token(daemon: Daemon) -> None:
+def test_a_url_of_this_machine_needs_no_token(daemon: Server) -> None:
     url, token = find_daemon(load_settings(environ={}), daemon.url)
     assert url == daemon.url and token() == daemon.token()()
 
 
-def test_another_data_dir_than_the_running_box_s_says_which(daemon: Daemon, tmp_path: Path) -> None:
+def test_another_data_dir_than_the_running_box_s_says_which(daemon: Server, tmp_path: Path) -> None:
     port = daemon.url.rsplit(":", 1)[1]
     other = tmp_path / "data"
     other.mkdir()

@@ -14,15 +14,14 @@ from mongars_edge.tui.screens.logs import LogsScreen
 from mongars_edge.tui.screens.memories import MemoriesScreen
 from mongars_edge.tui.screens.mesh import NOT_AVAILABLE, MeshScreen
 from mongars_edge.tui.widgets import ConfirmScreen
-from tests.conftest import SYSROOTS
-from tests.helpers import run_cli
-from tests.tui.conftest import AppFactory
-from tests.tui.daemon import Daemon
+from tests.support.env import SYSROOTS, run_cli
+from tests.support.server import Server
+from tests.support.types import AppFactory
 from tests.tui.pilot import screen_text, until
 
 
 async def test_hardware_screen_shows_board_profile_and_live_rows(
-    daemon: Daemon, make_app: AppFactory
+    daemon: Server, make_app: AppFactory
 ) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -38,7 +37,7 @@ async def test_hardware_screen_shows_board_profile_and_live_rows(
 
 
 async def test_hardware_screen_names_the_tiers_as_models_list_does(
-    daemon: Daemon, make_app: AppFactory
+    daemon: Server, make_app: AppFactory
 ) -> None:
     listed = await asyncio.to_thread(run_cli, "models", "list", "--json")
     rows = {row["id"]: row for row in json.loads(listed.stdout)}
@@ -55,7 +54,7 @@ async def test_hardware_screen_names_the_tiers_as_models_list_does(
 
 
 async def test_mesh_screen_says_not_available_on_a_no_mesh_daemon(
-    daemon: Daemon, make_app: AppFactory
+    daemon: Server, make_app: AppFactory
 ) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -73,7 +72,7 @@ async def test_mesh_screen_says_not_available_on_a_no_mesh_daemon(
 
 
 async def test_memories_screen_lists_searches_and_forgets(
-    daemon: Daemon, make_app: AppFactory
+    daemon: Server, make_app: AppFactory
 ) -> None:
     fact = "My violin teacher is called Odile Marchand."
     headers = {"Authorization": f"Bearer {daemon.token()()}"}
@@ -102,7 +101,7 @@ async def test_memories_screen_lists_searches_and_forgets(
 
 
 async def test_a_memory_search_also_shows_past_messages(
-    chat_api: Daemon, make_app: AppFactory
+    chat_api: Server, make_app: AppFactory
 ) -> None:
     said = "Our oboe rehearsal moved to the Mile End library."
     headers = {"Authorization": f"Bearer {chat_api.token()()}"}
@@ -129,7 +128,7 @@ async def test_a_memory_search_also_shows_past_messages(
             assert not isinstance(app.screen, ConfirmScreen)
 
 
-async def test_logs_screen_shows_connection_events(daemon: Daemon, make_app: AppFactory) -> None:
+async def test_logs_screen_shows_connection_events(daemon: Server, make_app: AppFactory) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.daemon_state == "up")

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
+import pytest
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -14,7 +15,8 @@ from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
 from mongars_edge.web import create_app
 from mongars_edge.web.schemas.document import document
-from tests.web.conftest import TEST_SETTINGS, bearer
+from tests.support.accounts import bearer
+from tests.support.server import TEST_SETTINGS
 
 
 async def test_conversations_crud_and_export(client: httpx.AsyncClient, runtime: Runtime) -> None:
@@ -235,6 +237,7 @@ async def test_speech_routes_while_speech_is_off(
         assert bad.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.model  # no chat model, but the Runtime opens the embedder
 async def test_no_model_is_503(data_dir: Path) -> None:
     settings = load_settings(
         environ={}, cli={"data_dir": data_dir, **TEST_SETTINGS, "model": "off"}

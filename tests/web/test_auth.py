@@ -12,7 +12,7 @@ import pytest
 from mongars_edge.datadir import DataDir
 from mongars_edge.runtime import Runtime
 from mongars_edge.web.auth import Throttle, ThrottledError, digest
-from tests.web.conftest import PASSWORD, bearer, login_as
+from tests.support.accounts import PASSWORD, bearer, login_as
 
 
 def _error(response: httpx.Response) -> dict[str, object]:

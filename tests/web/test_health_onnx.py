@@ -14,7 +14,7 @@ from mongars_edge.inference.onnx_report import JETSON_FIX
 from mongars_edge.runtime import Runtime
 from mongars_edge.settings import load_settings
 from mongars_edge.web import create_app
-from tests.conftest import SYSROOTS
+from tests.support.env import SYSROOTS
 
 QUIET = {"model": "off", "mesh": False, "speech": "off", "stt": "off", "wyoming_port": 0}
 

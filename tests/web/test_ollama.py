@@ -11,7 +11,8 @@ import httpx
 import ollama
 import pytest
 
-from tests.web.conftest import PASSWORD, Server
+from tests.support.accounts import PASSWORD
+from tests.support.server import Server
 
 MODEL = "smollm2-135m-instruct"
 # Greedy and short: the same request gives the same words, streamed or not.

@@ -17,7 +17,7 @@ from mongars_edge.runtime import Runtime
 from mongars_edge.web import ollama
 from tests.inference.gen_models import build_all
 from tests.inference.wheel_index import VERSION, Index, Published, Wheel, chat_entry, make_wheel
-from tests.web.conftest import bearer
+from tests.support.accounts import bearer
 
 
 @pytest.fixture(scope="module")

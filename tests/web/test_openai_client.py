@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.web.conftest import Server
+from tests.support.server import Server
 
 MODEL = "smollm2-135m-instruct"
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.web.conftest import Server, start, stop
+from tests.support.server import Server, start_server
+
+pytestmark = pytest.mark.model  # a real server on SmolLM2
 
 ST = Path(sys.executable).with_name("st")
 # Speech is off in the web tests' server, so a valid request to a speech route gets the
@@ -40,11 +42,12 @@ _EXAMPLES = "8"
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # A tiny context keeps generated chat requests short (most prompts are refused with 400).
-    running = start(
-        tmp_path_factory.mktemp("fuzz"), MONGARS_CTX_SIZE="256", MONGARS_REPLY_MAX_TOKENS="8"
+    running = start_server(
+        tmp_path_factory.mktemp("fuzz"),
+        env={"MONGARS_CTX_SIZE": "256", "MONGARS_REPLY_MAX_TOKENS": "8"},
     )
     yield running
-    stop(running)
+    running.stop(20)
 
 
 @pytest.mark.skipif(not ST.exists() and shutil.which("st") is None, reason="needs schemathesis")

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mongars_edge.web.ollama import PATHS as OLLAMA_PATHS
-from tests.web.conftest import Server
+from tests.support.server import Server
 
 _SAMPLES: dict[str, Any] = {
     "null": None,

