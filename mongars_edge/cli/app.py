@@ -133,14 +133,18 @@ def _listen(host: str, port: int) -> socket.socket:
 def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
     """Show what this box is and how the engine will be tuned for it."""
     from mongars_edge.hardware.probe import probe
+    from mongars_edge.inference.backends import cpu_backend
     from mongars_edge.inference.manager import load_profile
 
     settings = make_settings(config_path, **flags)
     data_dir = settings.resolved_data_dir()
     facts = probe(settings.sysroot, data_dir)
     profile = load_profile(facts, data_dir)
+    # Which llama.cpp CPU variant this machine loads; a recorded sysroot is not this machine.
+    backend = cpu_backend() if Path(settings.sysroot) == Path("/") else None
     if as_json:
-        payload = {"facts": facts.to_dict(), "profile": profile.to_dict()}
+        payload: dict[str, object] = {"facts": facts.to_dict(), "profile": profile.to_dict()}
+        payload["llama_cpu"] = backend.to_dict() if backend is not None else None
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
     click.echo(f"board       {facts.board} ({facts.board_model or 'no model string'})")
@@ -148,6 +152,8 @@ def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
     click.echo(f"memory      {facts.mem_total_mb} MB, swap {facts.swap_total_mb} MB")
     click.echo(f"gpu         {'CUDA' if facts.cuda else 'none'}")
     click.echo(f"storage     {facts.storage}")
+    if backend is not None:
+        click.echo(f"llama.cpp   CPU {backend.summary()}")
     for warning in facts.warnings:
         click.echo(f"warning     {warning}")
     click.echo(f"\nprofile ({profile.source}):")

@@ -19,6 +19,7 @@ from typing import Any
 
 import llama_cpp.llama_cpp as L
 
+from mongars_edge.inference.backends import load_backends
 from mongars_edge.inference.engine import Sampling
 from mongars_edge.inference.errors import ChatTemplateMissingError, GrammarError, ModelLoadError
 
@@ -63,6 +64,9 @@ def init_backend() -> None:
         if _initialised:
             return
         L.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        # Builds with per-CPU backend modules (the Pi image) load the best one from the
+        # wheel's lib folder; ggml alone would look beside the Python executable.
+        load_backends(L._lib, Path(L.__file__).parent / "lib")
         L.llama_backend_init()
         _initialised = True
 
