@@ -282,7 +282,7 @@ def test_root_fs_carries_an_arm64_app_and_the_default_model(root_fs: Path, tmp_p
     header = lib.read_bytes()[:20]
     assert header[:4] == b"\x7fELF"
     assert int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
-    assert "Inode:" in _debugfs(root_fs, f"stat {site}/mongars_edge/cli.py")
+    assert "Inode:" in _debugfs(root_fs, f"stat {site}/mongars_edge/cli/__init__.py")
 
 
 def _dump(root_fs: Path, path: str, out: Path) -> Path:
@@ -339,7 +339,7 @@ def _extract_runtime(root_fs: Path, dest: Path) -> Path:
     (dest / "usr/lib/ld-linux-aarch64.so.1").symlink_to("aarch64-linux-gnu/ld-linux-aarch64.so.1")
     for link in ("lib", "bin"):
         (dest / link).symlink_to(f"usr/{link}")
-    for folder in ("proc", "tmp", "etc"):
+    for folder in ("proc", "dev", "tmp", "etc"):
         (dest / folder).mkdir(exist_ok=True)
     return dest
 
@@ -360,7 +360,8 @@ def test_probe_under_qemu_user_reports_the_cpu_variant(
 ) -> None:
     """The image's own probe, on an emulated Pi 5 core (Cortex-A76) and Pi 4 core (A72)."""
     script = (
-        f"mount -t proc proc '{runtime_tree}/proc' && exec chroot '{runtime_tree}' "
+        f"mount -t proc proc '{runtime_tree}/proc' && mount --rbind /dev '{runtime_tree}/dev' && "
+        f"exec chroot '{runtime_tree}' "
         "/opt/mongars-edge/venv/bin/python3 -m mongars_edge probe --json --data-dir /tmp/data"
     )
     env = {**os.environ, "QEMU_CPU": cpu, "HOME": "/tmp"}
