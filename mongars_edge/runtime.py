@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Self
 from mongars_edge import __version__
 from mongars_edge.datadir import DataDir, make_dir
 from mongars_edge.errors import UnavailableError
+from mongars_edge.hardware.pi import board_problems
 from mongars_edge.hardware.probe import HardwareFacts, probe
 from mongars_edge.hardware.tuning import TuningProfile
 from mongars_edge.inference.manager import load_profile
@@ -126,6 +127,12 @@ class Runtime:
         await self._stack.enter_async_context(self.watchdog.running())
         self.problems += await asyncio.to_thread(appliance_problems, self.data_dir)
         self._facts = await asyncio.to_thread(probe, self.settings.sysroot, self.data_dir)
+        self.problems += await asyncio.to_thread(
+            board_problems,
+            Path(self.settings.sysroot),
+            self._facts.board,
+            self._facts.board_revision,
+        )
         self._profile = load_profile(self._facts, self.data_dir)
         self._onnx_installed = await asyncio.to_thread(installed_providers)
         log.info(

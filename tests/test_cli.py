@@ -26,7 +26,7 @@ def test_probe_json_on_this_machine(tmp_path: Path) -> None:
     result = run_cli("probe", "--json", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert set(payload) == {"facts", "profile", "onnx"}
+    assert set(payload) == {"facts", "profile", "onnx", "llama_cpu"}
     assert payload["facts"]["cpu_count"] >= 1
     assert payload["profile"]["n_threads"] >= 1
 
@@ -40,6 +40,7 @@ def test_probe_json_on_recorded_sysroot(tmp_path: Path, name: str) -> None:
     payload = json.loads(result.stdout)
     assert payload["facts"]["arch"] == "aarch64"
     assert payload["facts"]["board"].startswith(("raspberry-pi-5", "jetson-orin-nano"))
+    assert payload["llama_cpu"] is None  # a recording is not this machine
 
 
 def test_probe_plain_text_lists_reasons(tmp_path: Path) -> None:

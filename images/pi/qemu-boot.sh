@@ -20,7 +20,10 @@ initrd="$(mdir -b -i "$work/boot.vfat" ::/ | grep -o 'initrd.img-[^ ]*' | head -
 mcopy -i "$work/boot.vfat" "::/$kernel" "$work/vmlinuz"
 mcopy -i "$work/boot.vfat" "::/$initrd" "$work/initrd"
 # snapshot=on keeps the image pristine: first boot's writes go to a temporary file.
-qemu-system-aarch64 -M virt -cpu max -smp 2 -m 2048 -nographic -no-reboot \
+# cortex-a76 is the Pi 5's core (llama.cpp loads the same CPU variant as on the board). "max"
+# would add pointer authentication, which trixie's kernel and userland use throughout and
+# qemu emulates very slowly: a loaded build VM then starves the guest into lockups.
+qemu-system-aarch64 -M virt -cpu cortex-a76 -smp 2 -m 2048 -nographic -no-reboot \
   -kernel "$work/vmlinuz" -initrd "$work/initrd" \
   -append "root=LABEL=mgsroot rw console=ttyAMA0 panic=-1 systemd.show_status=1" \
   -drive if=none,file="$img",format=raw,snapshot=on,id=hd -device virtio-blk-pci,drive=hd \

@@ -136,6 +136,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
     """Show what this box is and how the engine will be tuned for it."""
     from mongars_edge.hardware.probe import probe
+    from mongars_edge.inference.lowlevel import cpu_backend
     from mongars_edge.inference.manager import load_profile
     from mongars_edge.inference.onnx_report import report
 
@@ -149,11 +150,14 @@ def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
         jetson=facts.board.startswith("jetson") or facts.l4t_release is not None,
         tensorrt_lib=facts.tensorrt,
     )
+    # Which llama.cpp CPU variant this machine loads; a recorded sysroot is not this machine.
+    backend = cpu_backend() if Path(settings.sysroot) == Path("/") else None
     if as_json:
-        payload = {
+        payload: dict[str, object] = {
             "facts": facts.to_dict(),
             "profile": profile.to_dict(),
             "onnx": {**onnx.to_dict(), "problems": onnx.problems()},
+            "llama_cpu": backend.to_dict() if backend is not None else None,
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
@@ -166,6 +170,8 @@ def probe_cmd(config_path: Path | None, as_json: bool, **flags: Any) -> None:
         f"onnx        wants {', '.join(onnx.wanted)}; present {', '.join(onnx.present) or 'none'}"
         f" ({onnx.package or 'onnxruntime not installed'})"
     )
+    if backend is not None:
+        click.echo(f"llama.cpp   CPU {backend.summary()}")
     for warning in facts.warnings:
         click.echo(f"warning     {warning}")
     for problem in onnx.problems():

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mongars_edge.hardware.jetson import dpkg_version, l4t, lib_version, power_mode
+from mongars_edge.hardware.pi import PiRevision, decode_revision, revision_code
 from mongars_edge.hardware.reader import SysrootReader as _Reader
 from mongars_edge.hardware.storage import storage_kind
 
@@ -82,6 +83,9 @@ class HardwareFacts:
     audio_cards: tuple[str, ...]
     sysroot: str
     warnings: tuple[str, ...]
+    #: Raspberry Pi revision code (hex, e.g. "d04170") and, on a Pi 5, the SoC stepping.
+    board_revision: str | None = None
+    soc_stepping: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict (tuples become lists)."""
@@ -184,6 +188,30 @@ def _board(model: str, compatible: list[str], arch: str) -> str:
     if re.search(r"nvidia,p3767-000[345]", compat) or "Orin Nano" in model:
         return "jetson-orin-nano"
     return {"x86_64": "x86_64-generic", "aarch64": "arm64-generic"}.get(arch, "unknown")
+
+
+def _pi_revision(r: _Reader, cpu_board: dict[str, str]) -> PiRevision | None:
+    """The Raspberry Pi revision code: /proc/cpuinfo on Pi kernels, the firmware's device-tree
+    cell on mainline ones. A garbled or unknown code is a warning, never an error."""
+    cell: bytes | None = None
+    for base in ("proc/device-tree", "sys/firmware/devicetree/base"):
+        path = r.path(f"{base}/system/linux,revision")
+        try:
+            cell = path.read_bytes()
+            break
+        except OSError:
+            continue
+    text = cpu_board.get("Revision")
+    if text is None and cell is None:
+        return None
+    code = revision_code(text, cell)
+    if code is None:
+        r.warn(f"board revision is garbled ({text!r} in /proc/cpuinfo, or a bad device-tree cell)")
+        return None
+    revision = decode_revision(code)
+    if revision is None or not revision.known:
+        r.warn(f"board revision {code:06x} is not one this version knows")
+    return revision
 
 
 def _dmi(r: _Reader) -> tuple[str, str]:
@@ -314,6 +342,7 @@ def probe(
     zones = _thermal(r)
     temps = [z.temp_c for z in zones if z.temp_c is not None]
     storage, device = storage_kind(r, data_dir)
+    revision = _pi_revision(r, cpu_board)
     return HardwareFacts(
         board=board,
         board_model=board_model,
@@ -344,4 +373,6 @@ def probe(
         audio_cards=_audio(r),
         sysroot=str(r.root),
         warnings=tuple(r.warnings),
+        board_revision=f"{revision.code:06x}" if revision else None,
+        soc_stepping=revision.stepping if revision else None,
     )

@@ -19,6 +19,13 @@ from typing import Any
 
 import llama_cpp.llama_cpp as L
 
+from mongars_edge.inference.backends import (
+    CPU_MODULE,
+    CpuBackend,
+    load_backends,
+    loaded_cpu_module,
+    parse_system_info,
+)
 from mongars_edge.inference.engine import Sampling
 from mongars_edge.inference.errors import ChatTemplateMissingError, GrammarError, ModelLoadError
 
@@ -63,8 +70,38 @@ def init_backend() -> None:
         if _initialised:
             return
         L.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        # Builds with per-CPU backend modules (the Pi image) load the best one from the
+        # wheel's lib folder; ggml alone would look beside the Python executable.
+        load_backends(L._lib, Path(L.__file__).parent / "lib")
         L.llama_backend_init()
         _initialised = True
+
+
+def cpu_backend() -> CpuBackend:
+    """Load llama.cpp's backends (as the engine does) and say which CPU variant was picked."""
+    try:
+        init_backend()
+        lib_dir = Path(L.__file__).parent / "lib"
+        registered = load_backends(L._lib, lib_dir)
+        info = parse_system_info(L.llama_print_system_info().decode("utf-8", "replace"))
+    except (ImportError, OSError, AttributeError) as exc:
+        return CpuBackend("unavailable", error=f"llama.cpp cannot be loaded: {exc}")
+    try:
+        maps = Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        maps = ""
+    module = loaded_cpu_module(maps)
+    features = info.get("CPU", {})
+    if module is not None:
+        found = CPU_MODULE.search(module)
+        return CpuBackend(found.group(1) if found else "unknown", module, features)
+    if registered == 0 or "CPU" not in info:
+        return CpuBackend(
+            "none",
+            error=f"no CPU backend could be loaded from {lib_dir} (is the CPU too old "
+            "for every variant, or are the libggml-cpu-*.so files missing?)",
+        )
+    return CpuBackend("built-in", None, features)
 
 
 def take_recent_errors() -> str:

@@ -102,3 +102,43 @@ def test_no_first_boot_folder_is_fine(tmp_path: Path, cli_wrapper: Path) -> None
     result = _run(root, cli_wrapper)
     assert result.returncode == 0
     assert "nothing to apply" in result.stderr
+
+
+def test_a_missing_boot_folder_is_reported_where_the_image_ships_one(
+    tmp_path: Path, cli_wrapper: Path
+) -> None:
+    """The Pi image names its boot-partition folder; an unmounted partition is a problem."""
+    root = tmp_path / "root"
+    (root / "var/lib/mongars-edge").mkdir(parents=True)
+    (root / "etc/mongars-edge").mkdir(parents=True)
+    (root / "etc/mongars-edge/firstboot-source").write_text("/boot/firmware/mongars-edge\n")
+    assert _run(root, cli_wrapper).returncode == 0
+    (problem,) = _problems(root)
+    assert "/boot/firmware/mongars-edge is missing" in problem
+
+
+def test_a_device_tree_line_added_on_the_card_survives_kernel_updates(
+    tmp_path: Path, cli_wrapper: Path
+) -> None:
+    """A Pi 5 D0 owner uncomments device_tree= in config.txt; the kernel hook would drop it."""
+    root, _boot = _root(tmp_path)
+    firmware = root / "boot/firmware"
+    (firmware / "bcm2712-d-rpi-5-b.dtb").write_bytes(b"\xd0\x0d\xfe\xed")
+    (firmware / "config.txt").write_text(
+        "kernel=vmlinuz\r\n[pi5]\r\n#device_tree=old.dtb\r\ndevice_tree=bcm2712-d-rpi-5-b.dtb\r\n"
+    )
+    custom = root / "etc/default/raspi-firmware-custom"
+    custom.parent.mkdir(parents=True)
+    custom.write_text("[all]\narm_64bit=1\n")
+    assert _run(root, cli_wrapper).returncode == 0
+    assert _problems(root) == []
+    kept = custom.read_text()
+    assert "[pi5]\n" in kept and "\ndevice_tree=bcm2712-d-rpi-5-b.dtb\n" in kept
+    assert _run(root, cli_wrapper).returncode == 0  # a second run adds nothing
+    assert custom.read_text() == kept
+    # A line naming a tree the card does not have is reported, not kept.
+    (firmware / "config.txt").write_text("[pi5]\ndevice_tree=bcm2712-d-rpi5-b.dtb\n")
+    assert _run(root, cli_wrapper).returncode == 0
+    (problem,) = _problems(root)
+    assert "device_tree=bcm2712-d-rpi5-b.dtb names a file that is not on the" in problem
+    assert custom.read_text() == kept
