@@ -187,8 +187,12 @@ def open_session(
             failed.append((skipped, "did not initialise (onnxruntime fell back)"))
         opened = Opened(label, tuple(wanted), active, tuple(failed), engines)
         SESSIONS.record(opened)
+        # A fallback is news; the CPU on a box that asked for nothing else is not (commands
+        # that open the embedder would print it on every run).
+        expected = active == CPU and tuple(wanted)[:1] in ((), (CPU,))
+        level = logging.WARNING if failed else logging.DEBUG if expected else logging.INFO
         log.log(
-            logging.WARNING if failed else logging.INFO,
+            level,
             "ONNX model %s runs on %s",
             label,
             active,

@@ -97,3 +97,12 @@ def test_gpu_check_on_this_machines_onnxruntime() -> None:
     # PyPI's build here has no CUDA provider: nothing is asked of CUDA.
     assert onnx.CUDA not in facts["present"]
     assert facts["cuda_session"] == ""
+
+
+def test_the_cpu_asked_for_is_not_news(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A box that wants only the CPU logs its sessions at debug: a command opening the embedder
+    does not print a line about it on every run."""
+    with caplog.at_level(logging.INFO, logger="mongars_edge.inference.onnx"):
+        onnx.open_session(MODEL, (onnx.CPU,), cache_dir=tmp_path, name="mul")
+    assert not [r for r in caplog.records if "runs on" in r.getMessage()]
+    onnx.SESSIONS.clear()
