@@ -45,19 +45,8 @@ from mongars_edge.speech.sentences import SentenceSplitter
 from mongars_edge.speech.stt import SpeechToText
 from mongars_edge.speech.tts import TextToSpeech
 from mongars_edge.speech.voices import PiperVoice, default_english_model
+from tests.support.speech import SENTENCES, edits, wer
 
-SENTENCES = [
-    "The kitchen lights are turned off for the night.",
-    "Please remind me to buy milk and fresh bread tomorrow.",
-    "The weather will be cloudy with a chance of rain.",
-    "My favorite color is green like the summer grass.",
-    "She opened the window to let the cool air inside.",
-    "We should water the garden before the sun goes down.",
-    "The train leaves the station early in the morning.",
-    "Could you play some quiet music in the living room?",
-    "The children are reading a story about a brave dog.",
-    "Dinner is ready when the oven timer rings again.",
-]
 FRENCH = [
     "Bonjour, je voudrais réserver une table pour ce soir.",
     "Allume la lumière de la cuisine, s'il te plaît.",
@@ -77,15 +66,6 @@ REPLIES = [
 def _tokens(text: str) -> list[str]:
     """Split like an LLM tokenizer roughly does: words with their leading space."""
     return re.findall(r"\s*\S+", text)
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z']+", text.lower())
-
-
-def _wer(ref: str, hyp: str) -> float:
-    r = _words(ref)
-    return _edits(r, _words(hyp)) / max(1, len(r))
 
 
 def _any_words(text: str) -> list[str]:
@@ -112,19 +92,9 @@ def cli_round_trip(sentences: list[str], data_dir: str) -> tuple[float, list[str
             text = out.stdout.strip()
             heard.append(text)
             ref = _any_words(sentence)
-            errors += round(_edits(ref, _any_words(text)))
+            errors += edits(ref, _any_words(text))
             words += len(ref)
     return errors / max(1, words), heard
-
-
-def _edits(r: list[str], h: list[str]) -> float:
-    prev = list(range(len(h) + 1))
-    for i, a in enumerate(r, 1):
-        cur = [i] + [0] * len(h)
-        for j, b in enumerate(h, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b))
-        prev = cur
-    return float(prev[-1])
 
 
 def tts_rtf(tts: TextToSpeech) -> tuple[float, float, list[bytes]]:
@@ -198,7 +168,7 @@ def stt_rtf(stt: SpeechToText, audio: list[bytes], rate: int) -> tuple[float, fl
         heard.append(stt.transcribe_blocking(s).text)
     spent = time.perf_counter() - t0
     seconds = sum(s.size for s in samples) / 16_000
-    return spent / seconds, _wer(" ".join(SENTENCES), " ".join(heard))
+    return spent / seconds, wer(" ".join(SENTENCES), " ".join(heard))
 
 
 async def main() -> dict[str, Any]:

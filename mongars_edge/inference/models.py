@@ -145,8 +145,7 @@ class ModelStore:
         if path.suffix == ".gguf" or os.sep in spec:
             if not path.is_file():
                 raise ModelNotFoundError(f"model file {path} does not exist")
-            known = (e.id for e in self.catalog.values() if e.kind == "chat")
-            by_name = {self.catalog[i].filename: i for i in known}
+            by_name = {e.filename: e.id for e in self.catalog.values() if e.kind == "chat"}
             return by_name.get(path.name, path.stem), path
         stray = self.dir / f"{spec}.gguf"
         if stray.is_file():  # listed by `list()` under its file name
