@@ -98,3 +98,19 @@ def test_chunk_fits_the_room_the_decoders_leave() -> None:
     assert chunk.tokens == 3
     chunk.learn(0.5, 3, base_s=0.45)  # the decoders alone use the target: one token a step
     assert chunk.budget(512) == 1
+
+
+def test_chunk_grows_only_as_far_as_the_room_holds() -> None:
+    """Growth is 1.5x while the room the decoders leave holds it at the cost per prompt token
+    just seen, and stops at what the room holds when 1.5x would not fit."""
+    from mongars_edge.inference.batch import ChunkSize
+
+    chunk = ChunkSize(0.25, start=20)
+    chunk.learn(0.17, 20, base_s=0.15)
+    assert chunk.tokens == 31
+    near = ChunkSize(0.25, start=40)
+    near.learn(0.17, 40, base_s=0.13)  # 1 ms a token, room 120 ms: 108 fit, 1.5x is 61
+    assert near.tokens == 61
+    tight = ChunkSize(0.25, start=40)
+    tight.learn(0.17, 40, base_s=0.05)  # 3 ms a token, room 200 ms: 60 fit, not 61
+    assert tight.tokens == 60
