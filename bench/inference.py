@@ -302,9 +302,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         n_batch=512,
         n_ubatch=512,
     )
-    raw = RawBaseline(model, n_ctx, t)
-    await raw.ready()
-    binary = find_server(args.llama_server)
+    want = set(args.only)
+    raw = RawBaseline(model, n_ctx, t) if "a" in want else None
+    if raw is not None:
+        await raw.ready()
+    binary = find_server(args.llama_server) if "c" in want else None
     server = LlamaServer(binary, model, t, n_ctx) if binary else None
     server_error = None
     if server is not None:
@@ -333,30 +335,39 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 engine.render(request(f"Write a long story about {x}.").messages) for x in TOPICS
             ]
             await engine_single(engine)  # warm-up every contender
-            await raw.run(prompt)
-            await engine_aggregate(engine)
+            if raw is not None:
+                await raw.run(prompt)
+            if want & {"b", "c"}:
+                await engine_aggregate(engine)
             if server is not None:
                 await server.aggregate(prompts)
             for r in range(args.rounds):
                 # Both orders in every round: the load of a shared box drifts within seconds.
-                results["raw_1"].append(await raw.run(prompt))
-                results["engine_1"].append(await engine_single(engine))
-                results["engine_1"].append(await engine_single(engine))
-                results["raw_1"].append(await raw.run(prompt))
+                if raw is not None:
+                    results["raw_1"].append(await raw.run(prompt))
+                if want & {"a", "b"}:
+                    results["engine_1"].append(await engine_single(engine))
+                if raw is not None:
+                    results["engine_1"].append(await engine_single(engine))
+                    results["raw_1"].append(await raw.run(prompt))
                 if server is not None and server_error is None:
                     try:
                         results["server_4"].append(await server.aggregate(prompts))
                     except RuntimeError as exc:
                         server_error = str(exc)
-                results["engine_4"].append(await engine_aggregate(engine))
-                ttft, stall, n_long = await long_prompt_under_load(engine)
-                results["ttft_long"].append(ttft)
-                results["stall"].append(stall)
-                results["ttft_reuse"].append(await second_turn_ttft(engine, f"warm{r}", True))
-                results["ttft_cold"].append(await second_turn_ttft(engine, f"cold{r}", False))
+                if want & {"b", "c"}:
+                    results["engine_4"].append(await engine_aggregate(engine))
+                if "d" in want:
+                    ttft, stall, n_long = await long_prompt_under_load(engine)
+                    results["ttft_long"].append(ttft)
+                    results["stall"].append(stall)
+                if "e" in want:
+                    results["ttft_reuse"].append(await second_turn_ttft(engine, f"warm{r}", True))
+                    results["ttft_cold"].append(await second_turn_ttft(engine, f"cold{r}", False))
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
-        raw.close()
+        if raw is not None:
+            raw.close()
         if server is not None:
             await server.stop()
     med = {k: statistics.median(v) for k, v in results.items() if v}
@@ -370,38 +381,47 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "llama_server_error": server_error,
         "medians": med,
         "all": results,
+        "measured": sorted(want),
         "ratios": {
-            "a_single_vs_llama_cpp_python": med["engine_1"] / med["raw_1"],
-            "b_aggregate4_vs_single": med["engine_4"] / med["engine_1"],
-            "c_aggregate4_vs_llama_server": (med["engine_4"] / med["server_4"])
-            if "server_4" in med
-            else None,
-            "e_second_turn_ttft_reuse_vs_cold": med["ttft_reuse"] / med["ttft_cold"],
+            "a_single_vs_llama_cpp_python": _ratio(med, "engine_1", "raw_1"),
+            "b_aggregate4_vs_single": _ratio(med, "engine_4", "engine_1"),
+            "c_aggregate4_vs_llama_server": _ratio(med, "engine_4", "server_4"),
+            "e_second_turn_ttft_reuse_vs_cold": _ratio(med, "ttft_reuse", "ttft_cold"),
         },
         "d_long_prompt": {
             "prompt_tokens": n_long,
             "ttft_s": med["ttft_long"],
             "max_stall_s": med["stall"],
-        },
+        }
+        if "stall" in med
+        else None,
     }
     return out
 
 
+def _ratio(med: dict[str, float], top: str, bottom: str) -> float | None:
+    return med[top] / med[bottom] if top in med and bottom in med else None
+
+
 def report(r: dict[str, Any]) -> None:
-    m, q = r["medians"], r["ratios"]
+    m, q, want = r["medians"], r["ratios"], r["measured"]
     print(
         f"model {r['model']}, {r['threads']} threads, ctx {r['n_ctx']}/sequence, "
         f"{r['rounds']} rounds (medians), {r['cpu_count']} CPUs"
     )
-    print(
-        f"(a) single stream: engine {m['engine_1']:.1f} tok/s / llama-cpp-python "
-        f"{m['raw_1']:.1f} tok/s = {q['a_single_vs_llama_cpp_python']:.2f}  (target >= 0.97)"
-    )
-    print(
-        f"(b) 4 streams: {m['engine_4']:.1f} tok/s aggregate / single {m['engine_1']:.1f} = "
-        f"{q['b_aggregate4_vs_single']:.2f}  (target >= 1.3)"
-    )
-    if r["llama_server_error"]:
+    if "a" in want:
+        print(
+            f"(a) single stream: engine {m['engine_1']:.1f} tok/s / llama-cpp-python "
+            f"{m['raw_1']:.1f} tok/s = {q['a_single_vs_llama_cpp_python']:.2f}  (target >= 0.97)"
+        )
+    if "b" in want:
+        print(
+            f"(b) 4 streams: {m['engine_4']:.1f} tok/s aggregate / single {m['engine_1']:.1f} = "
+            f"{q['b_aggregate4_vs_single']:.2f}  (target >= 1.3)"
+        )
+    if "c" not in want:
+        pass
+    elif r["llama_server_error"]:
         print(f"(c) not measured: {r['llama_server_error']}")
     elif q["c_aggregate4_vs_llama_server"] is None:
         print("(c) llama-server not on PATH: skipped (see docs/inference.md to build it)")
@@ -411,16 +431,17 @@ def report(r: dict[str, Any]) -> None:
             f"{m['server_4']:.1f} tok/s = {q['c_aggregate4_vs_llama_server']:.2f}  "
             "(target >= 1.0)"
         )
-    d = r["d_long_prompt"]
-    print(
-        f"(d) {d['prompt_tokens']}-token prompt while 3 streams run: TTFT {d['ttft_s']:.2f} s; "
-        f"longest gap in running streams {d['max_stall_s'] * 1000:.0f} ms  (target <= 300 ms)"
-    )
-    print(
-        f"(e) second turn TTFT: reuse {m['ttft_reuse'] * 1000:.0f} ms / cold "
-        f"{m['ttft_cold'] * 1000:.0f} ms = {q['e_second_turn_ttft_reuse_vs_cold']:.2f}  "
-        "(target <= 0.3)"
-    )
+    if d := r["d_long_prompt"]:
+        print(
+            f"(d) {d['prompt_tokens']}-token prompt while 3 streams run: TTFT {d['ttft_s']:.2f} s; "
+            f"longest gap in running streams {d['max_stall_s'] * 1000:.0f} ms  (target <= 300 ms)"
+        )
+    if "e" in want:
+        print(
+            f"(e) second turn TTFT: reuse {m['ttft_reuse'] * 1000:.0f} ms / cold "
+            f"{m['ttft_cold'] * 1000:.0f} ms = {q['e_second_turn_ttft_reuse_vs_cold']:.2f}  "
+            "(target <= 0.3)"
+        )
 
 
 def _args() -> argparse.Namespace:
@@ -429,8 +450,18 @@ def _args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--llama-server", help="path to a llama-server binary")
+    p.add_argument(
+        "--only",
+        default="abcde",
+        type=lambda v: "".join(sorted(set(v))) if set(v) <= set("abcde") and v else _bad(v),
+        help="the targets to measure, e.g. --only d (default: abcde)",
+    )
     p.add_argument("--json", action="store_true")
     return p.parse_args()
+
+
+def _bad(value: str) -> str:
+    raise argparse.ArgumentTypeError(f"{value!r}: give letters among a, b, c, d, e")
 
 
 if __name__ == "__main__":
