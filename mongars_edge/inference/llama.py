@@ -71,9 +71,10 @@ class EngineConfig:
     # holds, so prefixes kept in cells slowed a lone stream by 10-15% on the 135M model.
     # 0 keeps them in cells.
     prefix_ram_mb: int = 512
-    # Longest pause a prefill chunk may cause the streams already running (bench (d): <= 300 ms,
-    # less the noise of a shared box).
-    stall_target_s: float = 0.25
+    # Longest llama_decode a prefill chunk may make of the streams' step. Their gap is that plus
+    # sampling and delivery (~15 ms), and a step of the same shape swings by 20-30% on a shared
+    # box: 0.25 gave gaps of 324-331 ms on the 1.5B (bench (d): <= 300 ms), 0.22 holds it.
+    stall_target_s: float = 0.22
     chat_template: str | None = None
     # Flash attention: faster on CPU and GPU, and what llama-server uses by default.
     flash_attn: bool = True
