@@ -9,15 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mongars_edge.errors import MongarsError
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.codec import Msg
 from mongars_edge.mesh.dialer import Dialer
-from mongars_edge.mesh.errors import AuthError, CodecError, MeshError, PeerUnavailableError
+from mongars_edge.mesh.errors import (
+    AuthError,
+    BadMessageError,
+    CodecError,
+    MeshError,
+    PeerUnavailableError,
+)
 from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.members import MemberFile, MemberRecord, MeshState
 from mongars_edge.mesh.node import MeshConfig, NodeState
@@ -26,6 +34,7 @@ from mongars_edge.mesh.peers import Peer, sanitize
 from mongars_edge.mesh.serving import Serving
 from mongars_edge.mesh.state import remember_addresses, write_state
 from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Link, answer, read_frame
+from mongars_edge.mesh.tunnel import RPC_MESSAGES, Guard, GuardFactory, Tunnel, Worker, llama_build
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
@@ -42,7 +51,17 @@ MAX_PENDING_HANDSHAKES = 32
 class MeshService:
     """One per box; see the module docstring."""
 
-    def __init__(self, config: MeshConfig, data_dir: Path, engine: Engine | None) -> None:
+    def __init__(
+        self,
+        config: MeshConfig,
+        data_dir: Path,
+        engine: Engine | None,
+        *,
+        rpc_worker: Worker | None = None,
+        rpc_guard: GuardFactory | None = None,
+    ) -> None:
+        """`rpc_worker`: a worker someone else runs, offered instead of the one the
+        `split_offer_mb` setting starts; `rpc_guard`: what checks its streams (RpcGuard)."""
         self.members = MemberFile(data_dir)
         self.node = NodeState(
             config,
@@ -61,6 +80,10 @@ class MeshService:
         self.share: Share | None = None
         self.serving = Serving(self.node, self._ensure_adapter)
         self.dialer = Dialer(self.node, self._run_link)
+        self.tunnel = Tunnel(
+            self.node, build=llama_build(), worker=rpc_worker, guard=rpc_guard or _rpc_guard
+        )
+        self._own_worker: Any = None  # the RpcWorker started here (split_offer_mb)
 
     # What the Runtime, the web edge and the tests read: the node's own state.
     @property
@@ -103,6 +126,11 @@ class MeshService:
     def first_forward_at(self) -> float | None:
         return self.node.first_forward_at
 
+    async def rpc_endpoint(self, peer_id: str) -> str:
+        """ "127.0.0.1:PORT" for llama.cpp's RPC client: each connection becomes a stream to
+        `peer_id`'s worker. SplitVersionError naming both builds when the peer runs another."""
+        return await self.tunnel.endpoint(peer_id)
+
     async def _ensure_adapter(self, link: Link, ref: str) -> str:
         return ref if self.share is None else await self.share.ensure(link, ref)
 
@@ -138,6 +166,8 @@ class MeshService:
             )
             self._server = await asyncio.start_server(self._on_connection, bind, 0)
         self.node.port = self._server.sockets[0].getsockname()[1]
+        if config.split_offer_mb and self.tunnel.worker is None:
+            await self._start_worker()
         if self.node.config.mdns and _advertise(self.node.config):
             from mongars_edge.mesh.discovery import Discovery
 
@@ -146,9 +176,37 @@ class MeshService:
         self._spawn(self._gossip_loop())
         log.info("mesh node %s listening on port %d", self.node.me.node_id, self.node.port)
 
+    async def _start_worker(self) -> None:
+        """Offer this box's memory: an RPC worker holding at most `split_offer_mb`."""
+        from mongars_edge.split.worker import RpcWorker  # type: ignore[import-not-found]
+
+        config = self.node.config
+        budget = config.split_offer_mb * 1024 * 1024
+        worker = RpcWorker(
+            self.node.data_dir / "split-cache",
+            budget_bytes=budget,
+            threads=config.split_threads or (os.cpu_count() or 1),
+            cache_max_bytes=2 * budget,
+        )
+        try:
+            await worker.start()
+        except MongarsError as exc:
+            log.error("not offering memory for splitting: the RPC worker did not start: %s", exc)
+            return
+        self._own_worker = worker
+        self.tunnel.worker = worker
+        log.info(
+            "offering %d MB to paired boxes for splitting a model",
+            config.split_offer_mb,
+            extra={"split_offer_mb": config.split_offer_mb, "llama_build": self.tunnel.build},
+        )
+
     async def stop(self) -> None:
         if self._discovery is not None:
             await self._discovery.stop()
+        await self.tunnel.stop()
+        if self._own_worker is not None:
+            await self._own_worker.stop()
         if self._server is not None:
             self._server.close()
         for link in list(self.node.links.values()):
@@ -237,10 +295,11 @@ class MeshService:
             link.send(codec.Members([r.to_wire() for r in self.node.state.all_records()]))
             link.send(self._telemetry())
             await link.drain()
-            await link.run(self._handle, self.node.refused)
+            await link.run(self._handle, self._refused)
         except MeshError as exc:
             link.close(str(exc))
         finally:
+            self.tunnel.drop(link)
             if self.node.links.get(link.peer_id) is link:
                 del self.node.links[link.peer_id]
                 peer.linked = False
@@ -248,8 +307,14 @@ class MeshService:
             self.node.fail_streams(link, link.close_reason)
             self.serving.drop(link)
 
+    def _refused(self, link: Link, exc: BadMessageError) -> None:
+        self.node.refused(link, exc)
+        self.tunnel.refused(link, exc)
+
     def _handle(self, link: Link, msg: Msg) -> None:
-        if isinstance(msg, codec.Telemetry):
+        if isinstance(msg, RPC_MESSAGES):
+            self.tunnel.handle(link, msg)
+        elif isinstance(msg, codec.Telemetry):
             peer = self.node.peers.setdefault(link.peer_id, Peer(link.peer_id, host=link.address))
             peer.telemetry, peer.telemetry_at = sanitize(msg), time.monotonic()
             if peer.telemetry.port and not (peer.host and peer.port):
@@ -327,6 +392,7 @@ class MeshService:
 
     def _telemetry(self) -> codec.Telemetry:
         engine = self.node.engine
+        worker = self.tunnel.worker
         load = engine.load() if engine else None
         adapters: list[str] = []
         if self.share is not None:
@@ -344,6 +410,8 @@ class MeshService:
             adapters=adapters,
             accepting=engine is not None,
             port=self.node.port,
+            split_budget=worker.budget_bytes if worker is not None and worker.alive else 0,
+            llama_build=self.tunnel.build,
         )
 
     async def _gossip_loop(self) -> None:
@@ -372,6 +440,14 @@ def _advertise(config: MeshConfig) -> bool:
     return not (config.host.startswith("127.") or config.host in ("::1", "localhost"))
 
 
+def _rpc_guard() -> Guard:
+    """A fresh guard for one stream: llama.cpp RPC commands checked one by one."""
+    from mongars_edge.split.rpcwire import RpcGuard  # type: ignore[import-not-found]
+
+    guard: Guard = RpcGuard()
+    return guard
+
+
 def _temperature() -> float:
     try:
         raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text()
@@ -393,6 +469,8 @@ async def open_mesh(
         static_peers=settings.static_peers,
         mdns_interfaces=settings.mdns_interfaces,
         stall_s=settings.mesh_stall_s,
+        split_offer_mb=settings.split_offer_mb,
+        split_threads=settings.n_threads,
     )
     async with MeshService.open(config, data_dir, engine) as service:
         yield service, Router(engine, service.node)
