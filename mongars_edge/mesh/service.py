@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from mongars_edge.mesh.peers import Peer, sanitize
 from mongars_edge.mesh.serving import Serving
 from mongars_edge.mesh.state import remember_addresses, write_state
 from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Link, answer, read_frame
-from mongars_edge.mesh.tunnel import RPC_MESSAGES, Guard, GuardFactory, Tunnel, Worker, llama_build
+from mongars_edge.mesh.tunnel import RPC_MESSAGES, GuardFactory, Tunnel, Worker, llama_build
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from mongars_edge.mesh.router import Router
     from mongars_edge.mesh.share import Share
     from mongars_edge.settings import Settings
+    from mongars_edge.split.worker import RpcWorker
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,8 @@ class MeshService:
         self.share: Share | None = None
         self.serving = Serving(self.node, self._ensure_adapter)
         self.dialer = Dialer(self.node, self._run_link)
-        self.tunnel = Tunnel(
-            self.node, build=llama_build(), worker=rpc_worker, guard=rpc_guard or _rpc_guard
-        )
-        self._own_worker: Any = None  # the RpcWorker started here (split_offer_mb)
+        self.tunnel = Tunnel(self.node, build=llama_build(), worker=rpc_worker, guard=rpc_guard)
+        self._own_worker: RpcWorker | None = None  # started here (split_offer_mb)
 
     # What the Runtime, the web edge and the tests read: the node's own state.
     @property
@@ -139,9 +139,20 @@ class MeshService:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, config: MeshConfig, data_dir: Path, engine: Engine | None
+        cls,
+        config: MeshConfig,
+        data_dir: Path,
+        engine: Engine | None,
+        *,
+        rpc_worker: Worker | None = None,
+        rpc_guard: GuardFactory | None = None,
     ) -> AsyncIterator[MeshService]:
-        service = await asyncio.to_thread(cls, config, data_dir, engine)
+        service = await asyncio.to_thread(
+            functools.partial(cls, rpc_worker=rpc_worker, rpc_guard=rpc_guard),
+            config,
+            data_dir,
+            engine,
+        )
         await service.start()
         try:
             yield service
@@ -178,7 +189,7 @@ class MeshService:
 
     async def _start_worker(self) -> None:
         """Offer this box's memory: an RPC worker holding at most `split_offer_mb`."""
-        from mongars_edge.split.worker import RpcWorker  # type: ignore[import-not-found]
+        from mongars_edge.split.worker import RpcWorker
 
         config = self.node.config
         budget = config.split_offer_mb * 1024 * 1024
@@ -438,14 +449,6 @@ def _advertise(config: MeshConfig) -> bool:
     if config.mdns_interfaces:
         return True
     return not (config.host.startswith("127.") or config.host in ("::1", "localhost"))
-
-
-def _rpc_guard() -> Guard:
-    """A fresh guard for one stream: llama.cpp RPC commands checked one by one."""
-    from mongars_edge.split.rpcwire import RpcGuard  # type: ignore[import-not-found]
-
-    guard: Guard = RpcGuard()
-    return guard
 
 
 def _temperature() -> float:

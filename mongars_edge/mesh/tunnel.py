@@ -41,6 +41,7 @@ from mongars_edge.mesh.errors import (
     PeerUnavailableError,
     SplitVersionError,
 )
+from mongars_edge.split.rpcwire import RPC_PROTO, RpcGuard
 
 if TYPE_CHECKING:
     from mongars_edge.mesh.node import NodeState
@@ -92,7 +93,7 @@ def llama_build() -> str:
         import llama_cpp
     except ImportError:
         return ""
-    major, minor, patch = _rpc_proto()
+    major, minor, patch = RPC_PROTO
     build = f"llama-cpp-python {llama_cpp.__version__}"
     with contextlib.suppress(OSError, AttributeError):
         base = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
@@ -101,15 +102,6 @@ def llama_build() -> str:
         version, commit = base.ggml_version(), base.ggml_commit()
         build += f" ggml {version.decode()} ({commit.decode()})"
     return f"{build} rpc {major}.{minor}.{patch}"
-
-
-def _rpc_proto() -> tuple[int, int, int]:
-    try:
-        from mongars_edge.split.rpcwire import RPC_PROTO  # type: ignore[import-not-found]
-    except ImportError:
-        return (7, 0, 0)
-    proto: tuple[int, int, int] = tuple(RPC_PROTO)
-    return proto
 
 
 class _Stream:
@@ -149,6 +141,8 @@ class Tunnel:
         worker: Worker | None = None,
         guard: GuardFactory | None = None,
     ) -> None:
+        """`guard`: makes each stream's guard (default: RpcGuard bounded by the worker's
+        budget)."""
         self.node = node
         self.build = build
         self.worker = worker
@@ -204,6 +198,7 @@ class Tunnel:
     def drop(self, link: Link) -> None:
         """`link` is gone: its streams' local sockets close."""
         for stream in [s for s in self._streams.values() if s.link is link]:
+            log.debug("RPC stream %d with %s ends with its link", stream.sid, link.peer_id)
             self._end(stream, "")
 
     async def stop(self) -> None:
@@ -230,9 +225,12 @@ class Tunnel:
                 link.send(codec.RpcClose(sid, why))
             return
         assert self.worker is not None
-        assert self._guard is not None
         try:
-            guard = self._guard()
+            guard = (
+                self._guard()
+                if self._guard is not None
+                else RpcGuard(budget_bytes=self.worker.budget_bytes)
+            )
         except Exception as exc:  # no guard, no stream: nothing unchecked reaches the worker
             log.exception("no RPC guard for a stream of %s", link.peer_id)
             with contextlib.suppress(PeerUnavailableError):
@@ -250,7 +248,7 @@ class Tunnel:
             return f"stream id {sid} is already open"
         if self.node.key_of(link.peer_id) is None:
             return "not paired with this box"
-        if self.worker is None or self._guard is None:
+        if self.worker is None:
             return "this box offers no memory for splitting a model (split_offer_mb is 0)"
         if not self.worker.alive:
             return "this box's RPC worker is restarting; try again"
@@ -314,7 +312,6 @@ class Tunnel:
             writer.close()
             return
         stream = _Stream(link, link.new_id(), None)
-        stream.task = asyncio.current_task()
         self._streams[stream.key] = stream
         try:
             link.send(codec.RpcOpen(stream.sid))
@@ -322,7 +319,10 @@ class Tunnel:
             self._end(stream, "")
             writer.close()
             return
-        await self._pump(stream, reader, writer)
+        # Its own task, which `_end` may cancel: asyncio's server must not see this one end
+        # cancelled (it asks the handler's task for its exception).
+        stream.task = self.node.spawn(self._pump(stream, reader, writer))
+        await asyncio.wait({stream.task})
 
     # --- both sides ---------------------------------------------------------------------------
 
