@@ -23,7 +23,7 @@ from mongars_edge.mesh.tunnel import WINDOW, llama_build
 from mongars_edge.split.rpcwire import RPC_PROTO, Cmd
 from mongars_edge.split.worker import PORT, RpcWorker
 from tests.support.env import free_port
-from tests.support.mesh import fast_config, pair, until
+from tests.support.mesh import fast_config, pair, settled, until
 from tests.support.rpc import RpcClient, request, tensor
 
 # Links live through a starved test process (a busy CI box): a dropped link ends RPC streams.
@@ -64,25 +64,6 @@ async def linked(a: MeshService, b: MeshService) -> str:
 
     await until(offered)
     return bid
-
-
-async def settled(a: MeshService, b: MeshService) -> None:
-    """Wait for the one link both boxes keep. At first both dial (each by its static address
-    and by the member's address), and every link but one is replaced, with the streams it
-    carried: a test's stream must start on the link that stays."""
-    aid, bid = a.me.node_id, b.me.node_id
-
-    def kept() -> bool:
-        ab, ba = a.links.get(bid), b.links.get(aid)
-        return ab is not None and ba is not None and ab.dialled != ba.dialled
-
-    for _ in range(20):
-        await until(kept)
-        pair_now = (a.links[bid], b.links[aid])
-        await asyncio.sleep(5 * a.config.gossip_s)  # the dialers' next rounds found it linked
-        if (a.links.get(bid), b.links.get(aid)) == pair_now:
-            return
-    raise AssertionError("the links never settled")
 
 
 def worker_of(box: MeshService) -> RpcWorker:
