@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bytes of one direction of a stream in flight or queued at the receiver, at most.
-WINDOW: Final = 8 * codec.RPC_CHUNK
+WINDOW: Final = 2 * 1024 * 1024
 #: Credit is granted back in steps of this many bytes (not one RpcCredit per small command).
 _GRANT_STEP: Final = WINDOW // 4
 #: Streams one peer may hold open to this box's worker (llama.cpp opens one per device).

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import struct
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -346,3 +348,34 @@ async def test_a_peer_sending_past_its_window_is_refused_and_the_link_goes_on(
             silent.server.close()
         for w in silent.held:
             w.close()
+
+
+async def _generate(*args: str) -> list[int]:
+    """Greedy token ids from a child running llama.cpp (tests/support/rpc_generate.py)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.rpc_generate",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    tokens: list[int] = json.loads(out)
+    return tokens
+
+
+@pytest.mark.model
+async def test_llama_cpp_generates_through_the_tunnel_as_it_does_locally(
+    mesh: Mesh, smollm2: Path
+) -> None:
+    """Every layer of the 135M on B's worker, reached through A's endpoint: llama.cpp's own
+    RPC client, the real guard checking every command, greedy tokens identical to local."""
+    local = await _generate(str(smollm2), "16")
+    assert len(local) >= 8
+    async with mesh(0, 512) as (a, b):
+        bid = await linked(a, b)
+        endpoint = await a.rpc_endpoint(bid)
+        assert await _generate(str(smollm2), "16", endpoint) == local
+        assert worker_of(b).alive
