@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
+from mongars_edge.errors import MongarsError
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.errors import (
     BadMessageError,
@@ -261,7 +262,7 @@ class Tunnel:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 reader, writer = await connect()
-        except (MeshError, OSError, TimeoutError) as exc:
+        except (MongarsError, OSError, TimeoutError) as exc:
             self._end(stream, f"this box's RPC worker is not available ({exc})")
             return
         await self._pump(stream, reader, writer)
