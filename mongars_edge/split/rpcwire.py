@@ -193,7 +193,7 @@ def _unpack_tensor(raw: bytes | memoryview, offset: int = 0) -> _Tensor:
 
 
 def _tensor_of(f: tuple[Any, ...]) -> _Tensor:
-    name = f[49]
+    name = f[42]
     assert isinstance(name, bytes)
     return _Tensor(
         id=f[0],
@@ -203,9 +203,9 @@ def _tensor_of(f: tuple[Any, ...]) -> _Tensor:
         nb=f[7:11],
         op=f[11],
         op_param0=f[12],
-        src=f[34:44],
-        view_src=f[44],
-        data=f[46],
+        src=f[29:39],
+        view_src=f[39],
+        data=f[41],
         name_ok=b"\0" in name,
     )
 

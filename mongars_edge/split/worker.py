@@ -44,6 +44,7 @@ PORT = 50052  # inside the child's own network namespace: nobody else's port
 _HELLO = bytes([14]) + struct.pack("<Q", 24) + bytes(24)
 _MIN_FREE = 16 << 20  # the cache never fills its filesystem past this much free space
 _READY_TIMEOUT_S = 60.0
+_ROOT = str(Path(__file__).resolve().parents[2])  # the child runs the same mongars_edge
 
 
 class RpcWorkerError(MongarsError):
@@ -162,8 +163,7 @@ class RpcWorker:
             "threads": self.threads,
         }
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])  # the same mongars_edge as ours
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -409,6 +409,8 @@ _keep: list[object] = []  # callbacks C holds pointers to
 def _cap_device_memory(device: int, budget: int) -> None:
     """Make the device report at most `budget` bytes free and total (see the module doc)."""
     slot = ctypes.c_void_p.from_address(device + 2 * ctypes.sizeof(ctypes.c_void_p))
+    if not slot.value:
+        raise RpcWorkerError("llama.cpp's CPU device has no get_memory function")
     original = _GetMemory(slot.value)
 
     def capped(
