@@ -332,8 +332,8 @@ class Ping(Msg, frozen=True):
 # --- llama.cpp RPC streams (tunnel.py) ------------------------------------------------------------
 
 #: The most bytes one RpcData carries: a token or a telemetry message queued behind a stream
-#: waits for at most about this much (measured on loopback, 64 KiB moved weights as fast as
-#: 256 KiB or faster).
+#: waits for about this much more. 64, 128 and 256 KiB moved weights equally fast
+#: (bench/tunnel.py: the cost is per byte, sealing and copying).
 RPC_CHUNK: Final = 64 * 1024
 
 
