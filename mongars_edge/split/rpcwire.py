@@ -159,6 +159,8 @@ def _type_table() -> tuple[tuple[int, int], ...]:
     """(block size, bytes per block) of every ggml type, from the ggml we run."""
     import llama_cpp.llama_cpp as L
 
+    import mongars_edge.inference.lowlevel  # noqa: F401  (it closes what llama_cpp opens)
+
     lib = L._lib
     blck, size = lib.ggml_blck_size, lib.ggml_type_size
     blck.argtypes, blck.restype = [ctypes.c_int], ctypes.c_int64

@@ -221,6 +221,9 @@ class RpcWorker:
             assert proc is not None
             code = await proc.wait()
             self._ready = False
+            if self._ctl is not None:
+                self._ctl.close()
+                self._ctl = None
             if loop.time() - started >= self.backoff.healthy_after:
                 delay = self.backoff.first
             log.warning(
@@ -428,6 +431,7 @@ def _cap_device_memory(device: int, budget: int) -> None:
 def _serve(cache_dir: Path, budget: int, threads: int) -> threading.Thread:
     import llama_cpp.llama_cpp as L
 
+    import mongars_edge.inference.lowlevel  # noqa: F401  (it closes what llama_cpp opens)
     from mongars_edge.inference.backends import load_backends
 
     lib_dir = Path(L.__file__).parent / "lib"
