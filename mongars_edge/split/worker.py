@@ -159,6 +159,7 @@ class RpcWorker:
         config = {
             "fd": child.fileno(),
             "cache_dir": str(self.cache_dir),
+            "cache": self.cache_max_bytes > 0,
             "budget": self.budget_bytes,
             "threads": self.threads,
         }
@@ -428,7 +429,7 @@ def _cap_device_memory(device: int, budget: int) -> None:
     slot.value = ctypes.cast(callback, ctypes.c_void_p).value
 
 
-def _serve(cache_dir: Path, budget: int, threads: int) -> threading.Thread:
+def _serve(cache_dir: Path | None, budget: int, threads: int) -> threading.Thread:
     import llama_cpp.llama_cpp as L
 
     import mongars_edge.inference.lowlevel  # noqa: F401  (it closes what llama_cpp opens)
@@ -454,7 +455,8 @@ def _serve(cache_dir: Path, budget: int, threads: int) -> threading.Thread:
     start.restype = None
     devices = (ctypes.c_void_p * 1)(cpu)
     _keep.append(devices)
-    args = (f"127.0.0.1:{PORT}".encode(), str(cache_dir).encode(), threads, 1, devices)
+    cache = str(cache_dir).encode() if cache_dir is not None else None  # None: no tensor cache
+    args = (f"127.0.0.1:{PORT}".encode(), cache, threads, 1, devices)
     thread = threading.Thread(target=start, args=args, name="ggml-rpc", daemon=True)
     thread.start()
     return thread
@@ -489,7 +491,8 @@ def _child_main(argv: list[str]) -> int:
     cache_dir = Path(config["cache_dir"])
     try:
         enter_sandbox(cache_dir)
-        _wait_serving(_serve(cache_dir, int(config["budget"]), int(config["threads"])))
+        cached = cache_dir if config["cache"] else None
+        _wait_serving(_serve(cached, int(config["budget"]), int(config["threads"])))
     except (OSError, MongarsError) as exc:
         with contextlib.suppress(OSError):
             ctl.send(b"E" + str(exc).encode())

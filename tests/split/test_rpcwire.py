@@ -192,6 +192,18 @@ async def test_a_real_client_through_the_guard_generates_what_a_local_run_does(
         remote = await _generate(endpoint)
     assert relay.refusals == []
     assert remote == local
+    # Weights over llama.cpp's hash threshold (10 MiB) were kept in the worker's cache: a second
+    # load sends them no more.
+    cached = await asyncio.to_thread(
+        lambda: sum(p.stat().st_size for p in worker.cache_dir.iterdir())
+    )
+    assert cached > 10 << 20
+    async with _relay(worker) as (again, endpoint):
+        assert await _generate(endpoint) == local
+    assert again.refusals == []
+    sent_first = sum(len(b) for seen in relay.traffic for c, b in seen if c)
+    sent_again = sum(len(b) for seen in again.traffic for c, b in seen if c)
+    assert sent_again <= sent_first - cached
     to_worker = sum(len(b) for seen in relay.traffic for c, b in seen if c)
     assert to_worker > 50_000_000  # the weights went through the guard
     rate = to_worker / relay.guard_s / 1e6
