@@ -216,14 +216,21 @@ class RpcGuard:
     """Checks one RPC connection, both directions, fed in chunks of any size.
 
     `max_message` bounds any one request or reply; `budget_bytes`, when set, bounds the sum of
-    the buffers the client may ask the worker to allocate on this connection.
+    the buffers the client may ask the worker to allocate on this connection; `cached_size`,
+    when set, gives the size of the worker's cached tensor for a hash (None: not cached), so
+    that SET_TENSOR_HASH is checked too (`RpcWorker.cached_size`).
     """
 
     def __init__(
-        self, *, max_message: int = DEFAULT_MAX_MESSAGE, budget_bytes: int | None = None
+        self,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        budget_bytes: int | None = None,
+        cached_size: Callable[[int], int | None] | None = None,
     ) -> None:
         self.max_message = max_message
         self.budget_bytes = budget_bytes
+        self._cached_size = cached_size
         self.refused: str | None = None
         self._types = _type_table()
         self._buffers: dict[int, _Buffer] = {}
@@ -324,10 +331,22 @@ class RpcGuard:
             self._range(tensor, offset, size, cmd.name)
             arg = size
         elif cmd is Cmd.SET_TENSOR_HASH:
-            # The worker's cached file has whatever size it has: the server checks it against
-            # the buffer; the guard checks what it can, the tensor and the offset.
+            # The server writes the cached file, whatever its size, at the offset: one larger
+            # than the rest of the tensor aborts it (ggml_backend_tensor_set asserts), one
+            # smaller (truncated when its disk filled) would leave the tensor half written.
+            # llama.cpp hashes whole tensors: the file must fill the tensor from the offset.
             tensor = _unpack_tensor(p)
-            self._range(tensor, _U64.unpack_from(p, T)[0], 0, cmd.name)
+            offset, digest = struct.unpack_from("<QQ", p, T)
+            self._range(tensor, offset, 0, cmd.name)
+            size = self._cached_size(digest) if self._cached_size is not None else None
+            if size is not None:
+                self._range(tensor, offset, size, cmd.name)
+                nbytes = self._tensor(tensor, cmd.name, need_buffer=True)
+                if offset + size != nbytes:
+                    raise RpcRefused(
+                        f"RPC SET_TENSOR_HASH: the cached tensor {digest:016x} has {size} bytes, "
+                        f"the tensor needs {nbytes - offset} (a damaged cache file?)"
+                    )
         elif cmd is Cmd.COPY_TENSOR:
             copied = self._tensor(_unpack_tensor(p), "COPY_TENSOR source", need_buffer=True)
             dst = _unpack_tensor(p, T)

@@ -138,6 +138,16 @@ class RpcWorker:
         sock.setblocking(False)
         return await asyncio.open_connection(sock=sock)
 
+    def cached_size(self, digest: int) -> int | None:
+        """Size of the cached tensor llama.cpp stored under this hash (None: none cached);
+        RpcGuard's `cached_size` hook."""
+        if self.cache_max_bytes == 0:
+            return None
+        try:
+            return (self.cache_dir / f"{digest:016x}").stat().st_size
+        except OSError:
+            return None
+
     async def stop(self) -> None:
         """Stop the child and the supervisor; the cache stays."""
         self._stopping = True

@@ -119,7 +119,7 @@ class Relay:
     guard_s: float = 0.0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        guard = RpcGuard()
+        guard = RpcGuard(cached_size=self.worker.cached_size)
         self.guards.append(guard)
         seen: list[tuple[bool, bytes]] = []
         self.traffic.append(seen)
@@ -327,6 +327,25 @@ async def test_a_tensor_written_through_the_guard_reads_back(worker: RpcWorker) 
         await s.send(_frame(Cmd.SET_TENSOR, tensor + b"\0" + struct.pack("<Q", 0) + payload))
         await s.send(_frame(Cmd.GET_TENSOR, tensor + struct.pack("<QQ", 0, len(payload))))
         assert await s.reply(len(payload)) == payload
+
+
+@pytest.mark.model
+async def test_a_cached_tensor_must_fill_its_tensor(worker: RpcWorker) -> None:
+    """SET_TENSOR_HASH loads a file of the worker's cache into a tensor: one of the wrong size
+    (a truncated write, a forged hash) is refused; one that fits loads."""
+    good, bad = 0x1234, 0x5678
+    payload = bytes(range(256)) * 4
+    await asyncio.to_thread((worker.cache_dir / f"{good:016x}").write_bytes, payload)
+    await asyncio.to_thread((worker.cache_dir / f"{bad:016x}").write_bytes, payload[:100])
+    guard = RpcGuard(cached_size=worker.cached_size)
+    async with _session(worker, guard) as s:
+        tensor = _tensor(buffer=s.buffer, data=s.base)
+        await s.send(_frame(Cmd.SET_TENSOR_HASH, tensor + struct.pack("<QQ", 0, good)))
+        assert await s.reply(1) == b"\1"
+        await s.send(_frame(Cmd.GET_TENSOR, tensor + struct.pack("<QQ", 0, len(payload))))
+        assert await s.reply(len(payload)) == payload
+        with pytest.raises(RpcRefused, match="damaged"):
+            await s.send(_frame(Cmd.SET_TENSOR_HASH, tensor + struct.pack("<QQ", 0, bad)))
 
 
 def _forgeries(buffer: int, base: int) -> dict[str, tuple[bytes, str]]:
