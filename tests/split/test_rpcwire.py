@@ -410,6 +410,22 @@ async def test_a_forged_frame_is_refused_and_the_worker_survives(
 
 
 @pytest.mark.model
+async def test_a_hello_of_another_protocol_version_never_reaches_the_worker(
+    worker: RpcWorker,
+) -> None:
+    pid = worker.pid
+    s = _Session(*await worker.connect(), RpcGuard())
+    try:
+        with pytest.raises(RpcRefused, match=r"RPC protocol 7\.0\.0"):
+            await s.send(_frame(Cmd.HELLO, b""))  # protocol 6's HELLO
+    finally:
+        s.close()
+    async with _session(worker):
+        pass
+    assert worker.alive and worker.pid == pid
+
+
+@pytest.mark.model
 async def test_unguarded_the_same_forgery_kills_the_worker_which_restarts(
     worker: RpcWorker,
 ) -> None:

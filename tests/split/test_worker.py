@@ -225,3 +225,31 @@ def test_the_cache_keeps_the_newest_files_within_its_bound(tmp_path: Path) -> No
     assert trim_cache(tmp_path, 2500) == 3000
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:016x}" for i in (3, 4)]
     assert trim_cache(tmp_path, 2500) == 0
+
+
+@pytest.mark.model
+async def test_the_worker_bounds_its_cache_at_start_and_while_it_runs(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    now = time.time()
+
+    def fill(names: range) -> None:
+        for i in names:
+            path = cache / f"{i:016x}"
+            path.write_bytes(bytes(1000))
+            os.utime(path, (now + i, now + i))
+
+    await asyncio.to_thread(fill, range(4))
+    worker = RpcWorker(cache, budget_bytes=1 << 20, threads=1, cache_max_bytes=1500,
+                       trim_every_s=0.05)  # fmt: skip
+    await worker.start()
+    try:
+        assert sorted(p.name for p in cache.iterdir()) == [f"{3:016x}"]
+        await asyncio.to_thread(fill, range(10, 13))  # as a load would write them
+        for _ in range(200):
+            if len(list(cache.iterdir())) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(p.name for p in cache.iterdir()) == [f"{12:016x}"]
+    finally:
+        await worker.stop()
