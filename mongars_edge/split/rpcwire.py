@@ -483,6 +483,7 @@ class RpcGuard:
                 f"RPC GRAPH_COMPUTE of {len(p)} bytes does not hold {n_tensors} tensors"
             )
         depth: dict[int, int] = {}
+        sent: dict[int, _Tensor] = {}
         body = p[after_nodes + 4 :]
         for fields in TENSOR.iter_unpack(body):
             t = _tensor_of(fields)
@@ -500,8 +501,80 @@ class RpcGuard:
             if level >= _MAX_GRAPH_DEPTH:
                 raise RpcRefused("RPC GRAPH_COMPUTE: graph deeper than any model's")
             depth[t.id] = level + 1
+            sent[t.id] = t
+            _check_shapes(t, [sent[i] if i else None for i in t.src[:4]])
         if len(set(nodes)) != n_nodes or not all(node in depth for node in nodes):
             raise RpcRefused("RPC GRAPH_COMPUTE: graph nodes repeated, zero or not sent")
+
+
+# Operations whose result has its first source's shape, and the element-wise binary ones
+# (whose second source repeats into the first). ggml's constructors assert these shapes and its
+# CPU kernels rely on them: a result smaller than its sources would be written past its end.
+_SAME_SHAPE = frozenset(
+    OP_NAMES.index(name)
+    for name in _words(
+        "SQR SQRT LOG NORM RMS_NORM L2_NORM GROUP_NORM SCALE CLAMP UNARY SOFT_MAX ROPE CUMSUM "
+        "TRI FILL ARGSORT ADD SUB MUL DIV"
+    )
+)
+_BINARY = frozenset(OP_NAMES.index(name) for name in ("ADD", "SUB", "MUL", "DIV"))
+_OP = {
+    name: OP_NAMES.index(name) for name in ("MUL_MAT", "GET_ROWS", "SET_ROWS", "GLU", "CPY", "CONT")
+}
+_OP_FLASH = OP_NAMES.index("FLASH_ATTN_EXT")
+
+
+def _check_shapes(t: _Tensor, src: list[_Tensor | None]) -> None:
+    """Refuse a graph node whose shape ggml's constructor for its operation would not make
+    (for the operations whose kernels write by their sources' shapes)."""
+    op, ne = t.op, t.ne
+    a, b = src[0], src[1]
+    ok = True
+    if op in _SAME_SHAPE:
+        ok = a is not None and ne == a.ne
+        if ok and op in _BINARY:
+            ok = b is not None and all(y and x % y == 0 for x, y in zip(a.ne, b.ne, strict=True))  # type: ignore[union-attr]
+    elif op == _OP["MUL_MAT"]:
+        ok = (
+            a is not None
+            and b is not None
+            and a.ne[0] == b.ne[0]
+            and a.ne[2] > 0
+            and a.ne[3] > 0
+            and b.ne[2] % a.ne[2] == 0
+            and b.ne[3] % a.ne[3] == 0
+            and ne == (a.ne[1], b.ne[1], b.ne[2], b.ne[3])
+        )
+    elif op == _OP["GET_ROWS"]:
+        ok = a is not None and b is not None and ne == (a.ne[0], b.ne[0], b.ne[1], b.ne[2])
+    elif op == _OP["SET_ROWS"]:  # sources: the rows, their indices; the result views the target
+        ok = a is not None and b is not None and a.ne[0] == ne[0] and b.ne[0] == a.ne[1]
+    elif op == _OP["GLU"]:
+        ok = a is not None and ne[1:] == a.ne[1:] and ne[0] <= a.ne[0]
+    elif op == _OP["CPY"]:
+        ok = a is not None and b is not None and _count(a) == _count(b) and ne == b.ne
+    elif op == _OP["CONT"]:
+        ok = a is not None and _count(a) == _count(t)
+    elif op == _OP_FLASH:
+        q, k, v = src[0], src[1], src[2]
+        ok = (
+            q is not None
+            and k is not None
+            and v is not None
+            and q.ne[0] == k.ne[0]
+            and k.ne[1] == v.ne[1]
+            and ne == (v.ne[0], q.ne[2], q.ne[1], q.ne[3])
+        )
+    if not ok:
+        shapes = ", ".join(str(s.ne) for s in src if s is not None)
+        raise RpcRefused(
+            f"RPC GRAPH_COMPUTE: {OP_NAMES[op]} of shape {ne} from sources of shapes {shapes} "
+            "is not one ggml builds"
+        )
+
+
+def _count(t: _Tensor) -> int:
+    return t.ne[0] * t.ne[1] * t.ne[2] * t.ne[3]
 
 
 def _nbytes(t: _Tensor, blck: int, type_size: int) -> int:

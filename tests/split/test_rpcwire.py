@@ -101,7 +101,8 @@ async def _generate(endpoint: str | None) -> list[int]:
         sys.executable, "-c", code, *args, stdout=asyncio.subprocess.PIPE
     )
     out, _ = await proc.communicate()
-    assert proc.returncode == 0, out
+    if proc.returncode != 0:  # llama.cpp's RPC client aborts when its link breaks
+        return []
     result: list[int] = json.loads(out.decode().strip().splitlines()[-1])
     return result
 
@@ -188,6 +189,7 @@ async def test_a_real_client_through_the_guard_generates_what_a_local_run_does(
     worker: RpcWorker,
 ) -> None:
     local = await _generate(None)
+    assert len(local) == _N_TOKENS
     async with _relay(worker) as (relay, endpoint):
         remote = await _generate(endpoint)
     assert relay.refusals == []
@@ -375,6 +377,11 @@ def _forgeries(buffer: int, base: int) -> dict[str, tuple[bytes, str]]:
                    + struct.pack("<QQ", 0, 4)), "outside its buffer"),
         "element count overflow": (
             _frame(Cmd.INIT_TENSOR, _tensor(buffer=0, data=0, ne=(2**32 - 1,) * 4)), "too large"),
+        "matrix product written past its result": (_graph(
+            _tensor(buffer=buffer, data=base, ne=(256, 64, 1, 1), tid=1),
+            _tensor(buffer=buffer, data=base + (64 << 10), ne=(256, 8, 1, 1), tid=2),
+            _tensor(buffer=buffer, data=base + (128 << 10), n=1, op="MUL_MAT", tid=3, src=(1, 2)),
+            nodes=(3,)), "MUL_MAT of shape (1, 1, 1, 1)"),
         "graph node never sent": (_graph(leaf, nodes=(7,)), "not sent"),
         "graph cycle": (_graph(_tensor(buffer=buffer, data=base, op="ADD", src=(1,))),
                         "not sent before"),
