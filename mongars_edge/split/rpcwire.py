@@ -159,6 +159,8 @@ def _type_table() -> tuple[tuple[int, int], ...]:
     """(block size, bytes per block) of every ggml type, from the ggml we run."""
     import llama_cpp.llama_cpp as L
 
+    import mongars_edge.inference.lowlevel  # noqa: F401  (it closes what llama_cpp opens)
+
     lib = L._lib
     blck, size = lib.ggml_blck_size, lib.ggml_type_size
     blck.argtypes, blck.restype = [ctypes.c_int], ctypes.c_int64
@@ -214,14 +216,21 @@ class RpcGuard:
     """Checks one RPC connection, both directions, fed in chunks of any size.
 
     `max_message` bounds any one request or reply; `budget_bytes`, when set, bounds the sum of
-    the buffers the client may ask the worker to allocate on this connection.
+    the buffers the client may ask the worker to allocate on this connection; `cached_size`,
+    when set, gives the size of the worker's cached tensor for a hash (None: not cached), so
+    that SET_TENSOR_HASH is checked too (`RpcWorker.cached_size`).
     """
 
     def __init__(
-        self, *, max_message: int = DEFAULT_MAX_MESSAGE, budget_bytes: int | None = None
+        self,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        budget_bytes: int | None = None,
+        cached_size: Callable[[int], int | None] | None = None,
     ) -> None:
         self.max_message = max_message
         self.budget_bytes = budget_bytes
+        self._cached_size = cached_size
         self.refused: str | None = None
         self._types = _type_table()
         self._buffers: dict[int, _Buffer] = {}
@@ -322,10 +331,22 @@ class RpcGuard:
             self._range(tensor, offset, size, cmd.name)
             arg = size
         elif cmd is Cmd.SET_TENSOR_HASH:
-            # The worker's cached file has whatever size it has: the server checks it against
-            # the buffer; the guard checks what it can, the tensor and the offset.
+            # The server writes the cached file, whatever its size, at the offset: one larger
+            # than the rest of the tensor aborts it (ggml_backend_tensor_set asserts), one
+            # smaller (truncated when its disk filled) would leave the tensor half written.
+            # llama.cpp hashes whole tensors: the file must fill the tensor from the offset.
             tensor = _unpack_tensor(p)
-            self._range(tensor, _U64.unpack_from(p, T)[0], 0, cmd.name)
+            offset, digest = struct.unpack_from("<QQ", p, T)
+            self._range(tensor, offset, 0, cmd.name)
+            size = self._cached_size(digest) if self._cached_size is not None else None
+            if size is not None:
+                self._range(tensor, offset, size, cmd.name)
+                nbytes = self._tensor(tensor, cmd.name, need_buffer=True)
+                if offset + size != nbytes:
+                    raise RpcRefused(
+                        f"RPC SET_TENSOR_HASH: the cached tensor {digest:016x} has {size} bytes, "
+                        f"the tensor needs {nbytes - offset} (a damaged cache file?)"
+                    )
         elif cmd is Cmd.COPY_TENSOR:
             copied = self._tensor(_unpack_tensor(p), "COPY_TENSOR source", need_buffer=True)
             dst = _unpack_tensor(p, T)
@@ -462,6 +483,7 @@ class RpcGuard:
                 f"RPC GRAPH_COMPUTE of {len(p)} bytes does not hold {n_tensors} tensors"
             )
         depth: dict[int, int] = {}
+        sent: dict[int, _Tensor] = {}
         body = p[after_nodes + 4 :]
         for fields in TENSOR.iter_unpack(body):
             t = _tensor_of(fields)
@@ -479,8 +501,80 @@ class RpcGuard:
             if level >= _MAX_GRAPH_DEPTH:
                 raise RpcRefused("RPC GRAPH_COMPUTE: graph deeper than any model's")
             depth[t.id] = level + 1
+            sent[t.id] = t
+            _check_shapes(t, [sent[i] if i else None for i in t.src[:4]])
         if len(set(nodes)) != n_nodes or not all(node in depth for node in nodes):
             raise RpcRefused("RPC GRAPH_COMPUTE: graph nodes repeated, zero or not sent")
+
+
+# Operations whose result has its first source's shape, and the element-wise binary ones
+# (whose second source repeats into the first). ggml's constructors assert these shapes and its
+# CPU kernels rely on them: a result smaller than its sources would be written past its end.
+_SAME_SHAPE = frozenset(
+    OP_NAMES.index(name)
+    for name in _words(
+        "SQR SQRT LOG NORM RMS_NORM L2_NORM GROUP_NORM SCALE CLAMP UNARY SOFT_MAX ROPE CUMSUM "
+        "TRI FILL ARGSORT ADD SUB MUL DIV"
+    )
+)
+_BINARY = frozenset(OP_NAMES.index(name) for name in ("ADD", "SUB", "MUL", "DIV"))
+_OP = {
+    name: OP_NAMES.index(name) for name in ("MUL_MAT", "GET_ROWS", "SET_ROWS", "GLU", "CPY", "CONT")
+}
+_OP_FLASH = OP_NAMES.index("FLASH_ATTN_EXT")
+
+
+def _check_shapes(t: _Tensor, src: list[_Tensor | None]) -> None:
+    """Refuse a graph node whose shape ggml's constructor for its operation would not make
+    (for the operations whose kernels write by their sources' shapes)."""
+    op, ne = t.op, t.ne
+    a, b = src[0], src[1]
+    ok = True
+    if op in _SAME_SHAPE:
+        ok = a is not None and ne == a.ne
+        if ok and op in _BINARY:
+            ok = b is not None and all(y and x % y == 0 for x, y in zip(a.ne, b.ne, strict=True))  # type: ignore[union-attr]
+    elif op == _OP["MUL_MAT"]:
+        ok = (
+            a is not None
+            and b is not None
+            and a.ne[0] == b.ne[0]
+            and a.ne[2] > 0
+            and a.ne[3] > 0
+            and b.ne[2] % a.ne[2] == 0
+            and b.ne[3] % a.ne[3] == 0
+            and ne == (a.ne[1], b.ne[1], b.ne[2], b.ne[3])
+        )
+    elif op == _OP["GET_ROWS"]:
+        ok = a is not None and b is not None and ne == (a.ne[0], b.ne[0], b.ne[1], b.ne[2])
+    elif op == _OP["SET_ROWS"]:  # sources: the rows, their indices; the result views the target
+        ok = a is not None and b is not None and a.ne[0] == ne[0] and b.ne[0] == a.ne[1]
+    elif op == _OP["GLU"]:
+        ok = a is not None and ne[1:] == a.ne[1:] and ne[0] <= a.ne[0]
+    elif op == _OP["CPY"]:
+        ok = a is not None and b is not None and _count(a) == _count(b) and ne == b.ne
+    elif op == _OP["CONT"]:
+        ok = a is not None and _count(a) == _count(t)
+    elif op == _OP_FLASH:
+        q, k, v = src[0], src[1], src[2]
+        ok = (
+            q is not None
+            and k is not None
+            and v is not None
+            and q.ne[0] == k.ne[0]
+            and k.ne[1] == v.ne[1]
+            and ne == (v.ne[0], q.ne[2], q.ne[1], q.ne[3])
+        )
+    if not ok:
+        shapes = ", ".join(str(s.ne) for s in src if s is not None)
+        raise RpcRefused(
+            f"RPC GRAPH_COMPUTE: {OP_NAMES[op]} of shape {ne} from sources of shapes {shapes} "
+            "is not one ggml builds"
+        )
+
+
+def _count(t: _Tensor) -> int:
+    return t.ne[0] * t.ne[1] * t.ne[2] * t.ne[3]
 
 
 def _nbytes(t: _Tensor, blck: int, type_size: int) -> int:

@@ -138,6 +138,16 @@ class RpcWorker:
         sock.setblocking(False)
         return await asyncio.open_connection(sock=sock)
 
+    def cached_size(self, digest: int) -> int | None:
+        """Size of the cached tensor llama.cpp stored under this hash (None: none cached);
+        RpcGuard's `cached_size` hook."""
+        if self.cache_max_bytes == 0:
+            return None
+        try:
+            return (self.cache_dir / f"{digest:016x}").stat().st_size
+        except OSError:
+            return None
+
     async def stop(self) -> None:
         """Stop the child and the supervisor; the cache stays."""
         self._stopping = True
@@ -159,6 +169,7 @@ class RpcWorker:
         config = {
             "fd": child.fileno(),
             "cache_dir": str(self.cache_dir),
+            "cache": self.cache_max_bytes > 0,
             "budget": self.budget_bytes,
             "threads": self.threads,
         }
@@ -221,6 +232,9 @@ class RpcWorker:
             assert proc is not None
             code = await proc.wait()
             self._ready = False
+            if self._ctl is not None:
+                self._ctl.close()
+                self._ctl = None
             if loop.time() - started >= self.backoff.healthy_after:
                 delay = self.backoff.first
             log.warning(
@@ -425,9 +439,10 @@ def _cap_device_memory(device: int, budget: int) -> None:
     slot.value = ctypes.cast(callback, ctypes.c_void_p).value
 
 
-def _serve(cache_dir: Path, budget: int, threads: int) -> threading.Thread:
+def _serve(cache_dir: Path | None, budget: int, threads: int) -> threading.Thread:
     import llama_cpp.llama_cpp as L
 
+    import mongars_edge.inference.lowlevel  # noqa: F401  (it closes what llama_cpp opens)
     from mongars_edge.inference.backends import load_backends
 
     lib_dir = Path(L.__file__).parent / "lib"
@@ -450,7 +465,8 @@ def _serve(cache_dir: Path, budget: int, threads: int) -> threading.Thread:
     start.restype = None
     devices = (ctypes.c_void_p * 1)(cpu)
     _keep.append(devices)
-    args = (f"127.0.0.1:{PORT}".encode(), str(cache_dir).encode(), threads, 1, devices)
+    cache = str(cache_dir).encode() if cache_dir is not None else None  # None: no tensor cache
+    args = (f"127.0.0.1:{PORT}".encode(), cache, threads, 1, devices)
     thread = threading.Thread(target=start, args=args, name="ggml-rpc", daemon=True)
     thread.start()
     return thread
@@ -485,7 +501,8 @@ def _child_main(argv: list[str]) -> int:
     cache_dir = Path(config["cache_dir"])
     try:
         enter_sandbox(cache_dir)
-        _wait_serving(_serve(cache_dir, int(config["budget"]), int(config["threads"])))
+        cached = cache_dir if config["cache"] else None
+        _wait_serving(_serve(cached, int(config["budget"]), int(config["threads"])))
     except (OSError, MongarsError) as exc:
         with contextlib.suppress(OSError):
             ctl.send(b"E" + str(exc).encode())
