@@ -142,8 +142,7 @@ class Tunnel:
         worker: Worker | None = None,
         guard: GuardFactory | None = None,
     ) -> None:
-        """`guard`: makes each stream's guard (default: RpcGuard bounded by the worker's
-        budget)."""
+        """`guard`: makes each stream's guard (default: `_default_guard`)."""
         self.node = node
         self.build = build
         self.worker = worker
@@ -227,11 +226,7 @@ class Tunnel:
             return
         assert self.worker is not None
         try:
-            guard = (
-                self._guard()
-                if self._guard is not None
-                else RpcGuard(budget_bytes=self.worker.budget_bytes)
-            )
+            guard = self._guard() if self._guard is not None else self._default_guard()
         except Exception as exc:  # no guard, no stream: nothing unchecked reaches the worker
             log.exception("no RPC guard for a stream of %s", link.peer_id)
             with contextlib.suppress(PeerUnavailableError):
@@ -240,6 +235,12 @@ class Tunnel:
         stream = _Stream(link, sid, guard)
         self._streams[stream.key] = stream
         stream.task = self.node.spawn(self._serve(stream, self.worker.connect))
+
+    def _default_guard(self) -> Guard:
+        """RpcGuard bounded by the worker's budget, checking cached tensors against its cache."""
+        assert self.worker is not None
+        cached: Callable[[int], int | None] | None = getattr(self.worker, "cached_size", None)
+        return RpcGuard(budget_bytes=self.worker.budget_bytes, cached_size=cached)
 
     def _why_not_open(self, link: Link, sid: int) -> str:
         """Why a peer's RpcOpen is refused ("" when it is not)."""
