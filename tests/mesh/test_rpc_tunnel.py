@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import signal
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -379,3 +381,24 @@ async def test_llama_cpp_generates_through_the_tunnel_as_it_does_locally(
         endpoint = await a.rpc_endpoint(bid)
         assert await _generate(str(smollm2), "16", endpoint) == local
         assert worker_of(b).alive
+
+
+async def test_a_worker_that_dies_ends_the_stream_and_serves_again_once_restarted(
+    mesh: Mesh,
+) -> None:
+    async with mesh(0, 64) as (a, b):
+        bid = await linked(a, b)
+        endpoint = await a.rpc_endpoint(bid)
+        client = await RpcClient.connect(endpoint)
+        assert await client.hello() == RPC_PROTO
+        worker = worker_of(b)
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        async with asyncio.timeout(10):  # a hang guard: the client sees the end of its stream
+            assert await client.ended()
+        client.close()
+        await until(lambda: worker.alive and worker.pid != pid, limit_s=60)
+        again = await RpcClient.connect(endpoint)
+        assert await again.hello() == RPC_PROTO
+        again.close()
