@@ -84,6 +84,8 @@ class MeshService:
         self.dialer = Dialer(self.node, self._run_link)
         self.tunnel = Tunnel(self.node, build=llama_build(), worker=rpc_worker, guard=rpc_guard)
         self._own_worker: RpcWorker | None = None  # started here (split_offer_mb)
+        #: Why this box does not offer the memory `split_offer_mb` asks for ("" when it does).
+        self.split_problem = ""
 
     # What the Runtime, the web edge and the tests read: the node's own state.
     @property
@@ -193,16 +195,17 @@ class MeshService:
 
         config = self.node.config
         budget = config.split_offer_mb * 1024 * 1024
-        worker = RpcWorker(
-            self.node.data_dir / "split-cache",
-            budget_bytes=budget,
-            threads=config.split_threads or (os.cpu_count() or 1),
-            cache_max_bytes=2 * budget,
-        )
         try:
+            worker = RpcWorker(
+                self.node.data_dir / "split-cache",
+                budget_bytes=budget,
+                threads=config.split_threads or (os.cpu_count() or 1),
+                cache_max_bytes=2 * budget,
+            )
             await worker.start()
-        except MongarsError as exc:
-            log.error("not offering memory for splitting: the RPC worker did not start: %s", exc)
+        except (MongarsError, OSError) as exc:
+            self.split_problem = f"split_offer_mb is set but the RPC worker did not start: {exc}"
+            log.error("%s", self.split_problem)
             return
         self._own_worker = worker
         self.tunnel.worker = worker

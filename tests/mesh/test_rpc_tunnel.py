@@ -402,3 +402,15 @@ async def test_a_worker_that_dies_ends_the_stream_and_serves_again_once_restarte
         again = await RpcClient.connect(endpoint)
         assert await again.hello() == RPC_PROTO
         again.close()
+
+
+async def test_a_worker_that_cannot_start_is_a_clear_problem_and_no_offer(tmp_path: Path) -> None:
+    data = tmp_path / "box"
+    data.mkdir()
+    (data / "split-cache").write_text("a file where the worker's cache would be")
+    async with MeshService.open(fast_config(free_port(), [], split_offer_mb=64), data, None) as b:
+        assert "split_offer_mb is set but the RPC worker did not start" in b.split_problem
+        assert "split-cache" in b.split_problem
+        assert b.tunnel.worker is None
+        assert b._telemetry().split_budget == 0
+        assert b._telemetry().llama_build == llama_build()  # still said: hosts can compare
