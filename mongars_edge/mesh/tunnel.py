@@ -279,6 +279,9 @@ class Tunnel:
         if server is None:
             accept = functools.partial(self._accept, peer_id)
             server = await asyncio.start_server(accept, "127.0.0.1", 0)
+            if peer_id in self._listeners:  # another caller opened one meanwhile
+                server.close()
+                server = self._listeners[peer_id]
             self._listeners[peer_id] = server
         host, port = server.sockets[0].getsockname()[:2]
         return f"{host}:{port}"
