@@ -417,3 +417,47 @@ async def test_a_worker_that_cannot_start_is_a_clear_problem_and_no_offer(tmp_pa
         assert b.tunnel.worker is None
         assert b._telemetry().split_budget == 0
         assert b._telemetry().llama_build == llama_build()  # still said: hosts can compare
+
+
+async def test_a_stalled_stream_holds_a_window_and_the_link_keeps_carrying_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Weights written to a worker that stops reading: the client is held back by its own
+    socket, at most WINDOW bytes wait in each box, and telemetry keeps flowing both ways."""
+    silent = _SilentWorker()
+    ports = [free_port(), free_port()]
+    async with (
+        MeshService.open(
+            fast_config(ports[0], [ports[1]], idle_timeout_s=10.0), tmp_path / "a", None
+        ) as a,
+        MeshService.open(
+            fast_config(ports[1], [ports[0]], idle_timeout_s=10.0),
+            tmp_path / "b",
+            None,
+            rpc_worker=silent,
+            rpc_guard=_PassGuard,
+        ) as b,
+    ):
+        bid = await linked(a, b)
+        client = await RpcClient.connect(await a.rpc_endpoint(bid))
+        writing = asyncio.ensure_future(client.send(bytes(64 << 20)))
+        await until(lambda: len(a.tunnel._streams) == 1)
+        [host] = a.tunnel._streams.values()
+        await until(lambda: host.credit == 0)  # A sent a whole window, and waits for credit
+        await until(lambda: len(b.tunnel._streams) == 1)
+        [worker_side] = b.tunnel._streams.values()
+        seen = (a.peers[bid].telemetry_at, b.peers[a.me.node_id].telemetry_at)
+        await until(
+            lambda: (
+                a.peers[bid].telemetry_at > seen[0] and b.peers[a.me.node_id].telemetry_at > seen[1]
+            )
+        )
+        assert not writing.done()  # the client is held back
+        assert sum(len(d) for d in worker_side.inbox) <= WINDOW
+        assert host.credit == 0 and not host.inbox
+        writing.cancel()
+        client.close()
+        if silent.server is not None:
+            silent.server.close()
+        for w in silent.held:
+            w.close()
