@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mongars_edge.split.rpcwire import (
     ALLOWED_OPS,
@@ -525,3 +527,84 @@ def test_the_guard_matches_the_llama_cpp_source_it_was_built_from() -> None:
     cpp = _header("ggml/src/ggml-rpc/ggml-rpc.cpp")
     assert "static_assert(RPC_CMD_HELLO == 14" in cpp and T == 296
     assert {"CUSTOM", "MAP_CUSTOM1", "MAP_CUSTOM2", "MAP_CUSTOM3"}.isdisjoint(ALLOWED_OPS)
+
+
+def _opened_guard() -> RpcGuard:
+    """A guard past HELLO, with one 1 MiB buffer at 0x10000 (as a worker would have replied)."""
+    guard = RpcGuard()
+    guard.from_client(_frame(Cmd.HELLO, bytes(24)))
+    guard.from_server(_hello_reply(RPC_PROTO))
+    guard.from_client(_frame(Cmd.ALLOC_BUFFER, struct.pack("<IQ", 0, _BUF_SIZE)))
+    guard.from_server(struct.pack("<QQQ", 16, 0xB0F, _BUF_SIZE))
+    guard.from_client(_frame(Cmd.BUFFER_GET_BASE, struct.pack("<Q", 0xB0F)))
+    guard.from_server(struct.pack("<QQ", 8, 0x10000))
+    return guard
+
+
+@given(st.binary(max_size=2048))
+def test_any_bytes_from_a_client_pass_or_are_refused_never_crash(data: bytes) -> None:
+    with contextlib.suppress(RpcRefused):
+        _opened_guard().from_client(data)
+
+
+_U32 = st.one_of(st.integers(0, 4096), st.integers(0, 2**32 - 1))
+_TENSORS = st.builds(
+    lambda tid, typ, buf, ne, nb, op, p0, src, data, name: TENSOR.pack(
+        tid, typ, buf, *ne, *nb, op, p0, *[0] * 15, 0, *src, 0, 0, data, name, 0
+    ),
+    st.integers(0, 3),
+    st.integers(0, TYPE_COUNT + 2),
+    st.sampled_from([0, 0xB0F, 0xDEAD]),
+    st.lists(_U32, min_size=4, max_size=4),
+    st.lists(_U32, min_size=4, max_size=4),
+    st.integers(0, len(OP_NAMES) + 2),
+    st.integers(-2, 30),
+    st.lists(st.integers(0, 3), min_size=10, max_size=10),
+    st.one_of(st.just(0), st.integers(0x10000, 0x10000 + _BUF_SIZE), st.integers(0, 2**64 - 1)),
+    st.binary(min_size=64, max_size=64),
+)
+_TENSOR_COMMANDS = [
+    Cmd.INIT_TENSOR,
+    Cmd.GET_TENSOR,
+    Cmd.MEMSET_TENSOR,
+    Cmd.SET_TENSOR_HASH,
+    Cmd.COPY_TENSOR,
+    Cmd.GET_ALLOC_SIZE,
+    Cmd.SET_TENSOR,
+    Cmd.GRAPH_COMPUTE,
+]
+
+
+@given(st.sampled_from(_TENSOR_COMMANDS), st.lists(_TENSORS, min_size=1, max_size=11),
+       st.lists(st.integers(0, 2**64 - 1), min_size=2, max_size=2))  # fmt: skip
+def test_any_tensor_in_any_command_passes_or_is_refused_never_crash(
+    cmd: Cmd, tensors: list[bytes], numbers: list[int]
+) -> None:
+    """Structured tensors (mostly plausible fields) in every command that carries tensors."""
+    offset, size = numbers
+    if cmd is Cmd.GRAPH_COMPUTE:
+        frame = _graph(*tensors, nodes=(1,))
+    elif cmd is Cmd.SET_TENSOR:
+        frame = _frame(cmd, tensors[0] + b"\0" + struct.pack("<Q", offset) + bytes(size % 2048))
+    else:
+        count = {Cmd.COPY_TENSOR: 2, Cmd.GET_ALLOC_SIZE: 11}.get(cmd, 1)
+        extra = {Cmd.GET_TENSOR: 16, Cmd.MEMSET_TENSOR: 17, Cmd.SET_TENSOR_HASH: 16}.get(cmd, 0)
+        body = b"".join((tensors * 11)[:count]) + struct.pack("<QQ", offset, size)[:extra]
+        body += bytes(extra - min(extra, 16))
+        frame = _frame(cmd, bytes(4) + body if cmd is Cmd.GET_ALLOC_SIZE else body)
+    guard = _opened_guard()
+    with contextlib.suppress(RpcRefused):
+        guard.from_client(frame)
+        # a reply of the right size, when the command has one
+        if cmd in (Cmd.GET_TENSOR, Cmd.COPY_TENSOR, Cmd.SET_TENSOR_HASH, Cmd.GET_ALLOC_SIZE):
+            n = {Cmd.GET_TENSOR: size, Cmd.GET_ALLOC_SIZE: 8}.get(cmd, 1)
+            guard.from_server(struct.pack("<Q", n) + bytes(min(n, 64)))
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=4, max_size=4), st.sampled_from(OP_NAMES))
+def test_any_graph_node_passes_or_is_refused_never_crash(ne: list[int], op: str) -> None:
+    leaf = _tensor(buffer=0xB0F, data=0x10000, tid=1)
+    node = _tensor(buffer=0xB0F, data=0x10000, tid=2, op=op, src=(1, 1, 1),
+                   ne=(ne[0], ne[1], ne[2], ne[3]))  # fmt: skip
+    with contextlib.suppress(RpcRefused):
+        _opened_guard().from_client(_graph(leaf, node, nodes=(2,)))
