@@ -128,6 +128,23 @@ class MeshService:
     def first_forward_at(self) -> float | None:
         return self.node.first_forward_at
 
+    def split_offers(self) -> dict[str, int]:
+        """Linked members with fresh telemetry offering memory on this box's llama.cpp build:
+        node id -> bytes offered (what a split host places layers by)."""
+        out = {}
+        for node_id, peer in self.node.peers.items():
+            t = peer.telemetry
+            if (
+                node_id in self.node.links
+                and self.node.key_of(node_id) is not None
+                and peer.fresh()
+                and t is not None
+                and t.split_budget > 0
+                and t.llama_build == self.tunnel.build
+            ):
+                out[node_id] = t.split_budget
+        return out
+
     async def rpc_endpoint(self, peer_id: str) -> str:
         """ "127.0.0.1:PORT" for llama.cpp's RPC client: each connection becomes a stream to
         `peer_id`'s worker. SplitVersionError naming both builds when the peer runs another."""

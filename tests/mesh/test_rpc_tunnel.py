@@ -250,9 +250,11 @@ async def test_another_llama_build_is_refused_naming_both(mesh: Mesh) -> None:
     async with mesh(0, 64) as (a, b):
         bid = await linked(a, b)
         endpoint = await a.rpc_endpoint(bid)
+        assert a.split_offers() == {bid: 64 << 20}
         other = "llama-cpp-python 0.3.99 ggml 0.26.0 (abc1234) rpc 8.0.0"
         b.tunnel.build = other
         await until(lambda: a.peers[bid].telemetry is not None and _build(a, bid) == other)
+        assert a.split_offers() == {}
         with pytest.raises(SplitVersionError) as info:
             await a.rpc_endpoint(bid)
         assert other in str(info.value) and a.tunnel.build in str(info.value)
@@ -279,6 +281,7 @@ async def test_a_box_offering_no_memory_is_refused_clearly(
         await until(lambda: a.peers[bid].telemetry is not None)
         with pytest.raises(MeshError, match="offers no memory"):
             await a.rpc_endpoint(bid)
+        assert a.split_offers() == {}
         # A peer opening a stream anyway has it refused, with the reason, and nothing else.
         link = a.links[bid]
         link.send(codec.RpcOpen(link.new_id()))
