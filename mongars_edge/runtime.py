@@ -165,6 +165,8 @@ class Runtime:
                     f"listens on {mesh.port} instead: give each box its own mesh_port "
                     "(serve --mesh-port)"
                 )
+            if mesh.split_problem:
+                self.problems.append(mesh.split_problem)
         await self._open_chat()
 
     async def _open_models(self) -> None:

@@ -90,6 +90,13 @@ class Settings:
         "the reply is finished on this box.",
         minimum=0.1,
     )
+    split_offer_mb: int = _setting(
+        0,
+        "Memory in MB this box offers its paired boxes for running part of a model too big "
+        "for them (a llama.cpp RPC worker reached only through the encrypted mesh, every "
+        "command checked); 0 offers none.",
+        minimum=0,
+    )
     speech: str = _setting(
         "auto",
         "Text-to-speech: auto (decided by the hardware profile), on or off.",

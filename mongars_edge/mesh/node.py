@@ -43,6 +43,10 @@ class MeshConfig:
     gossip_s: float = 1.0
     idle_timeout_s: float = 5.0
     stall_s: float = 5.0
+    #: Memory this box offers paired boxes for a model split across boxes, in MB (0: none);
+    #: the service runs an RPC worker holding at most that much.
+    split_offer_mb: int = 0
+    split_threads: int = 0  # the worker's threads; 0: every core
 
 
 class NodeState:

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mongars_edge.errors import MongarsError
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.codec import Msg
 from mongars_edge.mesh.dialer import Dialer
-from mongars_edge.mesh.errors import AuthError, CodecError, MeshError, PeerUnavailableError
+from mongars_edge.mesh.errors import (
+    AuthError,
+    BadMessageError,
+    CodecError,
+    MeshError,
+    PeerUnavailableError,
+)
 from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.members import MemberFile, MemberRecord, MeshState
 from mongars_edge.mesh.node import MeshConfig, NodeState
@@ -26,6 +35,7 @@ from mongars_edge.mesh.peers import Peer, sanitize
 from mongars_edge.mesh.serving import Serving
 from mongars_edge.mesh.state import remember_addresses, write_state
 from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Link, answer, read_frame
+from mongars_edge.mesh.tunnel import RPC_MESSAGES, GuardFactory, Tunnel, Worker, llama_build
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
@@ -33,6 +43,7 @@ if TYPE_CHECKING:
     from mongars_edge.mesh.router import Router
     from mongars_edge.mesh.share import Share
     from mongars_edge.settings import Settings
+    from mongars_edge.split.worker import RpcWorker
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +53,17 @@ MAX_PENDING_HANDSHAKES = 32
 class MeshService:
     """One per box; see the module docstring."""
 
-    def __init__(self, config: MeshConfig, data_dir: Path, engine: Engine | None) -> None:
+    def __init__(
+        self,
+        config: MeshConfig,
+        data_dir: Path,
+        engine: Engine | None,
+        *,
+        rpc_worker: Worker | None = None,
+        rpc_guard: GuardFactory | None = None,
+    ) -> None:
+        """`rpc_worker`: a worker someone else runs, offered instead of the one the
+        `split_offer_mb` setting starts; `rpc_guard`: what checks its streams (RpcGuard)."""
         self.members = MemberFile(data_dir)
         self.node = NodeState(
             config,
@@ -61,6 +82,10 @@ class MeshService:
         self.share: Share | None = None
         self.serving = Serving(self.node, self._ensure_adapter)
         self.dialer = Dialer(self.node, self._run_link)
+        self.tunnel = Tunnel(self.node, build=llama_build(), worker=rpc_worker, guard=rpc_guard)
+        self._own_worker: RpcWorker | None = None  # started here (split_offer_mb)
+        #: Why this box does not offer the memory `split_offer_mb` asks for ("" when it does).
+        self.split_problem = ""
 
     # What the Runtime, the web edge and the tests read: the node's own state.
     @property
@@ -103,6 +128,28 @@ class MeshService:
     def first_forward_at(self) -> float | None:
         return self.node.first_forward_at
 
+    def split_offers(self) -> dict[str, int]:
+        """Linked members with fresh telemetry offering memory on this box's llama.cpp build:
+        node id -> bytes offered (what a split host places layers by)."""
+        out = {}
+        for node_id, peer in self.node.peers.items():
+            t = peer.telemetry
+            if (
+                node_id in self.node.links
+                and self.node.key_of(node_id) is not None
+                and peer.fresh()
+                and t is not None
+                and t.split_budget > 0
+                and t.llama_build == self.tunnel.build
+            ):
+                out[node_id] = t.split_budget
+        return out
+
+    async def rpc_endpoint(self, peer_id: str) -> str:
+        """ "127.0.0.1:PORT" for llama.cpp's RPC client: each connection becomes a stream to
+        `peer_id`'s worker. SplitVersionError naming both builds when the peer runs another."""
+        return await self.tunnel.endpoint(peer_id)
+
     async def _ensure_adapter(self, link: Link, ref: str) -> str:
         return ref if self.share is None else await self.share.ensure(link, ref)
 
@@ -111,9 +158,20 @@ class MeshService:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, config: MeshConfig, data_dir: Path, engine: Engine | None
+        cls,
+        config: MeshConfig,
+        data_dir: Path,
+        engine: Engine | None,
+        *,
+        rpc_worker: Worker | None = None,
+        rpc_guard: GuardFactory | None = None,
     ) -> AsyncIterator[MeshService]:
-        service = await asyncio.to_thread(cls, config, data_dir, engine)
+        service = await asyncio.to_thread(
+            functools.partial(cls, rpc_worker=rpc_worker, rpc_guard=rpc_guard),
+            config,
+            data_dir,
+            engine,
+        )
         await service.start()
         try:
             yield service
@@ -138,6 +196,8 @@ class MeshService:
             )
             self._server = await asyncio.start_server(self._on_connection, bind, 0)
         self.node.port = self._server.sockets[0].getsockname()[1]
+        if config.split_offer_mb and self.tunnel.worker is None:
+            await self._start_worker()
         if self.node.config.mdns and _advertise(self.node.config):
             from mongars_edge.mesh.discovery import Discovery
 
@@ -146,9 +206,38 @@ class MeshService:
         self._spawn(self._gossip_loop())
         log.info("mesh node %s listening on port %d", self.node.me.node_id, self.node.port)
 
+    async def _start_worker(self) -> None:
+        """Offer this box's memory: an RPC worker holding at most `split_offer_mb`."""
+        from mongars_edge.split.worker import RpcWorker
+
+        config = self.node.config
+        budget = config.split_offer_mb * 1024 * 1024
+        try:
+            worker = RpcWorker(
+                self.node.data_dir / "split-cache",
+                budget_bytes=budget,
+                threads=config.split_threads or (os.cpu_count() or 1),
+                cache_max_bytes=2 * budget,
+            )
+            await worker.start()
+        except (MongarsError, OSError) as exc:
+            self.split_problem = f"split_offer_mb is set but the RPC worker did not start: {exc}"
+            log.error("%s", self.split_problem)
+            return
+        self._own_worker = worker
+        self.tunnel.worker = worker
+        log.info(
+            "offering %d MB to paired boxes for splitting a model",
+            config.split_offer_mb,
+            extra={"split_offer_mb": config.split_offer_mb, "llama_build": self.tunnel.build},
+        )
+
     async def stop(self) -> None:
         if self._discovery is not None:
             await self._discovery.stop()
+        await self.tunnel.stop()
+        if self._own_worker is not None:
+            await self._own_worker.stop()
         if self._server is not None:
             self._server.close()
         for link in list(self.node.links.values()):
@@ -237,10 +326,11 @@ class MeshService:
             link.send(codec.Members([r.to_wire() for r in self.node.state.all_records()]))
             link.send(self._telemetry())
             await link.drain()
-            await link.run(self._handle, self.node.refused)
+            await link.run(self._handle, self._refused)
         except MeshError as exc:
             link.close(str(exc))
         finally:
+            self.tunnel.drop(link)
             if self.node.links.get(link.peer_id) is link:
                 del self.node.links[link.peer_id]
                 peer.linked = False
@@ -248,8 +338,14 @@ class MeshService:
             self.node.fail_streams(link, link.close_reason)
             self.serving.drop(link)
 
+    def _refused(self, link: Link, exc: BadMessageError) -> None:
+        self.node.refused(link, exc)
+        self.tunnel.refused(link, exc)
+
     def _handle(self, link: Link, msg: Msg) -> None:
-        if isinstance(msg, codec.Telemetry):
+        if isinstance(msg, RPC_MESSAGES):
+            self.tunnel.handle(link, msg)
+        elif isinstance(msg, codec.Telemetry):
             peer = self.node.peers.setdefault(link.peer_id, Peer(link.peer_id, host=link.address))
             peer.telemetry, peer.telemetry_at = sanitize(msg), time.monotonic()
             if peer.telemetry.port and not (peer.host and peer.port):
@@ -327,6 +423,7 @@ class MeshService:
 
     def _telemetry(self) -> codec.Telemetry:
         engine = self.node.engine
+        worker = self.tunnel.worker
         load = engine.load() if engine else None
         adapters: list[str] = []
         if self.share is not None:
@@ -344,6 +441,8 @@ class MeshService:
             adapters=adapters,
             accepting=engine is not None,
             port=self.node.port,
+            split_budget=worker.budget_bytes if worker is not None and worker.alive else 0,
+            llama_build=self.tunnel.build,
         )
 
     async def _gossip_loop(self) -> None:
@@ -393,6 +492,8 @@ async def open_mesh(
         static_peers=settings.static_peers,
         mdns_interfaces=settings.mdns_interfaces,
         stall_s=settings.mesh_stall_s,
+        split_offer_mb=settings.split_offer_mb,
+        split_threads=settings.n_threads,
     )
     async with MeshService.open(config, data_dir, engine) as service:
         yield service, Router(engine, service.node)
