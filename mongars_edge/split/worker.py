@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mongars_edge.errors import MongarsError, UnavailableError
+from mongars_edge.split.rpcwire import RpcGuard
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,11 @@ class RpcWorker:
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         return await asyncio.open_connection(sock=sock)
+
+    def guard(self) -> RpcGuard:
+        """A guard for one connection to this worker: its budget bounds the buffers a client
+        may allocate, and cached tensors are checked against the files of its cache."""
+        return RpcGuard(budget_bytes=self.budget_bytes, cached_size=self.cached_size)
 
     def cached_size(self, digest: int) -> int | None:
         """Size of the cached tensor llama.cpp stored under this hash (None: none cached);

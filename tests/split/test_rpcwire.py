@@ -122,7 +122,7 @@ class Relay:
     guard_s: float = 0.0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        guard = RpcGuard(cached_size=self.worker.cached_size)
+        guard = self.worker.guard()
         self.guards.append(guard)
         seen: list[tuple[bool, bytes]] = []
         self.traffic.append(seen)
