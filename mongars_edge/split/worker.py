@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mongars_edge.errors import MongarsError, UnavailableError
+from mongars_edge.split.rpcwire import RpcGuard
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ PORT = 50052  # inside the child's own network namespace: nobody else's port
 _HELLO = bytes([14]) + struct.pack("<Q", 24) + bytes(24)
 _MIN_FREE = 16 << 20  # the cache never fills its filesystem past this much free space
 _READY_TIMEOUT_S = 60.0
+_DATA_ROOM = 256 << 20  # beyond the budget: thread stacks, graph scratch, the cache file reads
 _ROOT = str(Path(__file__).resolve().parents[2])  # the child runs the same mongars_edge
 
 
@@ -138,6 +140,11 @@ class RpcWorker:
         sock.setblocking(False)
         return await asyncio.open_connection(sock=sock)
 
+    def guard(self) -> RpcGuard:
+        """A guard for one connection to this worker: its budget bounds the buffers a client
+        may allocate, and cached tensors are checked against the files of its cache."""
+        return RpcGuard(budget_bytes=self.budget_bytes, cached_size=self.cached_size)
+
     def cached_size(self, digest: int) -> int | None:
         """Size of the cached tensor llama.cpp stored under this hash (None: none cached);
         RpcGuard's `cached_size` hook."""
@@ -175,6 +182,7 @@ class RpcWorker:
         }
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+        env["GGML_NO_BACKTRACE"] = "1"  # an abort is logged and the child restarted, no gdb
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -439,6 +447,20 @@ def _cap_device_memory(device: int, budget: int) -> None:
     slot.value = ctypes.cast(callback, ctypes.c_void_p).value
 
 
+def _limit_data(budget: int) -> None:
+    """Cap the child's data (heap and private mappings) at what it holds now, the budget and
+    some room for compute threads: a buffer beyond the budget fails to allocate (the client
+    gets a clean allocation failure) instead of pushing the box into swap or the OOM killer."""
+    import resource
+
+    status = Path("/proc/self/status").read_text(encoding="ascii", errors="replace")
+    now = next(
+        int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmData:")
+    )
+    limit = now + budget + _DATA_ROOM
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
 def _serve(cache_dir: Path | None, budget: int, threads: int) -> threading.Thread:
     import llama_cpp.llama_cpp as L
 
@@ -465,6 +487,7 @@ def _serve(cache_dir: Path | None, budget: int, threads: int) -> threading.Threa
     start.restype = None
     devices = (ctypes.c_void_p * 1)(cpu)
     _keep.append(devices)
+    _limit_data(budget)
     cache = str(cache_dir).encode() if cache_dir is not None else None  # None: no tensor cache
     args = (f"127.0.0.1:{PORT}".encode(), cache, threads, 1, devices)
     thread = threading.Thread(target=start, args=args, name="ggml-rpc", daemon=True)

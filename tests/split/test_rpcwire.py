@@ -118,11 +118,11 @@ class Relay:
     guards: list[RpcGuard] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     # Per connection, in the order the guard saw them: (from the client?, bytes).
-    traffic: list[list[tuple[bool, bytes]]] = field(default_factory=list)
+    traffic: list[list[tuple[bool, bytes]]] = field(default_factory=list, repr=False)
     guard_s: float = 0.0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        guard = RpcGuard(cached_size=self.worker.cached_size)
+        guard = self.worker.guard()
         self.guards.append(guard)
         seen: list[tuple[bool, bytes]] = []
         self.traffic.append(seen)
@@ -187,6 +187,7 @@ async def _relay(worker: RpcWorker) -> AsyncIterator[tuple[Relay, str]]:
 
 
 @pytest.mark.model
+@pytest.mark.timeout(900)  # three loads of the 135M: a loaded 2-core box needs the room
 async def test_a_real_client_through_the_guard_generates_what_a_local_run_does(
     worker: RpcWorker,
 ) -> None:

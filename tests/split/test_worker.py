@@ -75,6 +75,20 @@ async def test_the_worker_serves_and_reports_at_most_its_budget(worker: RpcWorke
 
 
 @pytest.mark.model
+async def test_a_buffer_far_beyond_the_budget_fails_cleanly_and_the_worker_survives(
+    worker: RpcWorker,
+) -> None:
+    pid = worker.pid
+    asked = struct.pack("<IQ", 0, _BUDGET + (2 << 30))
+    ptr, size = struct.unpack("<QQ", await _ask(worker, Cmd.ALLOC_BUFFER, asked, 16))
+    assert (ptr, size) == (0, 0)  # allocation failed: the client is told, nothing aborts
+    asked = struct.pack("<IQ", 0, _BUDGET // 2)
+    ptr, size = struct.unpack("<QQ", await _ask(worker, Cmd.ALLOC_BUFFER, asked, 16))
+    assert ptr and size == _BUDGET // 2
+    assert worker.alive and worker.pid == pid
+
+
+@pytest.mark.model
 async def test_the_child_lives_in_its_own_namespaces_and_its_port_is_not_ours(
     worker: RpcWorker,
 ) -> None:
