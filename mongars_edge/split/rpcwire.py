@@ -7,23 +7,33 @@ order of the requests that have one. The guard knows every command's payload and
 learns the buffers the worker allocated on this connection (ALLOC_BUFFER and BUFFER_GET_BASE
 replies, forgotten on FREE_BUFFER) and checks each tensor against them: the server turns many
 bad tensors into an abort (GGML_ASSERT) or worse, so a worker behind the guard only sees tensors
-whose type, shape, data range and graph operation are ones llama.cpp itself produces.
+whose type, shape, data range and graph operation are ones llama.cpp itself produces (the
+checks that need no connection state are in `rpctensor`).
 
 Pure: bytes in, RpcRefused out, no I/O. Weights stream through SET_TENSOR without a copy.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from mongars_edge.mesh.errors import MeshError
+from mongars_edge.split.rpctensor import (
+    TENSOR,
+    RpcTensor,
+    T,
+    shape_problem,
+    tensor_nbytes,
+    tensor_of,
+    tensor_problem,
+    type_table,
+    unpack_tensor,
+)
 
 RPC_PROTO: tuple[int, int, int] = (7, 0, 0)
 _Handler: TypeAlias = Callable[[memoryview], None]
@@ -58,11 +68,6 @@ class Cmd(IntEnum):
     MEMSET_TENSOR = 17
 
 
-# struct rpc_tensor (packed): id, type, buffer, ne[4] (u32), nb[4] (u32), op, op_params[16],
-# flags, src[10], view_src, view_offs, data, name[64], use_count.
-TENSOR = struct.Struct("<QIQ4I4II16ii10QQQQ64si")
-T = TENSOR.size
-assert T == 296
 CONN_CAPS = 24  # RPC_CONN_CAPS_SIZE (transport.h)
 _HEADER = struct.Struct("<BQ")
 _U64 = struct.Struct("<Q")
@@ -105,111 +110,15 @@ _REPLY_SIZE: dict[Cmd, int] = {
     Cmd.COPY_TENSOR: 1,
     Cmd.GET_DEVICE_MEMORY: 16,
 }
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(text.split())
-
-
-# ggml.h's `enum ggml_op` of this build (RPC 7.0.0 pins GGML_OP_COUNT == 101).
-OP_NAMES: tuple[str, ...] = _words(
-    "NONE DUP ADD ADD_ID ADD1 ACC SUB MUL DIV SQR SQRT LOG SIN COS SUM SUM_ROWS CUMSUM MEAN "
-    "ARGMAX COUNT_EQUAL REPEAT REPEAT_BACK CONCAT SILU_BACK NORM RMS_NORM RMS_NORM_BACK "
-    "GROUP_NORM L2_NORM MUL_MAT MUL_MAT_ID OUT_PROD SCALE SET CPY CONT RESHAPE VIEW PERMUTE "
-    "TRANSPOSE GET_ROWS GET_ROWS_BACK SET_ROWS DIAG DIAG_MASK_INF DIAG_MASK_ZERO SOFT_MAX "
-    "SOFT_MAX_BACK ROPE ROPE_BACK CLAMP CONV_TRANSPOSE_1D IM2COL IM2COL_BACK IM2COL_3D "
-    "COL2IM_1D CONV_2D CONV_3D CONV_2D_DW CONV_TRANSPOSE_2D POOL_1D POOL_2D POOL_2D_BACK "
-    "UPSCALE PAD PAD_REFLECT_1D ROLL ARANGE TIMESTEP_EMBEDDING ARGSORT TOP_K LEAKY_RELU TRI "
-    "FILL FLASH_ATTN_EXT FLASH_ATTN_BACK SSM_CONV SSM_SCAN WIN_PART WIN_UNPART GET_REL_POS "
-    "ADD_REL_POS RWKV_WKV6 GATED_LINEAR_ATTN RWKV_WKV7 SOLVE_TRI GATED_DELTA_NET "
-    "LIGHTNING_INDEXER DSV4_HC_COMB DSV4_HC_PRE DSV4_HC_POST UNARY MAP_CUSTOM1 MAP_CUSTOM2 "
-    "MAP_CUSTOM3 CUSTOM CROSS_ENTROPY_LOSS CROSS_ENTROPY_LOSS_BACK OPT_STEP_ADAMW OPT_STEP_SGD "
-    "GLU"
-)
-assert len(OP_NAMES) == 101
-# What llama.cpp's model graphs build for inference (src/ of this build calls these ggml_*
-# constructors; ROPE_BACK is deepseek4's inverse rope). Left out: custom and map-custom
-# operators (arbitrary function pointers), training (backward, loss, optimiser) and the vision
-# and audio encoders' convolutions, which a split text model never sends.
-ALLOWED_OPS: frozenset[str] = frozenset(
-    _words(
-        "NONE ADD ADD_ID SUB MUL DIV SQR SQRT LOG SUM SUM_ROWS CUMSUM MEAN ARGMAX REPEAT CONCAT "
-        "NORM RMS_NORM GROUP_NORM L2_NORM MUL_MAT MUL_MAT_ID SCALE SET CPY CONT RESHAPE VIEW "
-        "PERMUTE TRANSPOSE GET_ROWS SET_ROWS SOFT_MAX ROPE ROPE_BACK CLAMP IM2COL POOL_2D PAD "
-        "ARANGE ARGSORT "
-        "TOP_K TRI FILL FLASH_ATTN_EXT SSM_CONV SSM_SCAN RWKV_WKV6 GATED_LINEAR_ATTN RWKV_WKV7 "
-        "SOLVE_TRI GATED_DELTA_NET LIGHTNING_INDEXER DSV4_HC_COMB DSV4_HC_PRE DSV4_HC_POST UNARY "
-        "GLU"
-    )
-)
-_ALLOWED = frozenset(OP_NAMES.index(name) for name in ALLOWED_OPS)
-_OP_UNARY = OP_NAMES.index("UNARY")
-_OP_GLU = OP_NAMES.index("GLU")
-_UNARY_OP_COUNT = 22  # enum ggml_unary_op
-_GLU_OP_COUNT = 7  # enum ggml_glu_op
-TYPE_COUNT = 43  # GGML_TYPE_COUNT
 _MAX_DEVICES = 16  # GGML_RPC_MAX_SERVERS: more devices than this is no real server
-_MAX_ELEMENTS = 2**62  # ggml_new_tensor asserts the element count fits an int64
 _MAX_GRAPH_DEPTH = 8192  # the server builds a graph by recursion on its own stack
 DEFAULT_MAX_MESSAGE = 1 << 31  # the largest single tensor write a split model sends
-
-
-@functools.cache
-def _type_table() -> tuple[tuple[int, int], ...]:
-    """(block size, bytes per block) of every ggml type, from the ggml we run."""
-    import llama_cpp.llama_cpp as L
-
-    import mongars_edge.inference.lowlevel  # noqa: F401  (it closes what llama_cpp opens)
-
-    lib = L._lib
-    blck, size = lib.ggml_blck_size, lib.ggml_type_size
-    blck.argtypes, blck.restype = [ctypes.c_int], ctypes.c_int64
-    size.argtypes, size.restype = [ctypes.c_int], ctypes.c_size_t
-    return tuple((int(blck(t)), int(size(t))) for t in range(TYPE_COUNT))
 
 
 @dataclass
 class _Buffer:
     size: int
     base: int | None = None
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    id: int
-    type: int
-    buffer: int
-    ne: tuple[int, int, int, int]
-    nb: tuple[int, int, int, int]
-    op: int
-    op_param0: int
-    src: tuple[int, ...]
-    view_src: int
-    data: int
-    name_ok: bool
-
-
-def _unpack_tensor(raw: bytes | memoryview, offset: int = 0) -> _Tensor:
-    f = TENSOR.unpack_from(raw, offset)
-    return _tensor_of(f)
-
-
-def _tensor_of(f: tuple[Any, ...]) -> _Tensor:
-    name = f[42]
-    assert isinstance(name, bytes)
-    return _Tensor(
-        id=f[0],
-        type=f[1],
-        buffer=f[2],
-        ne=f[3:7],
-        nb=f[7:11],
-        op=f[11],
-        op_param0=f[12],
-        src=f[29:39],
-        view_src=f[39],
-        data=f[41],
-        name_ok=b"\0" in name,
-    )
 
 
 class RpcGuard:
@@ -232,7 +141,7 @@ class RpcGuard:
         self.budget_bytes = budget_bytes
         self._cached_size = cached_size
         self.refused: str | None = None
-        self._types = _type_table()
+        self._types = type_table()
         self._buffers: dict[int, _Buffer] = {}
         self._devices: int | None = None
         self._hello = False
@@ -318,16 +227,16 @@ class RpcGuard:
                 del self._buffers[arg]
         elif cmd is Cmd.GET_ALLOC_SIZE:
             self._device(_u32(p, 0))
-            self._tensor(_unpack_tensor(p, 4), "GET_ALLOC_SIZE", need_buffer=False)
+            self._tensor(unpack_tensor(p, 4), "GET_ALLOC_SIZE", need_buffer=False)
             for i in range(1, 11):
-                src = _unpack_tensor(p, 4 + T * i)
+                src = unpack_tensor(p, 4 + T * i)
                 if src.id:
                     self._tensor(src, "GET_ALLOC_SIZE source", need_buffer=False)
         elif cmd is Cmd.INIT_TENSOR:
-            self._tensor(_unpack_tensor(p), "INIT_TENSOR", need_buffer=False)
+            self._tensor(unpack_tensor(p), "INIT_TENSOR", need_buffer=False)
         elif cmd in (Cmd.GET_TENSOR, Cmd.MEMSET_TENSOR):
             offset, size = struct.unpack_from("<QQ", p, T)
-            tensor = _unpack_tensor(p)
+            tensor = unpack_tensor(p)
             self._range(tensor, offset, size, cmd.name)
             arg = size
         elif cmd is Cmd.SET_TENSOR_HASH:
@@ -335,7 +244,7 @@ class RpcGuard:
             # than the rest of the tensor aborts it (ggml_backend_tensor_set asserts), one
             # smaller (truncated when its disk filled) would leave the tensor half written.
             # llama.cpp hashes whole tensors: the file must fill the tensor from the offset.
-            tensor = _unpack_tensor(p)
+            tensor = unpack_tensor(p)
             offset, digest = struct.unpack_from("<QQ", p, T)
             self._range(tensor, offset, 0, cmd.name)
             size = self._cached_size(digest) if self._cached_size is not None else None
@@ -348,8 +257,8 @@ class RpcGuard:
                         f"the tensor needs {nbytes - offset} (a damaged cache file?)"
                     )
         elif cmd is Cmd.COPY_TENSOR:
-            copied = self._tensor(_unpack_tensor(p), "COPY_TENSOR source", need_buffer=True)
-            dst = _unpack_tensor(p, T)
+            copied = self._tensor(unpack_tensor(p), "COPY_TENSOR source", need_buffer=True)
+            dst = unpack_tensor(p, T)
             self._tensor(dst, "COPY_TENSOR destination", need_buffer=True)
             if dst.data + copied > self._buffer_end(dst):
                 raise RpcRefused("RPC COPY_TENSOR writes past the end of its destination buffer")
@@ -359,7 +268,7 @@ class RpcGuard:
             self._replies.append((cmd, arg))
 
     def _set_tensor(self, head: memoryview, size: int) -> None:
-        tensor = _unpack_tensor(head)
+        tensor = unpack_tensor(head)
         offset = _U64.unpack_from(head, T + 1)[0]
         data = size - _SET_TENSOR_HEAD
         self._range(tensor, offset, data, "SET_TENSOR")
@@ -417,34 +326,17 @@ class RpcGuard:
         if device >= (self._devices or 1):
             raise RpcRefused(f"RPC device {device} does not exist on this worker")
 
-    def _buffer_end(self, tensor: _Tensor) -> int:
+    def _buffer_end(self, tensor: RpcTensor) -> int:
         buffer = self._buffers[tensor.buffer]
         assert buffer.base is not None
         return buffer.base + buffer.size
 
-    def _tensor(self, t: _Tensor, what: str, *, need_buffer: bool) -> int:
+    def _tensor(self, t: RpcTensor, what: str, *, need_buffer: bool) -> int:
         """Refuse a tensor the server could not handle safely; its size in bytes."""
-        if t.type >= TYPE_COUNT or self._types[t.type][0] == 0:
-            raise RpcRefused(f"RPC {what}: tensor type {t.type} is not a ggml type")
-        if t.op >= len(OP_NAMES):
-            raise RpcRefused(f"RPC {what}: unknown graph operation {t.op}")
-        if t.op not in _ALLOWED:
-            raise RpcRefused(
-                f"RPC {what}: graph operation {OP_NAMES[t.op]} is not one a split model uses"
-            )
-        if (t.op == _OP_UNARY and not 0 <= t.op_param0 < _UNARY_OP_COUNT) or (
-            t.op == _OP_GLU and not 0 <= t.op_param0 < _GLU_OP_COUNT
-        ):
-            raise RpcRefused(f"RPC {what}: {OP_NAMES[t.op]} of unknown kind {t.op_param0}")
-        if not t.name_ok:
-            raise RpcRefused(f"RPC {what}: tensor name not terminated")
-        blck, type_size = self._types[t.type]
-        ne0, ne1, ne2, ne3 = t.ne
-        if ne0 % blck:
-            raise RpcRefused(f"RPC {what}: row of {ne0} elements is not whole blocks of {blck}")
-        if ne0 * ne1 * ne2 * ne3 >= _MAX_ELEMENTS:
-            raise RpcRefused(f"RPC {what}: tensor of {t.ne} elements is too large")
-        nbytes = _nbytes(t, blck, type_size)
+        problem = tensor_problem(t, self._types)
+        if problem is not None:
+            raise RpcRefused(f"RPC {what}: {problem}")
+        nbytes = tensor_nbytes(t, *self._types[t.type])
         if t.buffer == 0:
             if need_buffer or t.data:
                 raise RpcRefused(f"RPC {what}: tensor {t.id:#x} is in no buffer of this worker")
@@ -461,7 +353,7 @@ class RpcGuard:
             )
         return nbytes
 
-    def _range(self, t: _Tensor, offset: int, size: int, what: str) -> None:
+    def _range(self, t: RpcTensor, offset: int, size: int, what: str) -> None:
         nbytes = self._tensor(t, what, need_buffer=True)
         if offset + size > nbytes or (nbytes and offset >= nbytes):
             raise RpcRefused(
@@ -483,10 +375,10 @@ class RpcGuard:
                 f"RPC GRAPH_COMPUTE of {len(p)} bytes does not hold {n_tensors} tensors"
             )
         depth: dict[int, int] = {}
-        sent: dict[int, _Tensor] = {}
+        sent: dict[int, RpcTensor] = {}
         body = p[after_nodes + 4 :]
         for fields in TENSOR.iter_unpack(body):
-            t = _tensor_of(fields)
+            t = tensor_of(fields)
             if t.id == 0 or t.id in depth:
                 raise RpcRefused(f"RPC GRAPH_COMPUTE: tensor id {t.id:#x} is zero or repeated")
             self._tensor(t, "GRAPH_COMPUTE", need_buffer=True)
@@ -502,95 +394,11 @@ class RpcGuard:
                 raise RpcRefused("RPC GRAPH_COMPUTE: graph deeper than any model's")
             depth[t.id] = level + 1
             sent[t.id] = t
-            _check_shapes(t, [sent[i] if i else None for i in t.src[:4]])
+            problem = shape_problem(t, [sent[i] if i else None for i in t.src[:4]])
+            if problem is not None:
+                raise RpcRefused(f"RPC GRAPH_COMPUTE: {problem}")
         if len(set(nodes)) != n_nodes or not all(node in depth for node in nodes):
             raise RpcRefused("RPC GRAPH_COMPUTE: graph nodes repeated, zero or not sent")
-
-
-# Operations whose result has its first source's shape, and the element-wise binary ones
-# (whose second source repeats into the first). ggml's constructors assert these shapes and its
-# CPU kernels rely on them: a result smaller than its sources would be written past its end.
-_SAME_SHAPE = frozenset(
-    OP_NAMES.index(name)
-    for name in _words(
-        "SQR SQRT LOG NORM RMS_NORM L2_NORM GROUP_NORM SCALE CLAMP UNARY SOFT_MAX ROPE CUMSUM "
-        "TRI FILL ARGSORT ADD SUB MUL DIV"
-    )
-)
-_BINARY = frozenset(OP_NAMES.index(name) for name in ("ADD", "SUB", "MUL", "DIV"))
-_OP = {
-    name: OP_NAMES.index(name) for name in ("MUL_MAT", "GET_ROWS", "SET_ROWS", "GLU", "CPY", "CONT")
-}
-_OP_FLASH = OP_NAMES.index("FLASH_ATTN_EXT")
-
-
-def _check_shapes(t: _Tensor, src: list[_Tensor | None]) -> None:
-    """Refuse a graph node whose shape ggml's constructor for its operation would not make
-    (for the operations whose kernels write by their sources' shapes)."""
-    op, ne = t.op, t.ne
-    a, b = src[0], src[1]
-    ok = True
-    if op in _SAME_SHAPE:
-        ok = a is not None and ne == a.ne
-        if ok and op in _BINARY:
-            ok = b is not None and all(y and x % y == 0 for x, y in zip(a.ne, b.ne, strict=True))  # type: ignore[union-attr]
-    elif op == _OP["MUL_MAT"]:
-        ok = (
-            a is not None
-            and b is not None
-            and a.ne[0] == b.ne[0]
-            and a.ne[2] > 0
-            and a.ne[3] > 0
-            and b.ne[2] % a.ne[2] == 0
-            and b.ne[3] % a.ne[3] == 0
-            and ne == (a.ne[1], b.ne[1], b.ne[2], b.ne[3])
-        )
-    elif op == _OP["GET_ROWS"]:
-        ok = a is not None and b is not None and ne == (a.ne[0], b.ne[0], b.ne[1], b.ne[2])
-    elif op == _OP["SET_ROWS"]:  # sources: the rows, their indices; the result views the target
-        ok = a is not None and b is not None and a.ne[0] == ne[0] and b.ne[0] == a.ne[1]
-    elif op == _OP["GLU"]:
-        ok = a is not None and ne[1:] == a.ne[1:] and ne[0] <= a.ne[0]
-    elif op == _OP["CPY"]:
-        ok = a is not None and b is not None and _count(a) == _count(b) and ne == b.ne
-    elif op == _OP["CONT"]:
-        ok = a is not None and _count(a) == _count(t)
-    elif op == _OP_FLASH:
-        q, k, v = src[0], src[1], src[2]
-        ok = (
-            q is not None
-            and k is not None
-            and v is not None
-            and q.ne[0] == k.ne[0]
-            and k.ne[1] == v.ne[1]
-            and ne == (v.ne[0], q.ne[2], q.ne[1], q.ne[3])
-        )
-    if not ok:
-        shapes = ", ".join(str(s.ne) for s in src if s is not None)
-        raise RpcRefused(
-            f"RPC GRAPH_COMPUTE: {OP_NAMES[op]} of shape {ne} from sources of shapes {shapes} "
-            "is not one ggml builds"
-        )
-
-
-def _count(t: _Tensor) -> int:
-    return t.ne[0] * t.ne[1] * t.ne[2] * t.ne[3]
-
-
-def _nbytes(t: _Tensor, blck: int, type_size: int) -> int:
-    """ggml_nbytes, in exact integers."""
-    if 0 in t.ne:
-        return 0
-    ne, nb = t.ne, t.nb
-    if blck == 1:
-        total = type_size
-        first = 0
-    else:
-        total = ne[0] * nb[0] // blck
-        first = 1
-    for i in range(first, 4):
-        total += (ne[i] - 1) * nb[i]
-    return total
 
 
 def _u32(p: memoryview, offset: int) -> int:

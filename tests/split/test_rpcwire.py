@@ -19,17 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mongars_edge.split.rpcwire import (
-    ALLOWED_OPS,
-    OP_NAMES,
-    RPC_PROTO,
-    TENSOR,
-    TYPE_COUNT,
-    Cmd,
-    RpcGuard,
-    RpcRefused,
-    T,
-)
+from mongars_edge.split.rpctensor import ALLOWED_OPS, OP_NAMES, TENSOR, TYPE_COUNT, T
+from mongars_edge.split.rpcwire import RPC_PROTO, Cmd, RpcGuard, RpcRefused
 from mongars_edge.split.worker import RpcWorker
 from tests.inference.gen_models import smollm2_path
 

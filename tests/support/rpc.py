@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from mongars_edge.split.rpcwire import CONN_CAPS, OP_NAMES, TENSOR, Cmd
+from mongars_edge.split.rpctensor import OP_NAMES, TENSOR
+from mongars_edge.split.rpcwire import CONN_CAPS, Cmd
 
 _HEAD = struct.Struct("<BQ")
 _U64 = struct.Struct("<Q")
