@@ -25,7 +25,8 @@ from mongars_edge.mesh.service import MeshService
 from mongars_edge.mesh.transport import dial
 from mongars_edge.mesh.tunnel import WINDOW, llama_build
 from mongars_edge.split.rpcwire import RPC_PROTO, Cmd
-from mongars_edge.split.worker import PORT, RpcWorker
+from mongars_edge.split.worker import RpcWorker
+from mongars_edge.split.worker_child import PORT
 from tests.support.env import free_port
 from tests.support.mesh import fast_config, pair, settled, until
 from tests.support.rpc import RpcClient, request, tensor

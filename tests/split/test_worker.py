@@ -19,13 +19,13 @@ import pytest
 
 from mongars_edge.split.rpcwire import RPC_PROTO, Cmd, RpcGuard
 from mongars_edge.split.worker import (
-    PORT,
     Backoff,
     RpcWorker,
     RpcWorkerError,
     RpcWorkerUnavailable,
     trim_cache,
 )
+from mongars_edge.split.worker_child import PORT
 
 _BUDGET = 300 << 20
 
@@ -131,7 +131,7 @@ async def test_a_killed_child_is_restarted(worker: RpcWorker) -> None:
 _PROBE = """
 import json, socket, sys
 from pathlib import Path
-from mongars_edge.split.worker import enter_sandbox
+from mongars_edge.split.worker_child import enter_sandbox
 cache, outside, port, addrs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 enter_sandbox(cache, port=port)
 out = {}
