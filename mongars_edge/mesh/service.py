@@ -10,13 +10,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mongars_edge.errors import MongarsError
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.codec import Msg
 from mongars_edge.mesh.dialer import Dialer
@@ -30,6 +28,7 @@ from mongars_edge.mesh.errors import (
 from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.members import MemberFile, MemberRecord, MeshState
 from mongars_edge.mesh.node import MeshConfig, NodeState
+from mongars_edge.mesh.offer import SplitOffer
 from mongars_edge.mesh.pairing import serve_pairing
 from mongars_edge.mesh.peers import Peer, sanitize
 from mongars_edge.mesh.serving import Serving
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
     from mongars_edge.mesh.router import Router
     from mongars_edge.mesh.share import Share
     from mongars_edge.settings import Settings
-    from mongars_edge.split.worker import RpcWorker
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +81,7 @@ class MeshService:
         self.serving = Serving(self.node, self._ensure_adapter)
         self.dialer = Dialer(self.node, self._run_link)
         self.tunnel = Tunnel(self.node, build=llama_build(), worker=rpc_worker, guard=rpc_guard)
-        self._own_worker: RpcWorker | None = None  # started here (split_offer_mb)
-        #: Why this box does not offer the memory `split_offer_mb` asks for ("" when it does).
-        self.split_problem = ""
+        self.offer = SplitOffer(self.node, self.tunnel)
 
     # What the Runtime, the web edge and the tests read: the node's own state.
     @property
@@ -128,22 +124,14 @@ class MeshService:
     def first_forward_at(self) -> float | None:
         return self.node.first_forward_at
 
+    @property
+    def split_problem(self) -> str:
+        """Why this box does not offer the memory `split_offer_mb` asks for ("" when it does)."""
+        return self.offer.problem
+
     def split_offers(self) -> dict[str, int]:
-        """Linked members with fresh telemetry offering memory on this box's llama.cpp build:
-        node id -> bytes offered (what a split host places layers by)."""
-        out = {}
-        for node_id, peer in self.node.peers.items():
-            t = peer.telemetry
-            if (
-                node_id in self.node.links
-                and self.node.key_of(node_id) is not None
-                and peer.fresh()
-                and t is not None
-                and t.split_budget > 0
-                and t.llama_build == self.tunnel.build
-            ):
-                out[node_id] = t.split_budget
-        return out
+        """Linked members offering memory on this box's llama.cpp build (`SplitOffer.offers`)."""
+        return self.offer.offers()
 
     async def rpc_endpoint(self, peer_id: str) -> str:
         """ "127.0.0.1:PORT" for llama.cpp's RPC client: each connection becomes a stream to
@@ -196,8 +184,7 @@ class MeshService:
             )
             self._server = await asyncio.start_server(self._on_connection, bind, 0)
         self.node.port = self._server.sockets[0].getsockname()[1]
-        if config.split_offer_mb and self.tunnel.worker is None:
-            await self._start_worker()
+        await self.offer.start()
         if self.node.config.mdns and _advertise(self.node.config):
             from mongars_edge.mesh.discovery import Discovery
 
@@ -206,38 +193,11 @@ class MeshService:
         self._spawn(self._gossip_loop())
         log.info("mesh node %s listening on port %d", self.node.me.node_id, self.node.port)
 
-    async def _start_worker(self) -> None:
-        """Offer this box's memory: an RPC worker holding at most `split_offer_mb`."""
-        from mongars_edge.split.worker import RpcWorker
-
-        config = self.node.config
-        budget = config.split_offer_mb * 1024 * 1024
-        try:
-            worker = RpcWorker(
-                self.node.data_dir / "split-cache",
-                budget_bytes=budget,
-                threads=config.split_threads or (os.cpu_count() or 1),
-                cache_max_bytes=2 * budget,
-            )
-            await worker.start()
-        except (MongarsError, OSError) as exc:
-            self.split_problem = f"split_offer_mb is set but the RPC worker did not start: {exc}"
-            log.error("%s", self.split_problem)
-            return
-        self._own_worker = worker
-        self.tunnel.worker = worker
-        log.info(
-            "offering %d MB to paired boxes for splitting a model",
-            config.split_offer_mb,
-            extra={"split_offer_mb": config.split_offer_mb, "llama_build": self.tunnel.build},
-        )
-
     async def stop(self) -> None:
         if self._discovery is not None:
             await self._discovery.stop()
         await self.tunnel.stop()
-        if self._own_worker is not None:
-            await self._own_worker.stop()
+        await self.offer.stop()
         if self._server is not None:
             self._server.close()
         for link in list(self.node.links.values()):
@@ -422,28 +382,8 @@ class MeshService:
     # --- gossip and state for the CLI ---------------------------------------------------------
 
     def _telemetry(self) -> codec.Telemetry:
-        engine = self.node.engine
-        worker = self.tunnel.worker
-        load = engine.load() if engine else None
-        adapters: list[str] = []
-        if self.share is not None:
-            adapters = self.share.held()
-        return codec.Telemetry(
-            node_id=self.node.me.node_id,
-            model=engine.info.id if engine else "",
-            queue_depth=load.queue_depth if load else 0,
-            active=load.active if load else 0,
-            n_parallel=load.n_parallel if load else 1,
-            gen_tok_s=float(load.generation_tok_s) if load else 0.0,
-            prompt_tok_s=float(load.prompt_tok_s) if load else 0.0,
-            temp_c=_temperature(),
-            throttled=False,
-            adapters=adapters,
-            accepting=engine is not None,
-            port=self.node.port,
-            split_budget=worker.budget_bytes if worker is not None and worker.alive else 0,
-            llama_build=self.tunnel.build,
-        )
+        adapters = self.share.held() if self.share is not None else []
+        return self.node.telemetry(adapters, self.offer.budget(), self.tunnel.build)
 
     async def _gossip_loop(self) -> None:
         while True:
@@ -469,14 +409,6 @@ def _advertise(config: MeshConfig) -> bool:
     if config.mdns_interfaces:
         return True
     return not (config.host.startswith("127.") or config.host in ("::1", "localhost"))
-
-
-def _temperature() -> float:
-    try:
-        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text()
-        return int(raw.strip()) / 1000
-    except (OSError, ValueError):
-        return 0.0
 
 
 @contextlib.asynccontextmanager
