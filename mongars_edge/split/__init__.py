@@ -1,0 +1,1 @@
+"""Splitting a model across boxes: llama.cpp's RPC, guarded, hosted and supervised."""
