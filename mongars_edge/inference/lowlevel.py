@@ -255,6 +255,9 @@ def load_model(
         add_bos=bool(L.llama_vocab_get_add_bos(vocab)),
     )
     model.architecture = model.meta("general.architecture") or "unknown"
+    if not model.n_layer:  # a vocab-only load reads no hyperparameters: the metadata says
+        count = model.meta(f"{model.architecture}.block_count") or ""
+        model.n_layer = int(count) if count.isdigit() else 0
     if require_template and not model.chat_template:
         model.free()
         raise ChatTemplateMissingError(

@@ -19,12 +19,14 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import socket
 import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from mongars_edge.split.plan import SplitPlan
 
 log = logging.getLogger(__name__)
+
+_ABORT: Final = re.compile(r"\.(?:cpp|c|h):\d+: (.+)$")
 
 LOAD_TIMEOUT_S: Final = 1800.0
 _FINISH: Final = ("stop", "length", "cancelled", "error")
@@ -133,9 +137,14 @@ class _Child:
         self.tasks: list[asyncio.Task[None]] = []
 
     def why(self) -> str:
-        """The child's last words (ggml prints its abort reason on stderr)."""
+        """The child's last words: ggml's abort reason (`file.cpp:566: what`) when it gave one."""
+        for line in reversed(self.stderr):
+            found = _ABORT.search(line)
+            if found:
+                return found.group(1)
         lines = [s for s in self.stderr if s.strip()]
-        return lines[-1] if lines else f"exit status {self.proc.returncode}"
+        code = self.proc.returncode
+        return lines[-1] if lines else f"exit status {code}"
 
 
 class SplitEngine:
@@ -233,7 +242,7 @@ class SplitEngine:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=_child_env(),
             )
         finally:
             theirs.close()
@@ -480,6 +489,16 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
         return await reader.readexactly(codec.frame_length(header))
     except (asyncio.IncompleteReadError, ConnectionError, codec.CodecError):
         return None
+
+
+def _child_env() -> dict[str, str]:
+    """This process's environment; the child imports this very package, wherever it lives."""
+    import mongars_edge
+
+    root = str(Path(mongars_edge.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    # GGML_NO_BACKTRACE: an abort says why in one line, without attaching gdb for a backtrace.
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "GGML_NO_BACKTRACE": "1"}
 
 
 OpenSplit = Callable[[], contextlib.AbstractAsyncContextManager[SplitEngine]]

@@ -1,0 +1,303 @@
+"""Split benchmark: one model over two boxes in network namespaces, against one unconstrained box.
+
+    .venv/bin/python bench/split.py [--model PATH] [--tokens 64] [--json]      (root)
+
+Two namespaces on a bridge, each box pinned to its own core and held in a cgroup (v1 memory
+controller, else v2) whose limit, like its `model_budget_mb`, is too small for the model alone:
+box B runs llama.cpp's RPC worker (ggml's own server through ctypes, `mongars_edge.split.rpc`),
+box A is this script re-executed in its namespace running a SplitEngine (the supervised child)
+whose plan puts on B the layers A cannot hold. Until the mesh tunnel lands, A reaches B's RPC
+port over the namespaces' veth directly (printed). The baseline, measured in the same run: the
+same model on one box with no limit, one thread, pinned to A's core. Prints:
+ (a) greedy output of the split identical to the single box
+ (b) generation tok/s split / single (target >= 0.5), and the bytes per token on the wire
+ (c) the time to load the model across the link, and the bytes it sent
+"""
+
+from __future__ import annotations
+
+import sys
+
+_HERE = __file__.rsplit("/", 1)[0] or "."
+sys.path[:] = [p for p in sys.path if p not in (_HERE, "")]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DEFAULT_MODEL = REPO / ".data" / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+RPC_PORT = 50052
+PROMPT = "Write a Python function that checks whether a number is prime, with a docstring."
+_V1 = Path("/sys/fs/cgroup/memory")
+_V2 = Path("/sys/fs/cgroup")
+
+
+# --- memory limits ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cgroup(name: str, limit_mb: int) -> Iterator[Path]:
+    """A memory cgroup limited to `limit_mb` (v1 if mounted, else v2); its procs file."""
+    if (_V1 / "memory.limit_in_bytes").is_file():
+        path = _V1 / name
+        path.mkdir()
+        (path / "memory.limit_in_bytes").write_text(str(limit_mb << 20))
+        with contextlib.suppress(OSError):  # no swap accounting on this kernel: no swap either
+            (path / "memory.memsw.limit_in_bytes").write_text(str(limit_mb << 20))
+    else:
+        path = _V2 / name
+        path.mkdir()
+        (path / "memory.max").write_text(str(limit_mb << 20))
+    try:
+        yield path / "cgroup.procs"
+    finally:
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except OSError:  # processes still leaving
+                time.sleep(0.1)
+
+
+def in_cgroup(procs: Path, cmd: list[str]) -> list[str]:
+    """`cmd` run from a shell that first moves itself into the cgroup (before `ip netns exec`,
+    which mounts a /sys of its own where the cgroup tree is not)."""
+    return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *cmd]
+
+
+def veth_bytes(ns: str) -> int:
+    """Bytes through box B's veth both ways (the wire between the boxes)."""
+    out = subprocess.run(
+        ["ip", "-n", ns, "-s", "-j", "link", "show", "veth0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
+
+
+# --- the measured sides -------------------------------------------------------------------------
+
+
+def _config(model: Path, tokens: int) -> Any:
+    from mongars_edge.inference.llama import EngineConfig
+
+    return EngineConfig(
+        model_path=model,
+        model_id=model.stem,
+        n_ctx=1024,
+        n_parallel=1,
+        n_threads=1,
+        n_threads_batch=1,
+        cache_slots=0,
+        prefix_cache=False,
+    )
+
+
+async def _generate(engine: Any, tokens: int) -> dict[str, Any]:
+    from mongars_edge.inference.engine import ChatRequest, Sampling, complete
+
+    request = ChatRequest.of([("user", PROMPT)], sampling=Sampling.greedy(tokens))
+    await complete(engine, ChatRequest.of([("user", "Hi")], sampling=Sampling.greedy(4)))
+    start = time.monotonic()
+    done = await complete(engine, request)
+    n = done.usage.completion_tokens if done.usage else 0
+    return {
+        "text": done.text,
+        "finish": done.finish_reason,
+        "error": done.error,
+        "tokens": n,
+        "gen_tok_s": done.timings.generation_tok_s if done.timings else 0.0,
+        "wall_s": time.monotonic() - start,
+    }
+
+
+async def _single(args: argparse.Namespace) -> dict[str, Any]:
+    from mongars_edge.inference.llama import LlamaEngine
+
+    async with LlamaEngine.open(_config(Path(args.model), args.tokens)) as engine:
+        return await _generate(engine, args.tokens)
+
+
+async def _host(args: argparse.Namespace) -> dict[str, Any]:
+    from mongars_edge.split.host import SplitEngine
+    from mongars_edge.split.plan import Offer, plan_split
+
+    config = _config(Path(args.model), args.tokens)
+    plan = plan_split(
+        config.model_id,
+        args.n_layer,
+        args.need_mb,
+        args.budget_mb,
+        [Offer(args.worker, args.budget_mb << 20, name="box B")],
+    )
+    before = veth_bytes(args.worker_ns)
+    async with SplitEngine.open(config, plan) as engine:
+        loaded = veth_bytes(args.worker_ns)
+        out = {"plan": plan.summary(), "load_s": engine.load_s, "load_bytes": loaded - before}
+        warm = veth_bytes(args.worker_ns)
+        out.update(await _generate(engine, args.tokens))
+        out["run_bytes"] = veth_bytes(args.worker_ns) - warm
+    return out
+
+
+# --- the driver, in the host namespace ---------------------------------------------------------
+
+
+def _need(model: Path) -> tuple[int, int]:
+    """The model's layer count and the memory it needs (the tuning profile's estimate)."""
+    from mongars_edge.hardware.tuning import model_need_mb
+    from mongars_edge.inference import lowlevel
+
+    vocab = lowlevel.load_model(model, vocab_only=True)
+    try:
+        n_layer = vocab.n_layer
+    finally:
+        vocab.free()
+    return n_layer, model_need_mb("medium", model.stat().st_size >> 20, 1024, 1)
+
+
+def _run(cmd: list[str], what: str, timeout: float = 1800) -> dict[str, Any]:
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, timeout=timeout, cwd=REPO
+    )
+    lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{what} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    data: dict[str, Any] = json.loads(lines[-1])
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a GGUF file")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--side", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-ns", help=argparse.SUPPRESS)
+    parser.add_argument("--n-layer", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--need-mb", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--budget-mb", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        side = _single if args.side == "single" else _host
+        print(json.dumps(asyncio.run(side(args))), flush=True)
+        return
+
+    from tests.integration.netns import Lab, can_use_netns
+
+    if why := can_use_netns():
+        raise SystemExit(f"bench/split.py: {why}")
+    model = Path(args.model)
+    n_layer, need_mb = _need(model)
+    # Each box may hold 60% of what the model needs: neither can run it alone.
+    budget_mb = need_mb * 6 // 10
+    cpus = sorted(os.sched_getaffinity(0))
+    me = str(Path(__file__).resolve())
+    root = Path(tempfile.mkdtemp(prefix="mgs-split-"))
+    tag = f"mgs-split-{os.getpid()}"
+    results: dict[str, Any] = {"model": model.name, "need_mb": need_mb, "budget_mb": budget_mb}
+    results["single"] = _run(
+        ["taskset", "-c", str(cpus[0]), sys.executable, me, "--side", "single",
+         "--model", str(model), "--tokens", str(args.tokens)],
+        "the single box",
+    )  # fmt: skip
+    with (
+        Lab(root, ["a", "b"]) as lab,
+        cgroup(f"{tag}-a", budget_mb) as procs_a,
+        cgroup(f"{tag}-b", budget_mb) as procs_b,
+    ):
+        a, b = lab.boxes["a"], lab.boxes["b"]
+        endpoint = f"{b.address}:{RPC_PORT}"
+        worker = subprocess.Popen(
+            in_cgroup(
+                procs_b,
+                b.exec_args("taskset", "-c", str(cpus[-1]), sys.executable, "-m",
+                            "mongars_edge.split.rpc", endpoint),
+            ),
+            cwd=REPO,
+            env={**os.environ, "RPC_THREADS": "1", "PYTHONPATH": str(REPO)},
+            stdout=b.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        a.log_path.touch()
+        try:
+            from mongars_edge.split import rpc
+
+            lab.wait("B's RPC worker", lambda: _answers(a.exec_args, endpoint), 60)
+            results["split"] = _run(
+                in_cgroup(
+                    procs_a,
+                    a.exec_args("taskset", "-c", str(cpus[0]), sys.executable, me, "--side",
+                                "host", "--model", str(model), "--tokens", str(args.tokens),
+                                "--worker", endpoint, "--worker-ns", b.ns,
+                                "--n-layer", str(n_layer), "--need-mb", str(need_mb),
+                                "--budget-mb", str(budget_mb)),
+                ),
+                "the split host",
+            )  # fmt: skip
+            results["rpc_proto"] = rpc.proto_text(rpc.RPC_PROTO)
+        finally:
+            worker.kill()
+            worker.wait()
+    single, split = results["single"], results["split"]
+    results["identical"] = single["text"] == split["text"]
+    results["ratio"] = split["gen_tok_s"] / single["gen_tok_s"] if single["gen_tok_s"] else 0.0
+    results["bytes_per_token"] = split["run_bytes"] / max(1, split["tokens"] + 1)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"model {model.name}: needs ~{need_mb} MiB; each box's budget and cgroup limit "
+        f"{budget_mb} MiB\nplacement: {split['plan']} (box B = llama.cpp's RPC worker on "
+        f"{endpoint}, reached over the namespaces' veth directly: the mesh tunnel is not wired "
+        "in yet)"
+    )
+    print(
+        f"(a) greedy output identical to one unconstrained box: {results['identical']} "
+        f"({split['tokens']} tokens)"
+    )
+    print(
+        f"(b) generation split / single: {results['ratio']:.2f}x ({split['gen_tok_s']:.1f} / "
+        f"{single['gen_tok_s']:.1f} tok/s)   target >= 0.5; "
+        f"{results['bytes_per_token'] / 1024:.1f} KiB per token on the wire"
+    )
+    print(
+        f"(c) load across the link: {split['load_s']:.1f} s, "
+        f"{split['load_bytes'] / 2**20:.0f} MiB sent"
+    )
+
+
+def _answers(exec_args: Any, endpoint: str) -> bool:
+    probe = (
+        "import sys; from mongars_edge.split import rpc\n"
+        "try:\n rpc.hello(sys.argv[1])\nexcept rpc.SplitError:\n sys.exit(1)"
+    )
+    done = subprocess.run(
+        exec_args(sys.executable, "-c", probe, endpoint),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+if __name__ == "__main__":
+    main()
