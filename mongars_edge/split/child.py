@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mongars_edge.errors import MongarsError
 from mongars_edge.mesh import codec
+from mongars_edge.mesh.errors import CodecError
 from mongars_edge.split import rpc
 from mongars_edge.split.wire import HostHello, HostSpec, decode_spec, encode_hello
+
+if TYPE_CHECKING:
+    from mongars_edge.inference.llama import LlamaEngine
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +99,19 @@ async def serve(fd: int, spec: HostSpec) -> int:
 
 
 async def _serve_requests(
-    engine: object, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    engine: LlamaEngine, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    from mongars_edge.inference.llama import LlamaEngine
-
-    assert isinstance(engine, LlamaEngine)
     tasks: dict[int, asyncio.Task[None]] = {}
     while (payload := await _read(reader)) is not None:
         try:
             msg = codec.decode(payload)
-        except codec.CodecError as exc:  # the box is the only writer: a bug, said and skipped
+        except CodecError as exc:  # the box is the only writer: a bug, said and skipped
             log.warning("split child: %s", exc)
             continue
         if isinstance(msg, codec.InferRequest):
             task = asyncio.ensure_future(_run(engine, msg, writer))
             tasks[msg.stream_id] = task
-            task.add_done_callback(lambda _t, sid=msg.stream_id: tasks.pop(sid, None))
+            task.add_done_callback(functools.partial(_forget, tasks, msg.stream_id))
         elif isinstance(msg, codec.Cancel) and msg.stream_id in tasks:
             tasks[msg.stream_id].cancel()
     for task in list(tasks.values()):
@@ -116,11 +119,13 @@ async def _serve_requests(
     await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
-async def _run(engine: object, msg: codec.InferRequest, writer: asyncio.StreamWriter) -> None:
-    from mongars_edge.inference.engine import ChatRequest
-    from mongars_edge.inference.llama import LlamaEngine
+def _forget(tasks: dict[int, asyncio.Task[None]], sid: int, _task: object) -> None:
+    tasks.pop(sid, None)
 
-    assert isinstance(engine, LlamaEngine)
+
+async def _run(engine: LlamaEngine, msg: codec.InferRequest, writer: asyncio.StreamWriter) -> None:
+    from mongars_edge.inference.engine import ChatRequest
+
     sid = msg.stream_id
 
     def send(m: codec.Msg) -> None:

@@ -44,6 +44,7 @@ from mongars_edge.inference.engine import (
 )
 from mongars_edge.inference.errors import PromptTooLongError
 from mongars_edge.mesh import codec
+from mongars_edge.mesh.errors import CodecError
 from mongars_edge.mesh.remote import to_wire
 from mongars_edge.split import rpc
 from mongars_edge.split.rpc import SplitError
@@ -173,6 +174,7 @@ class SplitEngine:
         self._ids = itertools.count(1)
         self._resume: asyncio.Task[None] | None = None
         self._closed = False
+        self._serving = asyncio.Event()
         self.scheduler = _Counter()
         self.lost_reason = ""
         self.load_s = 0.0
@@ -266,6 +268,7 @@ class SplitEngine:
             )
         self.load_s = time.monotonic() - t0
         self._hello, self._child, self.lost_reason = hello, child, ""
+        self._serving.set()
         child.tasks.append(asyncio.ensure_future(self._pump(child)))
         log.info(
             "split model loaded",
@@ -288,7 +291,7 @@ class SplitEngine:
         while (payload := await _read_frame(child.reader)) is not None:
             try:
                 msg = codec.decode(payload)
-            except codec.CodecError as exc:
+            except CodecError as exc:
                 log.warning("split child sent a bad frame: %s", exc)
                 continue
             queue = child.streams.get(getattr(msg, "stream_id", -1))
@@ -302,6 +305,7 @@ class SplitEngine:
         if self._child is not child or self._closed:
             return
         self._child = None
+        self._serving.clear()
         self.losses += 1
         workers = ", ".join(p.where for p in self.plan.remote)
         self.lost_reason = f"the split across {workers} was lost ({why})"
@@ -353,6 +357,10 @@ class SplitEngine:
     def serving(self) -> bool:
         """The split model is loaded and its workers reachable (as far as is known)."""
         return self._child is not None
+
+    async def wait_serving(self) -> None:
+        """Until the split model is loaded and serving (again)."""
+        await self._serving.wait()
 
     def placement(self) -> dict[str, Any]:
         """Which layers live where, for /health."""
@@ -487,7 +495,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
     try:
         header = await reader.readexactly(codec.HEADER_SIZE)
         return await reader.readexactly(codec.frame_length(header))
-    except (asyncio.IncompleteReadError, ConnectionError, codec.CodecError):
+    except (asyncio.IncompleteReadError, ConnectionError, CodecError):
         return None
 
 

@@ -20,6 +20,7 @@ from mongars_edge.errors import MongarsError, UnavailableError
 #: The RPC protocol of ggml-rpc.h in the llama.cpp this box runs (RPC_PROTO_*_VERSION).
 RPC_PROTO: Final = (7, 0, 0)
 _HELLO = 14  # RPC_CMD_HELLO
+_DEVICE_MEMORY = 11  # RPC_CMD_GET_DEVICE_MEMORY
 _CAPS = 24  # RPC_CONN_CAPS_SIZE: zero caps asks for plain TCP, no transport upgrade
 _U64 = struct.Struct("<Q")
 _CPU = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
@@ -61,6 +62,15 @@ def hello(endpoint: str, *, timeout_s: float = 5.0) -> tuple[int, int, int]:
     ggml's server serves one client at a time, so this connection is closed before anything
     else connects. WorkerUnreachableError when it does not answer a well-formed HELLO.
     """
+    return _ask(endpoint, timeout_s, memory=False)[0]
+
+
+def device_memory(endpoint: str, *, timeout_s: float = 5.0) -> int:
+    """The free memory (bytes) the worker's first device reports, after a checked HELLO."""
+    return _ask(endpoint, timeout_s, memory=True)[1]
+
+
+def _ask(endpoint: str, timeout_s: float, *, memory: bool) -> tuple[tuple[int, int, int], int]:
     host, port = parse_endpoint(endpoint)
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
@@ -72,9 +82,19 @@ def hello(endpoint: str, *, timeout_s: float = 5.0) -> tuple[int, int, int]:
                     f"{4 + _CAPS}: it is not a llama.cpp RPC {proto_text(RPC_PROTO)} server"
                 )
             reply = _recv(sock, size)
+            proto = (reply[0], reply[1], reply[2])
+            if not memory:
+                return proto, 0
+            check_version(endpoint, proto)
+            sock.sendall(bytes([_DEVICE_MEMORY]) + _U64.pack(4) + struct.pack("<I", 0))
+            if _U64.unpack(_recv(sock, _U64.size))[0] != 16:
+                raise WorkerUnreachableError(f"the RPC server at {endpoint} has no device 0")
+            free, _total = struct.unpack("<QQ", _recv(sock, 16))
+            return proto, int(free)
     except OSError as exc:
-        raise WorkerUnreachableError(f"the RPC server at {endpoint} does not answer: {exc}") from None
-    return reply[0], reply[1], reply[2]
+        raise WorkerUnreachableError(
+            f"the RPC server at {endpoint} does not answer: {exc}"
+        ) from None
 
 
 def _recv(sock: socket.socket, n: int) -> bytes:

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.model
 def smollm2() -> Path:
     return smollm2_path()
 
+
 _REQUEST = ChatRequest.of(
     [("user", "Name three colours of the rainbow.")], sampling=Sampling.greedy(24)
 )
@@ -85,8 +86,8 @@ async def test_a_lost_worker_fails_its_request_and_the_split_resumes(smollm2: Pa
     local = await _local_text(smollm2)
     with worker() as w:
         async with _split(smollm2, w.endpoint, retry_s=0.2) as engine:
-            stream = engine.stream(ChatRequest.of(_REQUEST.messages and [("user", "Count.")],
-                                                  sampling=Sampling.greedy(400)))
+            long = ChatRequest.of([("user", "Count to 200.")], sampling=Sampling.greedy(400))
+            stream = engine.stream(long)
             first = await anext(stream)
             assert first.finish_reason is None
             w.kill()  # mid-generation: ggml aborts the child
@@ -99,8 +100,7 @@ async def test_a_lost_worker_fails_its_request_and_the_split_resumes(smollm2: Pa
             assert engine.placement()["state"] == "lost"
             w.start()
             async with asyncio.timeout(120):
-                while not engine.serving:
-                    await asyncio.sleep(0.1)
+                await engine.wait_serving()
             done = await complete(engine, _REQUEST)
             assert engine.losses == 1
     assert done.text == local
