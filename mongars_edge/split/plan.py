@@ -104,28 +104,35 @@ def plan_split(
             + f" ({total_mb} MiB in all): pair a box that offers more, or choose a smaller model"
         )
     per_layer = need_mb / n_layer
-    # This box keeps as many layers as its budget holds, and at least its share of the slack.
+    # This box keeps as many layers as its budget holds: the fewer cross the link, the faster.
     local_layers = min(n_layer, math.floor(local_mb / per_layer)) if per_layer else n_layer
     rest = n_layer - local_layers
-    places = [Placement("local", "", local_layers, 0, local_mb)]
-    remote_mb = sum(o.budget_bytes >> 20 for o in offered)
-    assigned = 0
-    for i, offer in enumerate(offered):
-        mb = offer.budget_bytes >> 20
-        if i == len(offered) - 1:
-            layers = rest - assigned
-        else:
-            layers = round(rest * mb / remote_mb) if remote_mb else 0
-        assigned += layers
-        places.append(Placement(offer.label, offer.endpoint, layers, 0, mb))
-    sized = tuple(
-        Placement(p.where, p.endpoint, p.layers, math.ceil(p.layers * per_layer), p.budget_mb)
-        for p in places
-    )
-    for p in sized[1:]:
-        if p.need_mb > p.budget_mb:  # rounding on many workers; refuse rather than overfill
-            raise SplitError(
-                f"{model_id}: {p.layers} layers (~{p.need_mb} MiB) would go to {p.where}, which "
-                f"offers {p.budget_mb} MiB"
-            )
-    return SplitPlan(n_layer, need_mb, sized)
+    layers = _share(rest, [o.budget_bytes >> 20 for o in offered], per_layer)
+    if layers is None:
+        raise SplitError(
+            f"{model_id}: {rest} layers of ~{per_layer:.0f} MiB each must leave this box, and "
+            "the workers' offers do not hold them whole: pair a box that offers more"
+        )
+    places = [Placement("local", "", local_layers, math.ceil(local_layers * per_layer), local_mb)]
+    places += [
+        Placement(o.label, o.endpoint, n, math.ceil(n * per_layer), o.budget_bytes >> 20)
+        for o, n in zip(offered, layers, strict=True)
+    ]
+    return SplitPlan(n_layer, need_mb, tuple(places))
+
+
+def _share(rest: int, budgets_mb: list[int], per_layer: float) -> list[int] | None:
+    """`rest` layers over workers in proportion to their budgets, none over its budget
+    (largest remainders first); None when they cannot hold them all."""
+    caps = [math.floor(mb / per_layer) if per_layer else rest for mb in budgets_mb]
+    total = sum(budgets_mb)
+    wanted = [rest * mb / total if total else 0.0 for mb in budgets_mb]
+    layers = [min(cap, math.floor(w)) for cap, w in zip(caps, wanted, strict=True)]
+    by_remainder = sorted(range(len(layers)), key=lambda i: wanted[i] - layers[i], reverse=True)
+    while sum(layers) < rest:
+        room = [i for i in by_remainder if layers[i] < caps[i]]
+        if not room:
+            return None
+        for i in room[: rest - sum(layers)]:
+            layers[i] += 1
+    return layers

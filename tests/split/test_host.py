@@ -10,15 +10,22 @@ from typing import Any
 
 import pytest
 
+from mongars_edge.hardware import probe, profile_for
 from mongars_edge.inference.engine import ChatRequest, Sampling, complete
+from mongars_edge.inference.errors import ModelTooBigError
 from mongars_edge.inference.llama import EngineConfig, LlamaEngine
+from mongars_edge.inference.local import LocalEngine
+from mongars_edge.inference.manager import ModelManager
+from mongars_edge.settings import load_settings
 from mongars_edge.split.host import SplitEngine, SplitLostError
 from mongars_edge.split.plan import Offer, SplitPlan, plan_split
 from mongars_edge.split.rpc import RpcVersionError, SplitError
+from mongars_edge.split.select import Splitter, direct_offers
 from tests.inference.gen_models import smollm2_path
 from tests.support.rpcserver import Relay, worker
 
 pytestmark = pytest.mark.model
+SYSROOT = Path(__file__).resolve().parents[1] / "fixtures" / "sysroots" / "x86-vm-amx"
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +166,54 @@ async def test_a_worker_of_another_llama_build_is_refused_naming_both(smollm2: P
     finally:
         server.close()
         await server.wait_closed()
+
+
+def _manager(data_dir: Path, workers: tuple[str, ...], budget_mb: int) -> ModelManager:
+    facts = probe(SYSROOT, quiet=True)
+    settings = load_settings(
+        environ={},
+        cli={
+            "data_dir": data_dir,
+            "model": "smollm2-135m-instruct",
+            "n_threads": 1,
+            "ctx_size": 512,
+            "n_parallel": 1,
+            "model_budget_mb": budget_mb,
+            "split_workers": workers,
+        },
+    )
+    manager = ModelManager(settings, profile_for(facts), facts, data_dir, LocalEngine())
+    manager.splitter = Splitter([direct_offers(settings.split_workers)])
+    return manager
+
+
+async def test_a_model_over_the_budget_runs_split_when_a_worker_offers(
+    data_dir: Path, smollm2: Path
+) -> None:
+    local = await _local_text(smollm2)
+    with worker() as w:
+        manager = _manager(data_dir, (w.endpoint,), 200)
+        try:
+            await manager.load("smollm2-135m-instruct")
+            held = manager.local.engine
+            assert isinstance(held, SplitEngine)
+            place = held.placement()
+            done = await complete(manager.local, _REQUEST)
+        finally:
+            await manager.local.close()
+    assert place["state"] == "serving"
+    here, there = place["places"]
+    assert here["where"] == "local" and here["budget_mb"] == 200
+    assert there["endpoint"] == w.endpoint and here["layers"] + there["layers"] == 30
+    assert done.text == local
+
+
+async def test_with_no_worker_answering_a_model_over_the_budget_is_refused(
+    data_dir: Path,
+) -> None:
+    with worker() as w:
+        endpoint = w.endpoint
+    manager = _manager(data_dir, (endpoint,), 200)
+    with pytest.raises(ModelTooBigError, match=r"budget is 200 MiB \(the model_budget_mb"):
+        await manager.load("smollm2-135m-instruct")
+    assert not manager.local.loaded
