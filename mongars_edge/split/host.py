@@ -18,15 +18,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import re
-import socket
 import sys
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -47,8 +41,9 @@ from mongars_edge.mesh import codec
 from mongars_edge.mesh.errors import CodecError
 from mongars_edge.mesh.remote import to_wire
 from mongars_edge.split import rpc
+from mongars_edge.split.process import Child, RequestCount, read_frame, spawn
 from mongars_edge.split.rpc import SplitError
-from mongars_edge.split.wire import HostHello, HostSpec, decode_hello, encode_spec
+from mongars_edge.split.wire import HostHello, HostSpec, decode_hello
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
@@ -59,9 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ABORT: Final = re.compile(r"\.(?:cpp|c|h):\d+: (.+)$")
-
 LOAD_TIMEOUT_S: Final = 1800.0
+_RETRY_CAP_S: Final = 60.0
 _FINISH: Final = ("stop", "length", "cancelled", "error")
 _ENGINE_FIELDS: Final = (
     "n_ctx",
@@ -88,66 +82,6 @@ class SplitLostError(SplitError):
     kind = "split_lost"
 
 
-@dataclass
-class _Counter:
-    """Requests running on the split, for the memory worker's idle signal."""
-
-    active: int = 0
-    depth: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    busy: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    def enter(self) -> None:
-        self.active += 1
-        self.idle.clear()
-        self.busy.set()
-
-    def leave(self) -> None:
-        self.active -= 1
-        if self.active == 0:
-            self.busy.clear()
-            self.idle.set()
-
-    def is_idle(self) -> bool:
-        return self.active == 0
-
-    async def wait_idle(self) -> None:
-        await self.idle.wait()
-
-    async def wait_busy(self) -> None:
-        await self.busy.wait()
-
-
-class _Child:
-    """One running child: its process, its socket and the streams it serves."""
-
-    def __init__(
-        self,
-        proc: asyncio.subprocess.Process,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        self.proc = proc
-        self.reader = reader
-        self.writer = writer
-        self.streams: dict[int, asyncio.Queue[codec.Msg | BaseException]] = {}
-        self.stderr: deque[str] = deque(maxlen=20)
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def why(self) -> str:
-        """The child's last words: ggml's abort reason (`file.cpp:566: what`) when it gave one."""
-        for line in reversed(self.stderr):
-            found = _ABORT.search(line)
-            if found:
-                return found.group(1)
-        lines = [s for s in self.stderr if s.strip()]
-        code = self.proc.returncode
-        return lines[-1] if lines else f"exit status {code}"
-
-
 class SplitEngine:
     """An Engine over a model whose last layers live on RPC workers (module docstring)."""
 
@@ -169,13 +103,13 @@ class SplitEngine:
         self.fallback = fallback
         self._retry_s = retry_s
         self._python = python
-        self._child: _Child | None = None
+        self._child: Child | None = None
         self._hello: HostHello | None = None
         self._ids = itertools.count(1)
         self._resume: asyncio.Task[None] | None = None
         self._closed = False
         self._serving = asyncio.Event()
-        self.scheduler = _Counter()
+        self.scheduler = RequestCount()
         self.lost_reason = ""
         self.load_s = 0.0
         self.losses = 0
@@ -232,35 +166,20 @@ class SplitEngine:
             tensor_split=list(self.plan.tensor_split),
             engine={name: getattr(self.config, name) for name in _ENGINE_FIELDS},
         )
-        ours, theirs = socket.socketpair()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self._python,
-                "-m",
-                "mongars_edge.split.child",
-                str(theirs.fileno()),
-                encode_spec(spec),
-                pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                env=_child_env(),
-            )
-        finally:
-            theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        child = _Child(proc, reader, writer)
-        child.tasks.append(asyncio.ensure_future(self._pump_stderr(child)))
         t0 = time.monotonic()
+        child = await spawn(spec, self._python)
         try:
             async with asyncio.timeout(LOAD_TIMEOUT_S):
-                payload = await _read_frame(reader)
+                payload = await read_frame(child.reader)
             hello = decode_hello(payload) if payload is not None else None
         except (TimeoutError, msgspec.DecodeError) as exc:
-            await self._kill(child)
+            await child.kill()
             raise SplitError(f"the split host did not load {self.config.model_id}: {exc}") from None
+        except BaseException:  # cancelled while loading (the box is closing)
+            await asyncio.shield(child.kill())
+            raise
         if hello is None or hello.error:
-            await self._kill(child)
+            await child.kill()
             why = hello.error if hello is not None else child.why()
             raise SplitError(
                 f"{self.config.model_id} could not be loaded across "
@@ -279,16 +198,9 @@ class SplitEngine:
             },
         )
 
-    async def _pump_stderr(self, child: _Child) -> None:
-        assert child.proc.stderr is not None
-        async for raw in child.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            child.stderr.append(line)
-            log.debug("split child: %s", line)
-
-    async def _pump(self, child: _Child) -> None:
+    async def _pump(self, child: Child) -> None:
         """Route the child's frames to their streams; on its end, the loss."""
-        while (payload := await _read_frame(child.reader)) is not None:
+        while (payload := await read_frame(child.reader)) is not None:
             try:
                 msg = codec.decode(payload)
             except CodecError as exc:
@@ -301,7 +213,7 @@ class SplitEngine:
         await asyncio.sleep(0)  # let the stderr pump read the last words
         self._lost(child, child.why())
 
-    def _lost(self, child: _Child, why: str) -> None:
+    def _lost(self, child: Child, why: str) -> None:
         if self._child is not child or self._closed:
             return
         self._child = None
@@ -317,24 +229,18 @@ class SplitEngine:
         self._resume = asyncio.ensure_future(self._resume_when_back())
 
     async def _resume_when_back(self) -> None:
+        wait = self._retry_s
         while not self._closed:
-            await asyncio.sleep(self._retry_s)
+            await asyncio.sleep(wait)
             try:
                 await self._start_child()
             except SplitError as exc:
                 log.debug("split not back yet: %s", exc)
+                # A worker that answers but cannot hold its layers costs a whole load: back off.
+                wait = min(wait * 2, max(self._retry_s, _RETRY_CAP_S))
                 continue
             log.info("split resumed", extra={"model": self.config.model_id})
             return
-
-    async def _kill(self, child: _Child) -> None:
-        child.writer.close()
-        with contextlib.suppress(ProcessLookupError):
-            child.proc.kill()
-        await child.proc.wait()
-        for task in child.tasks:
-            task.cancel()
-        await asyncio.gather(*child.tasks, return_exceptions=True)
 
     async def close(self) -> None:
         self._closed = True
@@ -351,7 +257,7 @@ class SplitEngine:
                     await child.proc.wait()
             except TimeoutError:
                 log.warning("split child did not exit: killed")
-            await self._kill(child)
+            await child.kill()
 
     @property
     def serving(self) -> bool:
@@ -457,7 +363,7 @@ class SplitEngine:
         started = time.monotonic()
         done = False
         try:
-            child.writer.write(codec.frame(codec.encode(to_wire(chat, sid, self.config.model_id))))
+            child.send(to_wire(chat, sid, self.config.model_id))
             await child.writer.drain()
             while True:
                 item = await queue.get()
@@ -488,25 +394,4 @@ class SplitEngine:
             child.streams.pop(sid, None)
             if not done and self._child is child:
                 with contextlib.suppress(ConnectionError, OSError):
-                    child.writer.write(codec.frame(codec.encode(codec.Cancel(sid))))
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    try:
-        header = await reader.readexactly(codec.HEADER_SIZE)
-        return await reader.readexactly(codec.frame_length(header))
-    except (asyncio.IncompleteReadError, ConnectionError, CodecError):
-        return None
-
-
-def _child_env() -> dict[str, str]:
-    """This process's environment; the child imports this very package, wherever it lives."""
-    import mongars_edge
-
-    root = str(Path(mongars_edge.__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    # GGML_NO_BACKTRACE: an abort says why in one line, without attaching gdb for a backtrace.
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "GGML_NO_BACKTRACE": "1"}
-
-
-OpenSplit = Callable[[], contextlib.AbstractAsyncContextManager[SplitEngine]]
+                    child.send(codec.Cancel(sid))

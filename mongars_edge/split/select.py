@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
+from mongars_edge.errors import MongarsError
 from mongars_edge.logonce import WarnOnce
 from mongars_edge.split import rpc
 from mongars_edge.split.plan import Offer, plan_split
@@ -42,6 +43,40 @@ def direct_offers(endpoints: tuple[str, ...]) -> OfferSource:
                 warn(f"split worker {endpoint}", "%s", exc)
                 continue
             found.append(Offer(endpoint, free))
+        return found
+
+    return offers
+
+
+def mesh_offers(
+    peers: Callable[[], Iterable[tuple[str, int, str]]],
+    endpoint: Callable[[str], Awaitable[str]],
+    build: str,
+) -> OfferSource:
+    """Offers of paired mesh peers: `peers()` gives (peer id, split budget, llama.cpp build)
+    from their telemetry, `endpoint(peer id)` a loopback port the mesh tunnels to that peer's
+    worker. A peer of another llama.cpp build is left out, said once naming both."""
+    warn = WarnOnce(log)
+
+    async def offers() -> list[Offer]:
+        found = []
+        for peer_id, budget, theirs in peers():
+            if budget <= 0:
+                continue
+            if theirs != build:
+                warn(
+                    f"split build {peer_id}",
+                    "peer %s offers memory for splitting but runs llama.cpp %s, this box %s: "
+                    "not used (every box of a split must run the same build)",
+                    peer_id,
+                    theirs,
+                    build,
+                )
+                continue
+            try:
+                found.append(Offer(await endpoint(peer_id), budget, name=peer_id))
+            except MongarsError as exc:
+                warn(f"split peer {peer_id}", "%s", exc)
         return found
 
     return offers

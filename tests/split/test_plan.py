@@ -6,6 +6,7 @@ import pytest
 
 from mongars_edge.split.plan import Offer, plan_split
 from mongars_edge.split.rpc import SplitError
+from mongars_edge.split.select import mesh_offers
 
 MiB = 1 << 20
 
@@ -47,3 +48,14 @@ def test_layers_that_do_not_fit_whole_anywhere_are_refused() -> None:
     offers = [Offer("a:1", 600 * MiB), Offer("b:1", 300 * MiB)]
     with pytest.raises(SplitError, match="do not hold them whole"):
         plan_split("m", 30, 1200, 300, offers)
+
+
+async def test_mesh_peers_of_another_build_offer_nothing() -> None:
+    peers = [("box-b", 900 * MiB, "b1 rpc 7.0.0"), ("box-c", 500 * MiB, "b2 rpc 7.0.0")]
+    peers.append(("box-d", 0, "b1 rpc 7.0.0"))
+
+    async def endpoint(peer_id: str) -> str:
+        return {"box-b": "127.0.0.1:4001", "box-c": "127.0.0.1:4002"}[peer_id]
+
+    offers = await mesh_offers(lambda: peers, endpoint, "b1 rpc 7.0.0")()
+    assert offers == [Offer("127.0.0.1:4001", 900 * MiB, name="box-b")]
