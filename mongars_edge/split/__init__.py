@@ -1,1 +1,1 @@
-"""Splitting a model across boxes: llama.cpp's RPC, guarded, hosted and supervised."""
+"""A model split across boxes with llama.cpp's RPC backend: the guard on its wire, the worker."""
