@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ from mongars_edge.split.host import SplitEngine, SplitLostError
 from mongars_edge.split.plan import Offer, SplitPlan, plan_split
 from mongars_edge.split.rpc import RpcVersionError, SplitError
 from mongars_edge.split.select import Splitter, direct_offers
+from mongars_edge.split.worker import RpcWorker
 from tests.inference.gen_models import smollm2_path
-from tests.support.rpcserver import Relay, worker
+from tests.support.rpcserver import GuardedRelay, Relay, worker
 
 pytestmark = pytest.mark.model
 SYSROOT = Path(__file__).resolve().parents[1] / "fixtures" / "sysroots" / "x86-vm-amx"
@@ -217,3 +220,40 @@ async def test_with_no_worker_answering_a_model_over_the_budget_is_refused(
     with pytest.raises(ModelTooBigError, match=r"budget is 200 MiB \(the model_budget_mb"):
         await manager.load("smollm2-135m-instruct")
     assert not manager.local.loaded
+
+
+async def test_through_a_guard_to_the_sandboxed_worker_killed_and_restarted(
+    data_dir: Path, smollm2: Path, tmp_path: Path
+) -> None:
+    local = await _local_text(smollm2)
+    sandboxed = RpcWorker(
+        tmp_path / "cache", budget_bytes=250 << 20, threads=1, cache_max_bytes=1 << 30
+    )
+    await sandboxed.start()
+    relay = GuardedRelay(sandboxed)
+    await relay.start()
+    try:
+        # The manager asks the worker what it offers (its budget, through the guard) and splits.
+        manager = _manager(data_dir, (relay.endpoint,), 200)
+        await manager.load("smollm2-135m-instruct")
+        held = manager.local.engine
+        assert isinstance(held, SplitEngine)
+        assert held.plan.remote[0].budget_mb == 250
+        first = await complete(manager.local, _REQUEST)
+        long = ChatRequest.of([("user", "Count to 200.")], sampling=Sampling.greedy(400))
+        stream = manager.local.stream(long)
+        await anext(stream)
+        assert sandboxed.pid is not None
+        os.kill(sandboxed.pid, signal.SIGKILL)  # the worker's child dies; RpcWorker restarts it
+        with pytest.raises(SplitLostError):
+            async for _event in stream:
+                pass
+        async with asyncio.timeout(180):
+            await held.wait_serving()
+        again = await complete(manager.local, _REQUEST)
+        await manager.local.close()
+    finally:
+        await relay.stop()
+        await sandboxed.stop()
+    assert relay.refusals == []
+    assert first.text == local and again.text == local

@@ -14,10 +14,12 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mongars_edge.split import rpc
+from mongars_edge.split.rpcwire import RpcGuard
+from mongars_edge.split.worker import RpcWorker, RpcWorkerUnavailable
 from tests.support.env import clean_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,3 +120,56 @@ class Relay:
                 w.close()
 
         await asyncio.gather(pipe(reader, up_w, True), pipe(up_r, writer, False))
+
+
+class GuardedRelay:
+    """A loopback port to a sandboxed RpcWorker, every byte through one RpcGuard per
+    connection: what the mesh tunnel does, without the mesh."""
+
+    def __init__(self, worker: RpcWorker) -> None:
+        self.worker = worker
+        self.refusals: list[str] = []
+        self._server: asyncio.Server | None = None
+        self.endpoint = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.endpoint = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        guard = RpcGuard(cached_size=self.worker.cached_size)
+        try:
+            w_reader, w_writer = await self.worker.connect()
+        except RpcWorkerUnavailable:
+            writer.close()
+            return
+
+        async def pump(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, check: Callable[[bytes], None]
+        ) -> None:
+            while data := await src.read(1 << 20):
+                check(data)
+                dst.write(data)
+                await dst.drain()
+
+        pumps = [
+            asyncio.ensure_future(pump(reader, w_writer, guard.from_client)),
+            asyncio.ensure_future(pump(w_reader, writer, guard.from_server)),
+        ]
+        try:
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is not None and not isinstance(error, ConnectionError):
+                    self.refusals.append(f"{type(error).__name__}: {error}")
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for w in (writer, w_writer):
+                w.close()
