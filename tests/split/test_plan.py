@@ -7,6 +7,7 @@ import pytest
 from mongars_edge.split.plan import Offer, plan_split
 from mongars_edge.split.rpc import SplitError
 from mongars_edge.split.select import mesh_offers
+from mongars_edge.tui.screens.mesh import split_line
 
 MiB = 1 << 20
 
@@ -59,3 +60,12 @@ async def test_mesh_peers_of_another_build_offer_nothing() -> None:
 
     offers = await mesh_offers(lambda: peers, endpoint, "b1 rpc 7.0.0")()
     assert offers == [Offer("127.0.0.1:4001", 900 * MiB, name="box-b")]
+
+
+def test_the_mesh_screen_says_where_the_layers_live() -> None:
+    plan = plan_split("qwen", 28, 1400, 800, [Offer("10.0.0.2:50052", 900 * MiB, name="box-b")])
+    split = {"model": "qwen", "state": "lost", **plan.to_dict(), "problem": "box-b was lost"}
+    assert (
+        split_line(split) == "qwen split: 16 layers here, 12 layers on box-b (lost): box-b was lost"
+    )
+    assert split_line(None) == ""
