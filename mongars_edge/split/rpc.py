@@ -13,12 +13,13 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from mongars_edge.errors import MongarsError, UnavailableError
+from mongars_edge.split.rpcwire import RPC_PROTO
 
-#: The RPC protocol of ggml-rpc.h in the llama.cpp this box runs (RPC_PROTO_*_VERSION).
-RPC_PROTO: Final = (7, 0, 0)
+__all__ = ["RPC_PROTO"]
+
 _HELLO = 14  # RPC_CMD_HELLO
 _DEVICE_MEMORY = 11  # RPC_CMD_GET_DEVICE_MEMORY
 _CAPS = 24  # RPC_CONN_CAPS_SIZE: zero caps asks for plain TCP, no transport upgrade
@@ -91,6 +92,11 @@ def _ask(endpoint: str, timeout_s: float, *, memory: bool) -> tuple[tuple[int, i
                 raise WorkerUnreachableError(f"the RPC server at {endpoint} has no device 0")
             free, _total = struct.unpack("<QQ", _recv(sock, 16))
             return proto, int(free)
+    except TimeoutError:
+        raise WorkerUnreachableError(
+            f"the RPC server at {endpoint} gave no answer within {timeout_s:g} s (busy with "
+            "another host? llama.cpp's server serves one at a time)"
+        ) from None
     except OSError as exc:
         raise WorkerUnreachableError(
             f"the RPC server at {endpoint} does not answer: {exc}"
