@@ -108,6 +108,8 @@ class ModelManager:
         self.wanted = ""  # the model the settings chose; "" when it is loaded or off
         # Opens a model over this box's budget split across workers (None: refuse it).
         self.splitter: Splitter | None = None
+        self.split_retry_s = 30.0
+        self.split_problem = ""  # why the chosen model is not split yet (shown on /health)
         # Told when the problems shown on /health change (the Runtime lists them).
         self.on_change: Callable[[], None] = lambda: None
 
@@ -126,7 +128,18 @@ class ModelManager:
         entry = self.store.catalog.get(spec)
         installed = await asyncio.to_thread(self._installed, spec)
         if installed or entry is None or not (entry.parts or entry.url):
-            await self.load(spec)  # not pullable: load (or fail) as asked
+            try:
+                await self.load(spec)  # not pullable: load (or fail) as asked
+            except ModelTooBigError as exc:
+                if self.splitter is None or spec == DEFAULT_MODEL:
+                    raise
+                # Splitting may work later (a worker back, a peer paired): the tiny one answers.
+                log.warning("%s: the tiny %s answers meanwhile (see /health)", exc, DEFAULT_MODEL)
+                await self.load(DEFAULT_MODEL)
+                self.wanted, self.split_problem = spec, str(exc)
+                task = asyncio.ensure_future(self._retry_split(spec))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             return
         log.warning(
             "the chosen model %s is not on this box yet: the tiny %s answers while it "
@@ -151,7 +164,13 @@ class ModelManager:
         for state in self.pulls.values():
             if state.because and state.state != "done":
                 out.append(f"{state.because}{_progress(state, state.id)}")
-        if self.wanted and self.local.loaded:
+        if self.wanted and self.local.loaded and self.split_problem:
+            out.append(
+                f"the chosen model {self.wanted} is not running yet ({self.split_problem}): "
+                f"{self.local.info.id} answers meanwhile; splitting is tried again every "
+                f"{self.split_retry_s:g} s"
+            )
+        elif self.wanted and self.local.loaded:
             how = _progress(self.pulls.get(self.wanted), self.wanted)
             out.append(
                 f"the chosen model {self.wanted} is not installed yet: "
@@ -210,11 +229,16 @@ class ModelManager:
         config = EngineConfig.from_settings(self.settings, self.profile, path, model_id)
         try:
             await asyncio.to_thread(self.check_fits, model_id, path)
-        except ModelTooBigError:
-            split = await self._split(config, path)
-            if split is None:
+        except ModelTooBigError as too_big:
+            try:
+                split = await self._split(config, path)
+                if split is None:
+                    raise
+                await self.local.swap(split)
+            except ModelTooBigError:
                 raise
-            await self.local.swap(split)
+            except MongarsError as exc:  # the workers answered badly, or not at all
+                raise ModelTooBigError(f"{too_big}; splitting it failed: {exc}") from None
         else:
             from mongars_edge.inference.adapters import AdapterStore
 
@@ -235,6 +259,23 @@ class ModelManager:
             return None
         need = await asyncio.to_thread(self.need_mb, config.model_id, path)
         return await self.splitter(config, need, self.budget_mb())
+
+    async def _retry_split(self, spec: str) -> None:
+        """Try the chosen model split again until it runs, or another model was chosen."""
+        while self.wanted == spec:
+            await asyncio.sleep(self.split_retry_s)
+            if self.wanted != spec or (self.local.loaded and self.local.info.id != DEFAULT_MODEL):
+                break  # an admin chose another model meanwhile: theirs stays
+            try:
+                await self.load(spec)
+            except ModelTooBigError as exc:
+                self.split_problem = str(exc)
+                continue
+            self.wanted = self.split_problem = ""
+            log.info("the chosen model %s now runs split", spec)
+            self.on_change()
+            return
+        self.split_problem = ""
 
     def pull(
         self,

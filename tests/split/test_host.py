@@ -25,7 +25,8 @@ from mongars_edge.split.rpc import RpcVersionError, SplitError
 from mongars_edge.split.select import Splitter, direct_offers
 from mongars_edge.split.worker import RpcWorker
 from tests.inference.gen_models import smollm2_path
-from tests.support.rpcserver import GuardedRelay, Relay, worker
+from tests.support.env import free_port
+from tests.support.rpcserver import GuardedRelay, Relay, Worker, worker
 
 pytestmark = pytest.mark.model
 SYSROOT = Path(__file__).resolve().parents[1] / "fixtures" / "sysroots" / "x86-vm-amx"
@@ -257,3 +258,47 @@ async def test_through_a_guard_to_the_sandboxed_worker_killed_and_restarted(
         await sandboxed.stop()
     assert relay.refusals == []
     assert first.text == local and again.text == local
+
+
+async def test_at_start_the_tiny_model_answers_until_the_worker_is_there(
+    data_dir: Path, smollm2: Path, tmp_path: Path
+) -> None:
+    # A stray GGUF of "medium" tier needs ~644 MiB with 8192 tokens of context; the embedded
+    # model (tiny tier) ~572 MiB: a 600 MiB budget holds the embedded one only.
+    big = tmp_path / "big-smollm.gguf"
+    big.symlink_to(smollm2)
+    late = Worker(free_port())
+    facts = probe(SYSROOT, quiet=True)
+    settings = load_settings(
+        environ={},
+        cli={
+            "data_dir": data_dir,
+            "model": str(big),
+            "n_threads": 1,
+            "ctx_size": 8192,
+            "n_parallel": 1,
+            "model_budget_mb": 600,
+            "split_workers": (late.endpoint,),
+        },
+    )
+    manager = ModelManager(settings, profile_for(facts), facts, data_dir, LocalEngine())
+    manager.splitter = Splitter([direct_offers(settings.split_workers)])
+    manager.split_retry_s = 0.2
+    try:
+        await manager.start()
+        assert manager.local.info.id == "smollm2-135m-instruct"
+        (problem,) = manager.problems()
+        assert problem.startswith(f"the chosen model {big} is not running yet (big-smollm needs")
+        assert "smollm2-135m-instruct answers meanwhile" in problem
+        await asyncio.to_thread(late.start)
+        async with asyncio.timeout(180):
+            while manager.local.info.id != "big-smollm":  # noqa: ASYNC110 - no event for it
+                await asyncio.sleep(0.1)
+        assert isinstance(manager.local.engine, SplitEngine)
+        assert manager.problems() == []
+        done = await complete(manager.local, _REQUEST)
+    finally:
+        await manager.close()
+        await manager.local.close()
+        late.kill()
+    assert done.finish_reason in ("stop", "length")
