@@ -234,6 +234,9 @@ class SplitEngine:
             await asyncio.sleep(wait)
             try:
                 await self._start_child()
+            except rpc.WorkerUnreachableError as exc:
+                log.debug("split not back yet: %s", exc)  # a HELLO is cheap: ask as often
+                continue
             except SplitError as exc:
                 log.debug("split not back yet: %s", exc)
                 # A worker that answers but cannot hold its layers costs a whole load: back off.
