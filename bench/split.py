@@ -1,12 +1,14 @@
 """Split benchmark: one model over two boxes in network namespaces, against one unconstrained box.
 
-    .venv/bin/python bench/split.py [--model PATH] [--tokens 64] [--json]      (root)
+    .venv/bin/python bench/split.py [--model PATH] [--tokens 64]
+        [--worker-kind sandboxed|plain] [--json]                                (root)
 
 Two namespaces on a bridge, each box pinned to its own core and held in a cgroup (v1 memory
 controller, else v2) whose limit, like its `model_budget_mb`, is too small for the model alone:
-box B runs llama.cpp's RPC worker (ggml's own server through ctypes, `mongars_edge.split.rpc`),
-box A is this script re-executed in its namespace running a SplitEngine (the supervised child)
-whose plan puts on B the layers A cannot hold. Until the mesh tunnel lands, A reaches B's RPC
+box B runs the sandboxed RpcWorker offering that budget behind an RpcGuard (or, plain,
+llama.cpp's own server through ctypes: `mongars_edge.split.rpc`), box A is this script
+re-executed in its namespace running a SplitEngine (the supervised child) whose plan puts on B
+the layers A cannot hold. Until the mesh tunnel lands, A reaches B's RPC
 port over the namespaces' veth directly (printed). The baseline, measured in the same run
 before and after the split (the faster of the two counts): the same model on one box with no
 limit, one thread, pinned to A's core. Prints:
@@ -27,6 +29,7 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -156,6 +159,29 @@ async def _host(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def _worker(args: argparse.Namespace) -> None:
+    """Box B: the sandboxed RpcWorker offering the budget, its port on the veth behind a guard
+    (what the mesh tunnel will do inside its encrypted link)."""
+    from mongars_edge.split import rpc
+    from mongars_edge.split.worker import RpcWorker
+    from tests.support.rpcserver import GuardedRelay
+
+    worker = RpcWorker(
+        Path(args.cache), budget_bytes=args.budget_mb << 20, threads=1, cache_max_bytes=4 << 30
+    )
+    await worker.start()
+    host, port = rpc.parse_endpoint(args.worker)
+    relay = GuardedRelay(worker, host, port)
+    await relay.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await relay.stop()
+        await worker.stop()
+
+
 # --- the driver, in the host namespace ---------------------------------------------------------
 
 
@@ -188,7 +214,14 @@ def main() -> None:
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a GGUF file")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--worker-kind",
+        choices=("sandboxed", "plain"),
+        default="sandboxed",
+        help="box B: the sandboxed RpcWorker behind RpcGuard, or llama.cpp's plain server",
+    )
     parser.add_argument("--side", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-ns", help=argparse.SUPPRESS)
     parser.add_argument("--n-layer", type=int, help=argparse.SUPPRESS)
@@ -199,6 +232,9 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.WARNING)
+        if args.side == "worker":
+            asyncio.run(_worker(args))
+            return
         side = _single if args.side == "single" else _host
         print(json.dumps(asyncio.run(side(args))), flush=True)
         return
@@ -230,8 +266,11 @@ def main() -> None:
         worker = subprocess.Popen(
             in_cgroup(
                 procs_b,
-                b.exec_args("taskset", "-c", str(cpus[-1]), sys.executable, "-m",
-                            "mongars_edge.split.rpc", endpoint),
+                b.exec_args("taskset", "-c", str(cpus[-1]), sys.executable, *(
+                    ["-m", "mongars_edge.split.rpc", endpoint] if args.worker_kind == "plain"
+                    else [me, "--side", "worker", "--worker", endpoint,
+                          "--budget-mb", str(budget_mb), "--cache", str(b.data_dir / "cache")]
+                )),
             ),
             cwd=REPO,
             env={**os.environ, "RPC_THREADS": "1", "PYTHONPATH": str(REPO)},
@@ -256,8 +295,12 @@ def main() -> None:
             )  # fmt: skip
             results["rpc_proto"] = rpc.proto_text(rpc.RPC_PROTO)
         finally:
-            worker.kill()
-            worker.wait()
+            worker.terminate()  # the sandboxed worker's own child goes with it
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
     singles.append(_run(single_cmd, "the single box"))
     single, split = singles[0], results["split"]
     results["single"] = singles
@@ -277,9 +320,14 @@ def main() -> None:
         return
     print(
         f"model {model.name}: needs ~{need_mb} MiB; each box's budget and cgroup limit "
-        f"{budget_mb} MiB\nplacement: {split['plan']} (box B = llama.cpp's RPC worker on "
-        f"{endpoint}, reached over the namespaces' veth directly: the mesh tunnel is not wired "
-        "in yet)"
+        f"{budget_mb} MiB\nplacement: {split['plan']} (box B = "
+        + (
+            "llama.cpp's plain RPC server"
+            if args.worker_kind == "plain"
+            else "the sandboxed RpcWorker behind RpcGuard"
+        )
+        + f" on {endpoint}, reached over the namespaces' veth directly: the mesh tunnel is "
+        "not wired in yet)"
     )
     print(
         f"(a) greedy output identical to one unconstrained box: {results['identical']} "

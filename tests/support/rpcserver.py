@@ -126,15 +126,17 @@ class GuardedRelay:
     """A loopback port to a sandboxed RpcWorker, every byte through one RpcGuard per
     connection: what the mesh tunnel does, without the mesh."""
 
-    def __init__(self, worker: RpcWorker) -> None:
+    def __init__(self, worker: RpcWorker, host: str = "127.0.0.1", port: int = 0) -> None:
         self.worker = worker
         self.refusals: list[str] = []
         self._server: asyncio.Server | None = None
+        self._where = (host, port)
         self.endpoint = ""
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.endpoint = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self._server = await asyncio.start_server(self._serve, *self._where)
+        host = self._where[0]
+        self.endpoint = f"{host}:{self._server.sockets[0].getsockname()[1]}"
 
     async def stop(self) -> None:
         if self._server is not None:
