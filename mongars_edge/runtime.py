@@ -183,13 +183,26 @@ class Runtime:
             self.settings, self.profile, self.facts, self.data_dir, local, heartbeat=self.watchdog
         )
         self._stack.push_async_callback(self.models.close)
+        if self.settings.split_workers:
+            from mongars_edge.split.select import Splitter, direct_offers
+
+            self.models.splitter = Splitter([direct_offers(self.settings.split_workers)])
         await self.models.start()
         self.engine = local if local.loaded else None
 
     def health_problems(self) -> list[str]:
         """Everything /health lists: the box's own problems, the ONNX GPU path's, the model's."""
         model = self.models.problems() if self.models is not None else []
-        return [*self.problems, *self.onnx_report().problems(), *model]
+        split = self.split_placement() or {}
+        lost = [str(split["problem"])] if split.get("problem") else []
+        return [*self.problems, *self.onnx_report().problems(), *model, *lost]
+
+    def split_placement(self) -> dict[str, object] | None:
+        """Which layers of the chat model live where, when it is split across boxes."""
+        if self.engine is None or not self.engine.loaded:
+            return None
+        placement = getattr(self.engine.engine, "placement", None)
+        return placement() if callable(placement) else None
 
     def onnx_report(self) -> OnnxReport:
         """The profile's ONNX providers against those installed, and what each model runs on."""

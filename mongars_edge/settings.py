@@ -136,6 +136,18 @@ class Settings:
     n_gpu_layers: int = _setting(
         -1, "Layers offloaded to the GPU; -1 takes the profile's choice.", minimum=-1
     )
+    model_budget_mb: int = _setting(
+        0,
+        "Most RAM (MiB) the chat model may take on this box; 0: the tuning profile's budget "
+        "from the RAM. A model over it runs split across workers that offer memory, or is "
+        "refused.",
+        minimum=0,
+    )
+    split_workers: tuple[str, ...] = _setting(
+        (),
+        "llama.cpp RPC workers (HOST:PORT, comma separated) a model over the budget may be "
+        "split across, reached directly: for a trusted link only (see docs/split.md).",
+    )
     queue_size: int = _setting(
         32, "Requests waiting for a slot before new ones get 429.", minimum=1, maximum=10_000
     )

@@ -62,6 +62,10 @@ class EngineConfig:
     n_batch: int = 512
     n_ubatch: int = 512
     n_gpu_layers: int = 0
+    # Devices to offload to instead of llama.cpp's pick (a split's RPC devices: ggml handles,
+    # valid in the process that registered them) and each one's share of the offloaded layers.
+    devices: tuple[int, ...] = ()
+    tensor_split: tuple[float, ...] = ()
     queue_size: int = 32
     request_deadline_s: float = 300.0
     # Idle sequences kept beyond n_parallel so finished conversations keep their KV prefix.
@@ -143,6 +147,8 @@ class LlamaEngine:
             config.model_path,
             n_gpu_layers=config.n_gpu_layers,
             require_template=config.chat_template is None,
+            devices=config.devices,
+            tensor_split=config.tensor_split,
         )
         try:
             template = ChatTemplate(
