@@ -167,6 +167,14 @@ class Runtime:
                 )
             if mesh.split_problem:
                 self.problems.append(mesh.split_problem)
+            if self.models is not None and self.models.splitter is not None:
+                from mongars_edge.split.select import mesh_offers
+
+                # Paired boxes offering memory, reached through the mesh's tunnel: a model over
+                # this box's budget runs split across them (tried again every split_retry_s).
+                self.models.splitter.sources.append(
+                    mesh_offers(mesh.split_members, mesh.rpc_endpoint, mesh.llama_build)
+                )
         await self._open_chat()
 
     async def _open_models(self) -> None:
@@ -183,10 +191,12 @@ class Runtime:
             self.settings, self.profile, self.facts, self.data_dir, local, heartbeat=self.watchdog
         )
         self._stack.push_async_callback(self.models.close)
-        if self.settings.split_workers:
+        if self.settings.split_workers or self.settings.mesh:
             from mongars_edge.split.select import Splitter, direct_offers
 
-            self.models.splitter = Splitter([direct_offers(self.settings.split_workers)])
+            # The split_workers setting's endpoints now; the mesh's offers once it opens.
+            workers = self.settings.split_workers
+            self.models.splitter = Splitter([direct_offers(workers)] if workers else [])
         await self.models.start()
         self.engine = local if local.loaded else None
 

@@ -27,10 +27,10 @@ class SplitOffer:
         #: Why this box does not offer the memory `split_offer_mb` asks for ("" when it does).
         self.problem = ""
 
-    def offers(self) -> dict[str, int]:
-        """Linked members with fresh telemetry offering memory on this box's llama.cpp build:
-        node id -> bytes offered (what a split host places layers by)."""
-        out = {}
+    def members(self) -> list[tuple[str, int, str]]:
+        """Linked members with fresh telemetry offering memory: (node id, bytes offered, their
+        llama.cpp build), whichever build they run (a split host names a mismatch)."""
+        out = []
         for node_id, peer in self.node.peers.items():
             t = peer.telemetry
             if (
@@ -39,10 +39,14 @@ class SplitOffer:
                 and peer.fresh()
                 and t is not None
                 and t.split_budget > 0
-                and t.llama_build == self.tunnel.build
             ):
-                out[node_id] = t.split_budget
+                out.append((node_id, t.split_budget, t.llama_build))
         return out
+
+    def offers(self) -> dict[str, int]:
+        """The members offering memory on this box's llama.cpp build: node id -> bytes offered
+        (what a split host places layers by)."""
+        return {n: budget for n, budget, build in self.members() if build == self.tunnel.build}
 
     def budget(self) -> int:
         """Bytes this box offers now (its telemetry's `split_budget`): 0 while no worker serves."""

@@ -133,6 +133,15 @@ class MeshService:
         """Linked members offering memory on this box's llama.cpp build (`SplitOffer.offers`)."""
         return self.offer.offers()
 
+    def split_members(self) -> list[tuple[str, int, str]]:
+        """Linked members offering memory: (node id, bytes, llama.cpp build), any build."""
+        return self.offer.members()
+
+    @property
+    def llama_build(self) -> str:
+        """This box's llama.cpp build and RPC protocol, as peers compare them."""
+        return self.tunnel.build
+
     async def rpc_endpoint(self, peer_id: str) -> str:
         """ "127.0.0.1:PORT" for llama.cpp's RPC client: each connection becomes a stream to
         `peer_id`'s worker. SplitVersionError naming both builds when the peer runs another."""
