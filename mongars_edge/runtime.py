@@ -198,7 +198,9 @@ class Runtime:
             workers = self.settings.split_workers
             self.models.splitter = Splitter([direct_offers(workers)] if workers else [])
         await self.models.start()
-        self.engine = local if local.loaded else None
+        # A box waiting for its model to run split holds the empty engine: the mesh opens (the
+        # offers it waits for come through it) and the model answers once it is loaded.
+        self.engine = local if local.loaded or self.models.wanted else None
 
     def health_problems(self) -> list[str]:
         """Everything /health lists: the box's own problems, the ONNX GPU path's, the model's."""

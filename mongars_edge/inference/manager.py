@@ -131,15 +131,11 @@ class ModelManager:
             try:
                 await self.load(spec)  # not pullable: load (or fail) as asked
             except ModelTooBigError as exc:
-                if self.splitter is None or spec == DEFAULT_MODEL:
+                if self.splitter is None:
                     raise
-                # Splitting may work later (a worker back, a peer paired): the tiny one answers.
-                log.warning("%s: the tiny %s answers meanwhile (see /health)", exc, DEFAULT_MODEL)
-                await self.load(DEFAULT_MODEL)
-                self.wanted, self.split_problem = spec, str(exc)
-                task = asyncio.ensure_future(self._retry_split(spec))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                # Splitting may work later (a worker back, a peer paired): the tiny one answers
+                # meanwhile, or nothing when even the tiny one is over this box's budget.
+                await self._wait_for_split(spec, exc)
             return
         log.warning(
             "the chosen model %s is not on this box yet: the tiny %s answers while it "
@@ -150,6 +146,22 @@ class ModelManager:
         await self.load(DEFAULT_MODEL)
         self.wanted = spec
         self.pull(spec, load_when_done=True)
+
+    async def _wait_for_split(self, spec: str, why: ModelTooBigError) -> None:
+        """Serve the tiny model (if it fits) while `spec` is tried split every split_retry_s."""
+        self.wanted, self.split_problem = spec, str(why)
+        if spec != DEFAULT_MODEL:
+            try:
+                await self.load(DEFAULT_MODEL)
+                log.warning("%s: the tiny %s answers meanwhile (see /health)", why, DEFAULT_MODEL)
+            except ModelTooBigError:
+                pass
+        if not self.local.loaded:
+            # A box paired with boxes that offer memory splits it once their offers arrive.
+            log.warning("%s: no model answers until it runs split (see /health)", why)
+        task = asyncio.ensure_future(self._retry_split(spec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         for state in self.pulls.values():
@@ -164,11 +176,15 @@ class ModelManager:
         for state in self.pulls.values():
             if state.because and state.state != "done":
                 out.append(f"{state.because}{_progress(state, state.id)}")
-        if self.wanted and self.local.loaded and self.split_problem:
+        if self.wanted and self.split_problem:
+            meanwhile = (
+                f"{self.local.info.id} answers meanwhile"
+                if self.local.loaded
+                else "no model answers meanwhile (even the tiny one is over the budget)"
+            )
             out.append(
                 f"the chosen model {self.wanted} is not running yet ({self.split_problem}): "
-                f"{self.local.info.id} answers meanwhile; splitting is tried again every "
-                f"{self.split_retry_s:g} s"
+                f"{meanwhile}; splitting is tried again every {self.split_retry_s:g} s"
             )
         elif self.wanted and self.local.loaded:
             how = _progress(self.pulls.get(self.wanted), self.wanted)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mongars_edge.inference.errors import EngineClosedError
 from mongars_edge.logonce import WarnOnce
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.errors import BadMessageError, PeerUnavailableError
@@ -102,9 +103,13 @@ class NodeState:
         """What this box gossips about itself: its model, load, temperature and offers."""
         engine = self.engine
         load = engine.load() if engine else None
+        model = ""
+        if engine is not None:
+            with contextlib.suppress(EngineClosedError):  # no model loaded yet
+                model = engine.info.id
         return codec.Telemetry(
             node_id=self.me.node_id,
-            model=engine.info.id if engine else "",
+            model=model,
             queue_depth=load.queue_depth if load else 0,
             active=load.active if load else 0,
             n_parallel=load.n_parallel if load else 1,
