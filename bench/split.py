@@ -1,17 +1,24 @@
 """Split benchmark: one model over two boxes in network namespaces, against one unconstrained box.
 
-    .venv/bin/python bench/split.py [--model PATH] [--tokens 64]
-        [--worker-kind sandboxed|plain] [--json]                                (root)
+    .venv/bin/python bench/split.py [--model PATH] [--tokens 64] [--json]
+        [--direct [--worker-kind sandboxed|plain]]                              (root)
 
-Two namespaces on a bridge, each box pinned to its own core and held in a cgroup (v1 memory
-controller, else v2) whose limit, like its `model_budget_mb`, is too small for the model alone:
-box B runs the sandboxed RpcWorker offering that budget behind an RpcGuard (or, plain,
-llama.cpp's own server through ctypes: `mongars_edge.split.rpc`), box A is this script
-re-executed in its namespace running a SplitEngine (the supervised child) whose plan puts on B
-the layers A cannot hold. Until the mesh tunnel lands, A reaches B's RPC
-port over the namespaces' veth directly (printed). The baseline, measured in the same run
-before and after the split (the faster of the two counts): the same model on one box with no
-limit, one thread, pinned to A's core. Prints:
+Two namespaces on a bridge, each box pinned to its own core, one inference thread. By default
+both boxes are real `mongars-edge serve` processes, paired as `pair` / `pair --join` pair them:
+box B sets `split_offer_mb` (its sandboxed RpcWorker offers 60% of what the model needs), box
+A's `model_budget_mb` is that same 60%; A is asked for the model over its API
+(`/api/models/load`) and its model manager splits it across B through the mesh's encrypted
+tunnel (every command checked by B's RpcGuard). Each box is held in a memory cgroup (v1, else
+v2) of its budget plus SERVE_ROOM_MB for the rest of the box; the peaks are printed. All is
+measured through A's HTTP API (OpenAI chat completions, streamed, greedy): the baseline is box
+A restarted with no budget and no cgroup, the model its own, before and after the split (the
+faster counts). The wire is A's veth (the tunnel's encrypted frames, the mesh's gossip, IP headers).
+
+`--direct`: no mesh; A is this script re-executed in its namespace running a SplitEngine that
+reaches B's worker port over the veth directly (the RpcWorker behind an RpcGuard relay, or
+`--worker-kind plain`: llama.cpp's own server), each box in a cgroup of its budget alone.
+
+Prints which layers lived where, then:
  (a) greedy output of the split identical to the single box
  (b) generation tok/s split / single (target >= 0.5), and the bytes per token on the wire
  (c) the time to load the model across the link, and the bytes it sent
@@ -35,7 +42,10 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.integration.netns import Box
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -209,36 +219,273 @@ def _run(cmd: list[str], what: str, timeout: float = 1800) -> dict[str, Any]:
     return data
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a GGUF file")
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument(
-        "--worker-kind",
-        choices=("sandboxed", "plain"),
-        default="sandboxed",
-        help="box B: the sandboxed RpcWorker behind RpcGuard, or llama.cpp's plain server",
+# --- the mesh path (default): two real `serve` boxes, paired ------------------------------------
+
+#: What a `serve` box holds beside its model budget (web, embedder, the tiny model that answers
+#: until the split loads): its cgroup's limit is the budget plus this.
+SERVE_ROOM_MB = 1024
+_BOX_ENV = {
+    "MONGARS_N_THREADS": "1",
+    "MONGARS_N_PARALLEL": "1",
+    "MONGARS_CTX_SIZE": "1024",
+    "MONGARS_STT": "off",
+    "MONGARS_SPEECH": "off",
+    "MONGARS_WYOMING_PORT": "0",
+    # A starved run (this 2-core machine is shared) must finish, however slowly.
+    "MONGARS_REQUEST_DEADLINE_S": "7200",
+}
+
+
+def _client(args: argparse.Namespace) -> dict[str, Any]:
+    """In A's namespace: box A over its HTTP API (with --await-split, until its model runs
+    split; one warm-up, the greedy reply streamed and timed, /health's split); bytes counted
+    on A's veth."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}  # and the token, once the box wrote it
+
+    def request(path: str, body: dict[str, Any] | None = None) -> urllib.request.Request:
+        data = json.dumps(body).encode() if body is not None else None
+        return urllib.request.Request(args.url + path, data=data, headers=headers)
+
+    def call(path: str, body: dict[str, Any] | None = None) -> Any:
+        with urllib.request.urlopen(request(path, body), timeout=7200) as resp:
+            return json.loads(resp.read())
+
+    def wire() -> int:
+        stats = Path("/sys/class/net/veth0/statistics")
+        return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
+
+    def chat(text: str, n: int, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": n,
+            "temperature": 0,
+            "memory": False,
+            "stream": stream,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    end = time.monotonic() + 600
+    while True:  # the box is still starting
+        try:
+            call("/health")
+            break
+        except (urllib.error.URLError, ConnectionError) as exc:
+            if time.monotonic() > end:
+                raise SystemExit(f"box A never answered: {exc}") from None
+            time.sleep(0.5)
+    headers["Authorization"] = "Bearer " + Path(args.token_file).read_text().strip()
+    out: dict[str, Any] = {}
+    model = args.model_id
+    if args.await_split:
+        # Box A chose the model (its `model` setting) and cannot hold it: it tries it split every
+        # 30 s. Ready to count the wire: the driver pairs the boxes now.
+        print("ready", flush=True)
+        before, end = wire(), time.monotonic() + 900
+        while (split := call("/health").get("split") or {}).get("state") != "serving":
+            if time.monotonic() > end:
+                problems = call("/health").get("problems")
+                raise SystemExit(f"box A never ran the model split: {problems}")
+            time.sleep(0.5)
+        out["load_s"] = split.get("load_s")
+        out["load_bytes"] = wire() - before  # the load, and the gossip since pairing
+    call("/v1/chat/completions", chat("Hi", 4, False))
+    pieces: list[str] = []
+    stamps: list[float] = []
+    finish = None
+    usage: dict[str, Any] = {}
+    before, start = wire(), time.monotonic()
+    with urllib.request.urlopen(
+        request("/v1/chat/completions", chat(PROMPT, args.tokens, True)), timeout=7200
+    ) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: ") :])
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices", []):
+                if piece := (choice.get("delta") or {}).get("content"):
+                    pieces.append(piece)
+                    stamps.append(time.monotonic())
+                finish = choice.get("finish_reason") or finish
+    n = int(usage.get("completion_tokens", len(stamps)))
+    span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
+    out.update(
+        model=model,
+        text="".join(pieces),
+        finish=finish,
+        tokens=n,
+        # From the first token to the last, as seen by a client: generation alone.
+        gen_tok_s=(n - 1) / span if span else 0.0,
+        ttft_s=stamps[0] - start if stamps else None,
+        run_bytes=wire() - before,
+        split=call("/health").get("split"),
     )
-    parser.add_argument("--side", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--cache", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-ns", help=argparse.SUPPRESS)
-    parser.add_argument("--n-layer", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--need-mb", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--budget-mb", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.side:
-        import logging
+    return out
 
-        logging.basicConfig(level=logging.WARNING)
-        if args.side == "worker":
-            asyncio.run(_worker(args))
-            return
-        side = _single if args.side == "single" else _host
-        print(json.dumps(asyncio.run(side(args))), flush=True)
-        return
 
+def _catalog_need(model: Path, root: Path) -> tuple[str, int, int]:
+    """The model's id (the catalog's, by file name), layer count and the memory a box with
+    _BOX_ENV's context and parallel sequences needs for it (the model manager's estimate)."""
+    from mongars_edge.hardware.tuning import model_need_mb
+    from mongars_edge.inference import lowlevel
+    from mongars_edge.inference.models import ModelStore
+
+    store = ModelStore(root)
+    model_id, _ = store.resolve(str(model))
+    entry = store.catalog.get(model_id)
+    vocab = lowlevel.load_model(model, vocab_only=True)
+    try:
+        n_layer = vocab.n_layer
+    finally:
+        vocab.free()
+    tier = entry.tier if entry is not None else "medium"
+    size_mb = (entry.size_bytes if entry and entry.size_bytes else model.stat().st_size) >> 20
+    ctx, parallel = int(_BOX_ENV["MONGARS_CTX_SIZE"]), int(_BOX_ENV["MONGARS_N_PARALLEL"])
+    return model_id, n_layer, model_need_mb(tier, size_mb, ctx, parallel)
+
+
+def _peak_mb(procs: Path) -> int:
+    """The most memory the cgroup's processes held at once."""
+    for name in ("memory.max_usage_in_bytes", "memory.peak"):
+        with contextlib.suppress(OSError, ValueError):
+            return int((procs.parent / name).read_text()) >> 20
+    return 0
+
+
+def _mesh(args: argparse.Namespace) -> None:
+    """Box B: `serve` offering its budget (split_offer_mb); box A: `serve` whose model_budget_mb
+    is too small, paired with B and asked for the model over its API: it splits it across B
+    through the mesh's tunnel. The baseline: box A again, unconstrained, the model its own."""
+    from tests.integration.netns import HTTP_PORT, MESH_PORT, Lab, can_use_netns
+    from tests.support.env import clean_env
+
+    if why := can_use_netns():
+        raise SystemExit(f"bench/split.py: {why}")
+    model = Path(args.model).resolve()
+    root = Path(tempfile.mkdtemp(prefix="mgs-split-"))
+    model_id, n_layer, need_mb = _catalog_need(model, root / "catalog")
+    budget_mb = need_mb * 6 // 10  # neither box can hold the model alone
+    cpus = sorted(os.sched_getaffinity(0))
+    me = str(Path(__file__).resolve())
+    tag = f"mgs-split-{os.getpid()}"
+    results: dict[str, Any] = {
+        "model": model.name,
+        "need_mb": need_mb,
+        "budget_mb": budget_mb,
+        "n_layer": n_layer,
+        "path": "mesh",
+    }
+
+    def start(box: Box, cpu: int, procs: Path | None, **env: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (box.data_dir / "mesh" / "state.json").unlink()  # fresh once this run writes it
+        cmd = box.exec_args("taskset", "-c", str(cpu), sys.executable, "-m", "mongars_edge",
+                            "serve", "--data-dir", str(box.data_dir), "--host", box.address,
+                            "--port", str(HTTP_PORT))  # fmt: skip
+        log = box.log_path.open("ab")
+        box.stopped = False
+        box.proc = subprocess.Popen(
+            in_cgroup(procs, cmd) if procs is not None else cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=clean_env(**{**_BOX_ENV, **env}),
+            cwd=REPO,
+        )
+        log.close()
+
+    def client(box: Box, *, pair_with: Box | None = None) -> dict[str, Any]:
+        """The client in the box's namespace; with `pair_with`, it waits for the split, and
+        the boxes are paired once it counts the wire."""
+        cmd = box.exec_args(sys.executable, me, "--side", "client", "--tokens", str(args.tokens),
+                            "--url", f"http://{box.address}:{HTTP_PORT}", "--model-id", model_id,
+                            "--token-file", str(box.data_dir / "local-admin.token"),
+                            *(["--await-split"] if pair_with else []))  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+        )
+        try:
+            if pair_with is not None:
+                assert proc.stdout is not None
+                if proc.stdout.readline().strip() == "ready":
+                    _pair(box, pair_with, MESH_PORT)
+            out, err = proc.communicate(timeout=3600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        lines = [x for x in out.splitlines() if x.startswith("{")]
+        if proc.returncode or not lines:
+            raise SystemExit(
+                f"the client of box {box.name} failed:\n{out[-2000:]}\n{err[-3000:]}\n"
+                f"--- box {box.name}'s log:\n{box.log()[-3000:]}"
+            )
+        data: dict[str, Any] = json.loads(lines[-1])
+        return data
+
+    def single(a: Box) -> dict[str, Any]:
+        """Box A unconstrained: the same settings, no budget, no cgroup, the model its own."""
+        start(a, cpus[0], None, MONGARS_MODEL=str(model))
+        try:
+            return client(a)
+        finally:
+            a.stop()
+
+    with (
+        Lab(root, ["a", "b"]) as lab,
+        cgroup(f"{tag}-a", budget_mb + SERVE_ROOM_MB) as procs_a,
+        cgroup(f"{tag}-b", budget_mb + SERVE_ROOM_MB) as procs_b,
+    ):
+        a, b = lab.boxes["a"], lab.boxes["b"]
+        start(b, cpus[-1], procs_b, MONGARS_SPLIT_OFFER_MB=str(budget_mb))
+        singles = [single(a)]
+        # Box A chooses the model and its budget is too small: the tiny model answers
+        # meanwhile (for the 135M: nothing does), until A, paired, runs it split across B.
+        start(a, cpus[0], procs_a, MONGARS_MODEL=str(model), MONGARS_MODEL_BUDGET_MB=str(budget_mb))
+        lab.wait("both boxes' mesh", lambda: bool(a.state() and b.state()), 600)
+        results["split"] = client(a, pair_with=b)
+        results["linked"] = _linked(a, b) and _linked(b, a)
+        a.stop()
+        results["peak_mb"] = {"a": _peak_mb(procs_a), "b": _peak_mb(procs_b)}
+        singles.append(single(a))
+        b.stop()
+    _report(args, results, singles)
+
+
+def _pair(member: Box, joiner: Box, mesh_port: int) -> None:
+    """`pair` on the member (its code), `pair --join CODE --peer` on the joiner."""
+    proc = subprocess.Popen(
+        member.exec_args(sys.executable, "-m", "mongars_edge", "pair", "--data-dir",
+                         str(member.data_dir), "--ttl", "120"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("pairing code: "):
+        proc.kill()
+        raise SystemExit(f"pairing failed: {line}{proc.communicate()[0]}")
+    joined = joiner.cli("pair", "--join", line.split()[-1], "--peer",
+                        f"{member.address}:{mesh_port}")  # fmt: skip
+    out, _ = proc.communicate(timeout=120)
+    if joined.returncode or proc.returncode:
+        raise SystemExit(f"pairing failed: {joined.stdout}{joined.stderr}{out}")
+
+
+def _linked(box: Box, other: Box) -> bool:
+    other_id = other.state().get("node_id")
+    return any(p["node_id"] == other_id and p["linked"] for p in box.state().get("peers", []))
+
+
+def _direct(args: argparse.Namespace) -> None:
+    """The old path: A's SplitEngine reaches B's worker port over the veth, no mesh."""
     from tests.integration.netns import Lab, can_use_netns
 
     if why := can_use_netns():
@@ -302,6 +549,14 @@ def main() -> None:
                 worker.kill()
                 worker.wait()
     singles.append(_run(single_cmd, "the single box"))
+    results["path"] = args.worker_kind
+    results["endpoint"] = endpoint
+    _report(args, results, singles)
+
+
+def _report(
+    args: argparse.Namespace, results: dict[str, Any], singles: list[dict[str, Any]]
+) -> None:
     single, split = singles[0], results["split"]
     results["single"] = singles
     # The faster single run is the truer unconstrained box (and the harder baseline).
@@ -318,17 +573,37 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(
-        f"model {model.name}: needs ~{need_mb} MiB; each box's budget and cgroup limit "
-        f"{budget_mb} MiB\nplacement: {split['plan']} (box B = "
-        + (
-            "llama.cpp's plain RPC server"
-            if args.worker_kind == "plain"
-            else "the sandboxed RpcWorker behind RpcGuard"
+    need_mb, budget_mb = results["need_mb"], results["budget_mb"]
+    print(f"model {results['model']}: needs ~{need_mb} MiB; each box's budget {budget_mb} MiB")
+    if results["path"] == "mesh":
+        place = split.get("split") or {}
+        where = ", ".join(
+            f"{p['layers']} layers {'on A' if p['where'] == 'local' else 'on ' + p['where']}"
+            f" ({p['need_mb']} of its {p['budget_mb']} MiB)"
+            for p in place.get("places", [])
         )
-        + f" on {endpoint}, reached over the namespaces' veth directly: the mesh tunnel is "
-        "not wired in yet)"
-    )
+        peak = results["peak_mb"]
+        print(
+            f"placement (A's /health): {where or 'NOT SPLIT'} of {place.get('n_layer')}; "
+            f"state {place.get('state')}\n"
+            "path: two `mongars-edge serve` boxes, paired; B offers its budget "
+            "(split_offer_mb: the sandboxed RpcWorker), A reaches it through the mesh's "
+            "encrypted tunnel, every command checked by B's RpcGuard\n"
+            f"cgroups: budget + {SERVE_ROOM_MB} MiB for the rest of each box; peak A "
+            f"{peak['a']} MiB, B {peak['b']} MiB "
+            "(A's model setting; it tries it split every 30 s once B's offer reaches it)"
+        )
+    else:
+        print(
+            f"placement: {split['plan']} (box B = "
+            + (
+                "llama.cpp's plain RPC server"
+                if results["path"] == "plain"
+                else "the sandboxed RpcWorker behind RpcGuard"
+            )
+            + f" on {results['endpoint']}, reached over the namespaces' veth directly, no mesh;"
+            f" cgroup limit {budget_mb} MiB each)"
+        )
     print(
         f"(a) greedy output identical to one unconstrained box: {results['identical']} "
         f"({split['tokens']} tokens; finish: split {split['finish']}, single "
@@ -349,6 +624,53 @@ def main() -> None:
         f"(c) load across the link: {split['load_s']:.1f} s, "
         f"{split['load_bytes'] / 2**20:.0f} MiB sent"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a GGUF file")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="no mesh: A's split engine reaches B's RPC worker over the veth directly",
+    )
+    parser.add_argument(
+        "--worker-kind",
+        choices=("sandboxed", "plain"),
+        default="sandboxed",
+        help="with --direct, box B: the sandboxed RpcWorker behind RpcGuard, or llama.cpp's "
+        "plain server",
+    )
+    parser.add_argument("--side", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-ns", help=argparse.SUPPRESS)
+    parser.add_argument("--n-layer", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--need-mb", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--budget-mb", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--token-file", help=argparse.SUPPRESS)
+    parser.add_argument("--model-id", help=argparse.SUPPRESS)
+    parser.add_argument("--await-split", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        if args.side == "worker":
+            asyncio.run(_worker(args))
+        elif args.side == "client":
+            print(json.dumps(_client(args)), flush=True)
+        else:
+            side = _single if args.side == "single" else _host
+            print(json.dumps(asyncio.run(side(args))), flush=True)
+        return
+    if args.direct:
+        _direct(args)
+    else:
+        _mesh(args)
 
 
 def _answers(exec_args: Any, endpoint: str) -> bool:
