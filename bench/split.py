@@ -1,18 +1,21 @@
 """Split benchmark: one model over two boxes in network namespaces, against one unconstrained box.
 
-    .venv/bin/python bench/split.py [--model PATH] [--tokens 64] [--json]
+    .venv/bin/python bench/split.py [--model PATH] [--tokens 64] [--json] [--repack]
         [--direct [--worker-kind sandboxed|plain]]                              (root)
 
 Two namespaces on a bridge, each box pinned to its own core, one inference thread. By default
 both boxes are real `mongars-edge serve` processes, paired as `pair` / `pair --join` pair them:
-box B sets `split_offer_mb` (its sandboxed RpcWorker offers 60% of what the model needs), box
-A's `model_budget_mb` is that same 60%; A is asked for the model over its API
-(`/api/models/load`) and its model manager splits it across B through the mesh's encrypted
-tunnel (every command checked by B's RpcGuard). Each box is held in a memory cgroup (v1, else
-v2) of its budget plus SERVE_ROOM_MB for the rest of the box; the peaks are printed. All is
-measured through A's HTTP API (OpenAI chat completions, streamed, greedy): the baseline is box
-A restarted with no budget and no cgroup, the model its own, before and after the split (the
-faster counts). The wire is A's veth (the tunnel's encrypted frames, the mesh's gossip, IP headers).
+box B sets `split_offer_mb` (its sandboxed RpcWorker offers 60% of what the model needs); box
+A's `model` setting is the model and its `model_budget_mb` that same 60%: the tiny model
+answers meanwhile (for the 135M: none), and once paired, its model manager runs the model split
+across B through the mesh's encrypted tunnel (every command checked by B's RpcGuard). Each box
+is held in a memory cgroup (v1, else v2) of its budget plus SERVE_ROOM_MB for the rest of the
+box; the peaks are printed. All is measured through A's HTTP API (OpenAI chat completions,
+streamed, greedy): the baseline is box A restarted with no budget and no cgroup, the model its
+own, before and after the split (the faster counts), with the same engine settings:
+llama.cpp's plain CPU kernels (`cpu_repack` off; `--repack`: as shipped) in both runs, the
+kernels B's RPC worker runs. The wire is A's veth (the tunnel's encrypted frames, the mesh's
+gossip, IP headers).
 
 `--direct`: no mesh; A is this script re-executed in its namespace running a SplitEngine that
 reaches B's worker port over the veth directly (the RpcWorker behind an RpcGuard relay, or
@@ -381,7 +384,13 @@ def _mesh(args: argparse.Namespace) -> None:
         "budget_mb": budget_mb,
         "n_layer": n_layer,
         "path": "mesh",
+        "cpu_repack": args.repack,
     }
+    # A's engine settings, alone and split: llama.cpp repacks Q4_K (and other) weights on an
+    # AVX2 or Arm dot-product CPU for faster kernels whose sums round differently from the
+    # plain kernels that B's RPC worker runs (its buffers are plain): unless asked, A runs the
+    # plain kernels too, in both runs, so the split computes every layer as the single box does.
+    a_env = {"MONGARS_CPU_REPACK": "true" if args.repack else "false"}
 
     def start(box: Box, cpu: int, procs: Path | None, **env: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -430,7 +439,7 @@ def _mesh(args: argparse.Namespace) -> None:
 
     def single(a: Box) -> dict[str, Any]:
         """Box A unconstrained: the same settings, no budget, no cgroup, the model its own."""
-        start(a, cpus[0], None, MONGARS_MODEL=str(model))
+        start(a, cpus[0], None, MONGARS_MODEL=str(model), **a_env)
         try:
             return client(a)
         finally:
@@ -446,7 +455,8 @@ def _mesh(args: argparse.Namespace) -> None:
         singles = [single(a)]
         # Box A chooses the model and its budget is too small: the tiny model answers
         # meanwhile (for the 135M: nothing does), until A, paired, runs it split across B.
-        start(a, cpus[0], procs_a, MONGARS_MODEL=str(model), MONGARS_MODEL_BUDGET_MB=str(budget_mb))
+        start(a, cpus[0], procs_a, MONGARS_MODEL=str(model),
+              MONGARS_MODEL_BUDGET_MB=str(budget_mb), **a_env)  # fmt: skip
         lab.wait("both boxes' mesh", lambda: bool(a.state() and b.state()), 600)
         results["split"] = client(a, pair_with=b)
         results["linked"] = _linked(a, b) and _linked(b, a)
@@ -589,6 +599,7 @@ def _report(
             "path: two `mongars-edge serve` boxes, paired; B offers its budget "
             "(split_offer_mb: the sandboxed RpcWorker), A reaches it through the mesh's "
             "encrypted tunnel, every command checked by B's RpcGuard\n"
+            f"box A's cpu_repack: {'on' if results['cpu_repack'] else 'off'}, alone and split; "
             f"cgroups: budget + {SERVE_ROOM_MB} MiB for the rest of each box; peak A "
             f"{peak['a']} MiB, B {peak['b']} MiB "
             "(A's model setting; it tries it split every 30 s once B's offer reaches it)"
@@ -631,6 +642,13 @@ def main() -> None:
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a GGUF file")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--repack",
+        action="store_true",
+        help="box A as shipped: llama.cpp's repacked CPU kernels (cpu_repack on), whose sums "
+        "round unlike the plain kernels of B's worker (the default: cpu_repack off on A, "
+        "alone and split: the same kernels everywhere, greedy output comparable bit for bit)",
+    )
     parser.add_argument(
         "--direct",
         action="store_true",

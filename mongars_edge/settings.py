@@ -136,6 +136,12 @@ class Settings:
     n_gpu_layers: int = _setting(
         -1, "Layers offloaded to the GPU; -1 takes the profile's choice.", minimum=-1
     )
+    cpu_repack: bool = _setting(
+        True,
+        "Let llama.cpp repack quantized weights for its faster CPU kernels (AVX2, Arm dot "
+        "product). Off, every layer runs the plain kernels an RPC worker runs: a model split "
+        "across boxes then gives exactly one box's greedy output, a little slower.",
+    )
     model_budget_mb: int = _setting(
         0,
         "Most RAM (MiB) the chat model may take on this box; 0: the tuning profile's budget "

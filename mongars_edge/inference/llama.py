@@ -79,6 +79,9 @@ class EngineConfig:
     # less the noise of a shared box).
     stall_target_s: float = 0.25
     chat_template: str | None = None
+    # Repacked CPU weight layouts (llama.cpp's extra buffer types): faster matrix kernels, whose
+    # sums round differently from the plain ones a split's RPC worker runs.
+    cpu_repack: bool = True
     # Flash attention: faster on CPU and GPU, and what llama-server uses by default.
     flash_attn: bool = True
     # Reuse KV prefixes across requests. Results may differ in the last float bits from a cold
@@ -105,6 +108,7 @@ class EngineConfig:
             n_batch=profile.n_batch,
             n_ubatch=min(profile.n_ubatch, profile.n_batch),
             n_gpu_layers=gpu,
+            cpu_repack=settings.cpu_repack,
             queue_size=settings.queue_size,
             request_deadline_s=settings.request_deadline_s,
         )
@@ -149,6 +153,7 @@ class LlamaEngine:
             require_template=config.chat_template is None,
             devices=config.devices,
             tensor_split=config.tensor_split,
+            repack=config.cpu_repack,
         )
         try:
             template = ChatTemplate(

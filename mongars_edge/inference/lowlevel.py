@@ -200,18 +200,21 @@ def load_model(
     devices: Sequence[int] = (),
     tensor_split: Sequence[float] = (),
     vocab_only: bool = False,
+    repack: bool = True,
 ) -> LoadedModel:
     """Load a GGUF model; ModelLoadError with llama.cpp's reason if it cannot be used.
 
     `devices` (ggml device handles, e.g. a split's RPC devices) replace the ones llama.cpp
     would pick; the last `n_gpu_layers` layers go to them in the `tensor_split` proportions,
     the rest stay on the CPU. `vocab_only` reads the vocabulary and metadata, no weights.
+    `repack` lets llama.cpp lay CPU weights out for its faster kernels (its extra buffer types).
     """
     init_backend()
     check_gguf_file(path)
     params = L.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
     params.vocab_only = vocab_only
+    params.use_extra_bufts = repack
     # Kept referenced until the load returns: llama.cpp copies both during the load.
     device_array = None
     split_array = None

@@ -71,6 +71,7 @@ _ENGINE_FIELDS: Final = (
     "prefix_ram_mb",
     "stall_target_s",
     "flash_attn",
+    "cpu_repack",
     "prefix_cache",
     "deliver_every_s",
 )
