@@ -302,3 +302,30 @@ async def test_at_start_the_tiny_model_answers_until_the_worker_is_there(
         await manager.local.close()
         late.kill()
     assert done.finish_reason in ("stop", "length")
+
+
+async def test_at_start_with_even_the_tiny_model_over_the_budget_nothing_answers_until_split(
+    data_dir: Path, smollm2: Path
+) -> None:
+    local = await _local_text(smollm2)
+    late = Worker(free_port())
+    manager = _manager(data_dir, (late.endpoint,), 200)  # the embedded model needs ~300 MiB
+    manager.split_retry_s = 0.2
+    try:
+        await manager.start()  # no worker yet: the box starts all the same, with no model
+        assert not manager.local.loaded
+        (problem,) = manager.problems()
+        assert problem.startswith("the chosen model smollm2-135m-instruct is not running yet")
+        assert "no model answers meanwhile" in problem
+        await asyncio.to_thread(late.start)
+        async with asyncio.timeout(180):
+            while not manager.local.loaded:  # noqa: ASYNC110 - no event for it
+                await asyncio.sleep(0.1)
+        assert isinstance(manager.local.engine, SplitEngine)
+        assert manager.problems() == []
+        done = await complete(manager.local, _REQUEST)
+    finally:
+        await manager.close()
+        await manager.local.close()
+        late.kill()
+    assert done.text == local
