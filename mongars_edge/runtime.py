@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from mongars_edge.speech.stt import SpeechToText
     from mongars_edge.speech.tts import TextToSpeech
     from mongars_edge.speech.wyoming import WyomingServer
+    from mongars_edge.split.select import Splitter
     from mongars_edge.web.auth import Accounts
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Runtime:
         # setting is "off"); `models` chooses, pulls and switches that model.
         self.engine: LocalEngine | None = None
         self.models: ModelManager | None = None
+        self._splitter: Splitter | None = None  # the models' splitter, given the mesh's offers
         # The mesh router (an Engine that may run a request on a peer); None without a mesh.
         self.router: Engine | None = None
         # The peer mesh service (None without a mesh); `mongars-edge peers` reads its state.
@@ -167,12 +169,12 @@ class Runtime:
                 )
             if mesh.split_problem:
                 self.problems.append(mesh.split_problem)
-            if self.models is not None and self.models.splitter is not None:
+            if self._splitter is not None:
                 from mongars_edge.split.select import mesh_offers
 
                 # Paired boxes offering memory, reached through the mesh's tunnel: a model over
                 # this box's budget runs split across them (tried again every split_retry_s).
-                self.models.splitter.sources.append(
+                self._splitter.sources.append(
                     mesh_offers(mesh.split_members, mesh.rpc_endpoint, mesh.llama_build)
                 )
         await self._open_chat()
@@ -196,7 +198,8 @@ class Runtime:
 
             # The split_workers setting's endpoints now; the mesh's offers once it opens.
             workers = self.settings.split_workers
-            self.models.splitter = Splitter([direct_offers(workers)] if workers else [])
+            self._splitter = Splitter([direct_offers(workers)] if workers else [])
+            self.models.splitter = self._splitter
         await self.models.start()
         # A box waiting for its model to run split holds the empty engine: the mesh opens (the
         # offers it waits for come through it) and the model answers once it is loaded.

@@ -285,6 +285,8 @@ class ModelManager:
             try:
                 await self.load(spec)
             except ModelTooBigError as exc:
+                if str(exc) != self.split_problem:  # each new reason once (the rest: /health)
+                    log.warning("the chosen model %s does not run split yet: %s", spec, exc)
                 self.split_problem = str(exc)
                 continue
             self.wanted = self.split_problem = ""

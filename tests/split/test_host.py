@@ -14,7 +14,7 @@ import pytest
 
 from mongars_edge.hardware import probe, profile_for
 from mongars_edge.inference.engine import ChatRequest, Sampling, complete
-from mongars_edge.inference.errors import ModelTooBigError
+from mongars_edge.inference.errors import EngineClosedError, ModelTooBigError
 from mongars_edge.inference.llama import EngineConfig, LlamaEngine
 from mongars_edge.inference.local import LocalEngine
 from mongars_edge.inference.manager import ModelManager
@@ -313,7 +313,8 @@ async def test_at_start_with_even_the_tiny_model_over_the_budget_nothing_answers
     manager.split_retry_s = 0.2
     try:
         await manager.start()  # no worker yet: the box starts all the same, with no model
-        assert not manager.local.loaded
+        with pytest.raises(EngineClosedError):
+            _ = manager.local.engine
         (problem,) = manager.problems()
         assert problem.startswith("the chosen model smollm2-135m-instruct is not running yet")
         assert "no model answers meanwhile" in problem
