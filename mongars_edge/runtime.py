@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from mongars_edge.speech.stt import SpeechToText
     from mongars_edge.speech.tts import TextToSpeech
     from mongars_edge.speech.wyoming import WyomingServer
+    from mongars_edge.split.select import Splitter
     from mongars_edge.web.auth import Accounts
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Runtime:
         # setting is "off"); `models` chooses, pulls and switches that model.
         self.engine: LocalEngine | None = None
         self.models: ModelManager | None = None
+        self._splitter: Splitter | None = None  # the models' splitter, given the mesh's offers
         # The mesh router (an Engine that may run a request on a peer); None without a mesh.
         self.router: Engine | None = None
         # The peer mesh service (None without a mesh); `mongars-edge peers` reads its state.
@@ -165,6 +167,16 @@ class Runtime:
                     f"listens on {mesh.port} instead: give each box its own mesh_port "
                     "(serve --mesh-port)"
                 )
+            if mesh.split_problem:
+                self.problems.append(mesh.split_problem)
+            if self._splitter is not None:
+                from mongars_edge.split.select import mesh_offers
+
+                # Paired boxes offering memory, reached through the mesh's tunnel: a model over
+                # this box's budget runs split across them (tried again every split_retry_s).
+                self._splitter.sources.append(
+                    mesh_offers(mesh.split_members, mesh.rpc_endpoint, mesh.llama_build)
+                )
         await self._open_chat()
 
     async def _open_models(self) -> None:
@@ -181,13 +193,31 @@ class Runtime:
             self.settings, self.profile, self.facts, self.data_dir, local, heartbeat=self.watchdog
         )
         self._stack.push_async_callback(self.models.close)
+        if self.settings.split_workers or self.settings.mesh:
+            from mongars_edge.split.select import Splitter, direct_offers
+
+            # The split_workers setting's endpoints now; the mesh's offers once it opens.
+            workers = self.settings.split_workers
+            self._splitter = Splitter([direct_offers(workers)] if workers else [])
+            self.models.splitter = self._splitter
         await self.models.start()
-        self.engine = local if local.loaded else None
+        # A box waiting for its model to run split holds the empty engine: the mesh opens (the
+        # offers it waits for come through it) and the model answers once it is loaded.
+        self.engine = local if local.loaded or self.models.wanted else None
 
     def health_problems(self) -> list[str]:
         """Everything /health lists: the box's own problems, the ONNX GPU path's, the model's."""
         model = self.models.problems() if self.models is not None else []
-        return [*self.problems, *self.onnx_report().problems(), *model]
+        split = self.split_placement() or {}
+        lost = [str(split["problem"])] if split.get("problem") else []
+        return [*self.problems, *self.onnx_report().problems(), *model, *lost]
+
+    def split_placement(self) -> dict[str, object] | None:
+        """Which layers of the chat model live where, when it is split across boxes."""
+        if self.engine is None or not self.engine.loaded:
+            return None
+        placement = getattr(self.engine.engine, "placement", None)
+        return placement() if callable(placement) else None
 
     def onnx_report(self) -> OnnxReport:
         """The profile's ONNX providers against those installed, and what each model runs on."""

@@ -90,6 +90,13 @@ class Settings:
         "the reply is finished on this box.",
         minimum=0.1,
     )
+    split_offer_mb: int = _setting(
+        0,
+        "Memory in MB this box offers its paired boxes for running part of a model too big "
+        "for them (a llama.cpp RPC worker reached only through the encrypted mesh, every "
+        "command checked); 0 offers none.",
+        minimum=0,
+    )
     speech: str = _setting(
         "auto",
         "Text-to-speech: auto (decided by the hardware profile), on or off.",
@@ -128,6 +135,24 @@ class Settings:
     )
     n_gpu_layers: int = _setting(
         -1, "Layers offloaded to the GPU; -1 takes the profile's choice.", minimum=-1
+    )
+    cpu_repack: bool = _setting(
+        True,
+        "Let llama.cpp repack quantized weights for its faster CPU kernels (AVX2, Arm dot "
+        "product). Off, every layer runs the plain kernels an RPC worker runs: a model split "
+        "across boxes then gives exactly one box's greedy output, a little slower.",
+    )
+    model_budget_mb: int = _setting(
+        0,
+        "Most RAM (MiB) the chat model may take on this box; 0: the tuning profile's budget "
+        "from the RAM. A model over it runs split across workers that offer memory, or is "
+        "refused.",
+        minimum=0,
+    )
+    split_workers: tuple[str, ...] = _setting(
+        (),
+        "llama.cpp RPC workers (HOST:PORT, comma separated) a model over the budget may be "
+        "split across, reached directly: for a trusted link only (see docs/split.md).",
     )
     queue_size: int = _setting(
         32, "Requests waiting for a slot before new ones get 429.", minimum=1, maximum=10_000

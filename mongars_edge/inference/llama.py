@@ -62,6 +62,10 @@ class EngineConfig:
     n_batch: int = 512
     n_ubatch: int = 512
     n_gpu_layers: int = 0
+    # Devices to offload to instead of llama.cpp's pick (a split's RPC devices: ggml handles,
+    # valid in the process that registered them) and each one's share of the offloaded layers.
+    devices: tuple[int, ...] = ()
+    tensor_split: tuple[float, ...] = ()
     queue_size: int = 32
     request_deadline_s: float = 300.0
     # Idle sequences kept beyond n_parallel so finished conversations keep their KV prefix.
@@ -76,6 +80,9 @@ class EngineConfig:
     # box: 0.25 gave gaps of 324-331 ms on the 1.5B (bench (d): <= 300 ms), 0.22 holds it.
     stall_target_s: float = 0.22
     chat_template: str | None = None
+    # Repacked CPU weight layouts (llama.cpp's extra buffer types): faster matrix kernels, whose
+    # sums round differently from the plain ones a split's RPC worker runs.
+    cpu_repack: bool = True
     # Flash attention: faster on CPU and GPU, and what llama-server uses by default.
     flash_attn: bool = True
     # Reuse KV prefixes across requests. Results may differ in the last float bits from a cold
@@ -102,6 +109,7 @@ class EngineConfig:
             n_batch=profile.n_batch,
             n_ubatch=min(profile.n_ubatch, profile.n_batch),
             n_gpu_layers=gpu,
+            cpu_repack=settings.cpu_repack,
             queue_size=settings.queue_size,
             request_deadline_s=settings.request_deadline_s,
         )
@@ -144,6 +152,9 @@ class LlamaEngine:
             config.model_path,
             n_gpu_layers=config.n_gpu_layers,
             require_template=config.chat_template is None,
+            devices=config.devices,
+            tensor_split=config.tensor_split,
+            repack=config.cpu_repack,
         )
         try:
             template = ChatTemplate(

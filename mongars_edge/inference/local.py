@@ -12,10 +12,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mongars_edge.inference.engine import (
     ChatRequest,
+    Engine,
     EngineLoad,
     Message,
     ModelInfo,
@@ -25,15 +26,45 @@ from mongars_edge.inference.engine import (
 from mongars_edge.inference.errors import EngineClosedError
 
 if TYPE_CHECKING:
-    from mongars_edge.inference.llama import LlamaEngine
+    from mongars_edge.inference.llama import EngineConfig
 
 log = logging.getLogger(__name__)
 
 
-class _Loaded:
-    """One opened LlamaEngine and the exit stack that closes it."""
+class Busy(Protocol):
+    """What the memory worker waits on: a Scheduler, or a split's request counter."""
 
-    def __init__(self, engine: LlamaEngine, stack: contextlib.AsyncExitStack) -> None:
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def active(self) -> int: ...
+
+    def is_idle(self) -> bool: ...
+
+    async def wait_idle(self) -> None: ...
+
+    async def wait_busy(self) -> None: ...
+
+
+class HeldEngine(Engine, Protocol):
+    """An engine this box holds: its own LlamaEngine, or a model split across workers."""
+
+    @property
+    def config(self) -> EngineConfig: ...
+
+    @property
+    def scheduler(self) -> Busy: ...
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]: ...
+
+    async def drop_prefix_cache(self) -> int: ...
+
+
+class _Loaded:
+    """One opened engine and the exit stack that closes it."""
+
+    def __init__(self, engine: HeldEngine, stack: contextlib.AsyncExitStack) -> None:
         self.engine = engine
         self.stack = stack
         self.streams = 0  # requests running on it, counted here (not by the engine's queue)
@@ -54,14 +85,15 @@ class LocalEngine:
         return self._current is not None
 
     @property
-    def engine(self) -> LlamaEngine:
-        """The LlamaEngine behind this facade now; EngineClosedError when none is loaded."""
+    def engine(self) -> HeldEngine:
+        """The engine behind this facade now; EngineClosedError when none is loaded."""
         if self._current is None:
             raise EngineClosedError("no chat model is loaded on this box")
         return self._current.engine
 
-    async def swap(self, opened: contextlib.AbstractAsyncContextManager[LlamaEngine]) -> None:
-        """Open `opened` (a `LlamaEngine.open(...)`) and make it the engine; the previous one
+    async def swap(self, opened: contextlib.AbstractAsyncContextManager[HeldEngine]) -> None:
+        """Open `opened` (a `LlamaEngine.open(...)`, a `SplitEngine.open(...)`) and make it the
+        engine; the previous one
         closes once its requests are done. If opening fails, the previous engine stays."""
         async with self._swap_lock:
             stack = contextlib.AsyncExitStack()

@@ -135,6 +135,7 @@ class LoadedModel:
     n_params: int
     size_bytes: int
     chat_template: str | None
+    n_layer: int
     bos_id: int
     eos_id: int
     add_bos: bool
@@ -191,16 +192,51 @@ class LoadedModel:
             self.ptr = None
 
 
-def load_model(path: Path, *, n_gpu_layers: int = 0, require_template: bool = True) -> LoadedModel:
-    """Load a GGUF model; ModelLoadError with llama.cpp's reason if it cannot be used."""
+def load_model(
+    path: Path,
+    *,
+    n_gpu_layers: int = 0,
+    require_template: bool = True,
+    devices: Sequence[int] = (),
+    tensor_split: Sequence[float] = (),
+    vocab_only: bool = False,
+    repack: bool = True,
+) -> LoadedModel:
+    """Load a GGUF model; ModelLoadError with llama.cpp's reason if it cannot be used.
+
+    `devices` (ggml device handles, e.g. a split's RPC devices) replace the ones llama.cpp
+    would pick; the last `n_gpu_layers` layers go to them in the `tensor_split` proportions,
+    the rest stay on the CPU. `vocab_only` reads the vocabulary and metadata, no weights.
+    `repack` lets llama.cpp lay CPU weights out for its faster kernels (its extra buffer types).
+    """
     init_backend()
     check_gguf_file(path)
     params = L.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
+    params.vocab_only = vocab_only
+    params.use_extra_bufts = repack
+    # Kept referenced until the load returns: llama.cpp copies both during the load.
+    device_array = None
+    split_array = None
+    if devices:
+        device_array = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+        params.devices = ctypes.cast(device_array, ctypes.c_void_p)
+        params.split_mode = L.LLAMA_SPLIT_MODE_LAYER
+    if tensor_split:
+        split_array = (ctypes.c_float * max(len(tensor_split), L.llama_max_devices()))(
+            *tensor_split
+        )
+        params.tensor_split = split_array
     take_recent_errors()
     ptr = L.llama_model_load_from_file(str(path).encode(), params)
+    del device_array, split_array
     if not ptr:
         why = take_recent_errors() or "unknown reason"
+        if devices:
+            raise ModelLoadError(
+                f"llama.cpp cannot load {path} across the split's devices ({why}): a worker "
+                "may have less memory than it offered"
+            )
         raise ModelLoadError(
             f"llama.cpp cannot load {path} ({why}); the file may be truncated or corrupt: "
             "pull it again with `mongars-edge models pull`"
@@ -216,11 +252,15 @@ def load_model(path: Path, *, n_gpu_layers: int = 0, require_template: bool = Tr
         n_params=int(L.llama_model_n_params(ptr)),
         size_bytes=int(L.llama_model_size(ptr)),
         chat_template=raw_template.decode("utf-8") if raw_template else None,
+        n_layer=int(L.llama_model_n_layer(ptr)),
         bos_id=int(L.llama_vocab_bos(vocab)),
         eos_id=int(L.llama_vocab_eos(vocab)),
         add_bos=bool(L.llama_vocab_get_add_bos(vocab)),
     )
     model.architecture = model.meta("general.architecture") or "unknown"
+    if not model.n_layer:  # a vocab-only load reads no hyperparameters: the metadata says
+        count = model.meta(f"{model.architecture}.block_count") or ""
+        model.n_layer = int(count) if count.isdigit() else 0
     if require_template and not model.chat_template:
         model.free()
         raise ChatTemplateMissingError(

@@ -32,9 +32,12 @@ from mongars_edge.inference.errors import (
 from mongars_edge.inference.models import DEFAULT_MODEL, ModelStore
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from mongars_edge.hardware.probe import HardwareFacts
     from mongars_edge.inference.catalog import CatalogEntry
-    from mongars_edge.inference.local import LocalEngine
+    from mongars_edge.inference.llama import EngineConfig
+    from mongars_edge.inference.local import HeldEngine, LocalEngine
     from mongars_edge.inference.worker import Heartbeat
     from mongars_edge.settings import Settings
 
@@ -42,6 +45,13 @@ log = logging.getLogger(__name__)
 
 AUTO: Final = "auto"
 OFF: Final = "off"
+
+#: Given a model too big for this box (its config, the MiB it needs, the MiB this box holds),
+#: an opener of the model split across workers that offer the rest; None when none offers.
+#: The split package provides it (split/select.py); the Runtime hands it in.
+Splitter = Callable[
+    ["EngineConfig", int, int], Awaitable["AbstractAsyncContextManager[HeldEngine] | None"]
+]
 
 
 @dataclass
@@ -96,6 +106,10 @@ class ModelManager:
         self.pulls: dict[str, PullState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.wanted = ""  # the model the settings chose; "" when it is loaded or off
+        # Opens a model over this box's budget split across workers (None: refuse it).
+        self.splitter: Splitter | None = None
+        self.split_retry_s = 30.0
+        self.split_problem = ""  # why the chosen model is not split yet (shown on /health)
         # Told when the problems shown on /health change (the Runtime lists them).
         self.on_change: Callable[[], None] = lambda: None
 
@@ -114,7 +128,14 @@ class ModelManager:
         entry = self.store.catalog.get(spec)
         installed = await asyncio.to_thread(self._installed, spec)
         if installed or entry is None or not (entry.parts or entry.url):
-            await self.load(spec)  # not pullable: load (or fail) as asked
+            try:
+                await self.load(spec)  # not pullable: load (or fail) as asked
+            except ModelTooBigError as exc:
+                if self.splitter is None:
+                    raise
+                # Splitting may work later (a worker back, a peer paired): the tiny one answers
+                # meanwhile, or nothing when even the tiny one is over this box's budget.
+                await self._wait_for_split(spec, exc)
             return
         log.warning(
             "the chosen model %s is not on this box yet: the tiny %s answers while it "
@@ -125,6 +146,22 @@ class ModelManager:
         await self.load(DEFAULT_MODEL)
         self.wanted = spec
         self.pull(spec, load_when_done=True)
+
+    async def _wait_for_split(self, spec: str, why: ModelTooBigError) -> None:
+        """Serve the tiny model (if it fits) while `spec` is tried split every split_retry_s."""
+        self.wanted, self.split_problem = spec, str(why)
+        if spec != DEFAULT_MODEL:
+            try:
+                await self.load(DEFAULT_MODEL)
+                log.warning("%s: the tiny %s answers meanwhile (see /health)", why, DEFAULT_MODEL)
+            except ModelTooBigError:
+                pass
+        if not self.local.loaded:
+            # A box paired with boxes that offer memory splits it once their offers arrive.
+            log.warning("%s: no model answers until it runs split (see /health)", why)
+        task = asyncio.ensure_future(self._retry_split(spec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         for state in self.pulls.values():
@@ -139,7 +176,17 @@ class ModelManager:
         for state in self.pulls.values():
             if state.because and state.state != "done":
                 out.append(f"{state.because}{_progress(state, state.id)}")
-        if self.wanted and self.local.loaded:
+        if self.wanted and self.split_problem:
+            meanwhile = (
+                f"{self.local.info.id} answers meanwhile"
+                if self.local.loaded
+                else "no model answers meanwhile (even the tiny one is over the budget)"
+            )
+            out.append(
+                f"the chosen model {self.wanted} is not running yet ({self.split_problem}): "
+                f"{meanwhile}; splitting is tried again every {self.split_retry_s:g} s"
+            )
+        elif self.wanted and self.local.loaded:
             how = _progress(self.pulls.get(self.wanted), self.wanted)
             out.append(
                 f"the chosen model {self.wanted} is not installed yet: "
@@ -156,20 +203,33 @@ class ModelManager:
             return False
         return True
 
-    def check_fits(self, model_id: str, path: Path) -> None:
-        """ModelTooBigError when the model would not fit this box's RAM budget."""
+    def budget_mb(self) -> int:
+        """RAM the chat model may take here: the RAM's budget, bounded by `model_budget_mb`."""
+        ram = memory_budget_mb(self.facts)
+        return min(ram, self.settings.model_budget_mb) if self.settings.model_budget_mb else ram
+
+    def need_mb(self, model_id: str, path: Path) -> int:
+        """RAM the model needs with this box's context and parallel sequences."""
         entry = self.store.catalog.get(model_id)
         tier = entry.tier if entry is not None else "medium"
         size_mb = (entry.size_bytes if entry and entry.size_bytes else _file_size(path)) >> 20
         ctx = self.settings.ctx_size or self.profile.ctx_size
         parallel = self.settings.n_parallel or self.profile.n_parallel
-        need = model_need_mb(tier, size_mb, ctx, parallel)
-        budget = memory_budget_mb(self.facts)
+        return model_need_mb(tier, size_mb, ctx, parallel)
+
+    def check_fits(self, model_id: str, path: Path) -> None:
+        """ModelTooBigError when the model would not fit this box's RAM budget."""
+        need, budget = self.need_mb(model_id, path), self.budget_mb()
         if need > budget:
+            ctx = self.settings.ctx_size or self.profile.ctx_size
+            parallel = self.settings.n_parallel or self.profile.n_parallel
+            bounded = self.settings.model_budget_mb == budget
             raise ModelTooBigError(
-                f"{model_id} needs ~{need} MiB ({size_mb} MiB of weights and a {ctx}-token "
-                f"context for {parallel} conversations), and this box's budget is {budget} MiB "
-                f"of its {self.facts.mem_total_mb} MiB RAM: choose a smaller model"
+                f"{model_id} needs ~{need} MiB (its weights and a {ctx}-token "
+                f"context for {parallel} conversations), and this box's budget is {budget} MiB"
+                f"{' (the model_budget_mb setting)' if bounded else ''} of its "
+                f"{self.facts.mem_total_mb} MiB RAM: choose a smaller model, or pair a box "
+                "that offers memory to split it"
             )
 
     async def load(self, spec: str) -> str:
@@ -182,18 +242,58 @@ class ModelManager:
         entry = self.store.catalog.get(model_id)
         if entry is not None and entry.kind != "chat":
             raise InvalidRequestError(f"{model_id} is a {entry.kind} model, not a chat model")
-        await asyncio.to_thread(self.check_fits, model_id, path)
         config = EngineConfig.from_settings(self.settings, self.profile, path, model_id)
-        from mongars_edge.inference.adapters import AdapterStore
+        try:
+            await asyncio.to_thread(self.check_fits, model_id, path)
+        except ModelTooBigError as too_big:
+            try:
+                split = await self._split(config, path)
+                if split is None:
+                    raise
+                await self.local.swap(split)
+            except ModelTooBigError:
+                raise
+            except MongarsError as exc:  # the workers answered badly, or not at all
+                raise ModelTooBigError(f"{too_big}; splitting it failed: {exc}") from None
+        else:
+            from mongars_edge.inference.adapters import AdapterStore
 
-        adapters = AdapterStore(self._adapters)
-        await self.local.swap(
-            LlamaEngine.open(config, adapters=adapters.path, heartbeat=self._heartbeat)
-        )
+            adapters = AdapterStore(self._adapters)
+            await self.local.swap(
+                LlamaEngine.open(config, adapters=adapters.path, heartbeat=self._heartbeat)
+            )
         if self.wanted == model_id:
             self.wanted = ""
         self.on_change()
         return model_id
+
+    async def _split(
+        self, config: EngineConfig, path: Path
+    ) -> AbstractAsyncContextManager[HeldEngine] | None:
+        """The model split across workers that offer memory, when some do."""
+        if self.splitter is None:
+            return None
+        need = await asyncio.to_thread(self.need_mb, config.model_id, path)
+        return await self.splitter(config, need, self.budget_mb())
+
+    async def _retry_split(self, spec: str) -> None:
+        """Try the chosen model split again until it runs, or another model was chosen."""
+        while self.wanted == spec:
+            await asyncio.sleep(self.split_retry_s)
+            if self.wanted != spec or (self.local.loaded and self.local.info.id != DEFAULT_MODEL):
+                break  # an admin chose another model meanwhile: theirs stays
+            try:
+                await self.load(spec)
+            except ModelTooBigError as exc:
+                if str(exc) != self.split_problem:  # each new reason once (the rest: /health)
+                    log.warning("the chosen model %s does not run split yet: %s", spec, exc)
+                self.split_problem = str(exc)
+                continue
+            self.wanted = self.split_problem = ""
+            log.info("the chosen model %s now runs split", spec)
+            self.on_change()
+            return
+        self.split_problem = ""
 
     def pull(
         self,

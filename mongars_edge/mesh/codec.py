@@ -149,6 +149,11 @@ class Telemetry(Msg, frozen=True):
     #: The port this box's mesh listens on (0: not said), so that a box it dialled can dial
     #: it back: the source port of a dialled connection is not the listening port.
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    #: What this box offers for a model split across boxes: bytes its RPC worker holds (0: it
+    #: offers none), and the llama.cpp build with its RPC protocol (`tunnel.llama_build`; a
+    #: host refuses a worker of another build).
+    split_budget: Annotated[int, msgspec.Meta(ge=0, le=2**53)] = 0
+    llama_build: Short = ""
 
 
 class WireSampling(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -324,12 +329,51 @@ class Ping(Msg, frozen=True):
     sent_at: float
 
 
+# --- llama.cpp RPC streams (tunnel.py) ------------------------------------------------------------
+
+#: The most bytes one RpcData carries: a token or a telemetry message queued behind a stream
+#: waits for about this much more. 64, 128 and 256 KiB moved weights equally fast
+#: (bench/tunnel.py: the cost is per byte, sealing and copying).
+RPC_CHUNK: Final = 64 * 1024
+
+
+class RpcOpen(Msg, frozen=True):
+    """Open a stream to the receiver's llama.cpp RPC worker (ids as for requests)."""
+
+    TAG: ClassVar[int] = 31
+    stream_id: StreamId
+
+
+class RpcData(Msg, frozen=True):
+    """Bytes of a stream, in order; never more than the receiver's credit allows."""
+
+    TAG: ClassVar[int] = 32
+    stream_id: StreamId
+    data: Annotated[bytes, msgspec.Meta(min_length=1, max_length=RPC_CHUNK)]
+
+
+class RpcClose(Msg, frozen=True):
+    """The stream is over: empty reason for an end of stream, else why it was ended."""
+
+    TAG: ClassVar[int] = 33
+    stream_id: StreamId
+    reason: Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class RpcCredit(Msg, frozen=True):
+    """The receiver's local socket took `grant` more bytes: the sender may send that many more."""
+
+    TAG: ClassVar[int] = 34
+    stream_id: StreamId
+    grant: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+
+
 _DECODERS: Final = {tag: msgspec.msgpack.Decoder(cls) for tag, cls in _REGISTRY.items()}
 _ENVELOPE: Final = msgspec.msgpack.Decoder(tuple[int, msgspec.Raw])
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _FIELD = re.compile(r"\$\[(\d+)\]")
 # Whose first field is a stream id (or a chunk request id): a refusal can name the stream.
-_STREAMED: Final = frozenset({20, 22, 23, 24, 25, 27, 28})
+_STREAMED: Final = frozenset({20, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34})
 
 
 class _Head(msgspec.Struct, array_like=True):

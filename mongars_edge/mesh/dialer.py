@@ -49,8 +49,16 @@ class Dialer:
     def dial_targets(self) -> None:
         """Dial every target not linked, not being dialled and not waiting out its backoff."""
         now = time.monotonic()
+        # A static address is keyed by itself until a dial there succeeds: a box already
+        # linked at that address (it dialled us) is not dialled again, which would replace the
+        # link and end every stream on it (RPC streams of a split model with them).
+        linked_at = {
+            (p.host, p.port) for p in self.node.peers.values() if p.node_id in self.node.links
+        }
         for key, host, port in self.targets():
             if key in self.node.links or key in self._dialling or key == self.node.me.node_id:
+                continue
+            if (host, port) in linked_at:
                 continue
             backoff, not_before = self._backoff.get(key, (Backoff(), 0.0))
             if now < not_before:

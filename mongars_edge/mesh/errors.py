@@ -65,3 +65,9 @@ class PeerTimeoutError(PeerUnavailableError, TimeoutError):
     """A peer sent nothing for longer than allowed."""
 
     kind = "peer_timeout"
+
+
+class SplitVersionError(MeshError):
+    """A box offering its RPC worker runs another llama.cpp build; the message names both."""
+
+    kind = "split_version"

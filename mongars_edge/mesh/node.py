@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mongars_edge.inference.errors import EngineClosedError
 from mongars_edge.logonce import WarnOnce
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.errors import BadMessageError, PeerUnavailableError
@@ -43,6 +44,10 @@ class MeshConfig:
     gossip_s: float = 1.0
     idle_timeout_s: float = 5.0
     stall_s: float = 5.0
+    #: Memory this box offers paired boxes for a model split across boxes, in MB (0: none);
+    #: the service runs an RPC worker holding at most that much.
+    split_offer_mb: int = 0
+    split_threads: int = 0  # the worker's threads; 0: every core
 
 
 class NodeState:
@@ -92,6 +97,33 @@ class NodeState:
             self.first_forward_at = time.monotonic()
         self.forwarded += 1
 
+    def telemetry(
+        self, adapters: list[str], split_budget: int, llama_build: str
+    ) -> codec.Telemetry:
+        """What this box gossips about itself: its model, load, temperature and offers."""
+        engine = self.engine
+        load = engine.load() if engine else None
+        model = ""
+        if engine is not None:
+            with contextlib.suppress(EngineClosedError):  # no model loaded yet
+                model = engine.info.id
+        return codec.Telemetry(
+            node_id=self.me.node_id,
+            model=model,
+            queue_depth=load.queue_depth if load else 0,
+            active=load.active if load else 0,
+            n_parallel=load.n_parallel if load else 1,
+            gen_tok_s=float(load.generation_tok_s) if load else 0.0,
+            prompt_tok_s=float(load.prompt_tok_s) if load else 0.0,
+            temp_c=_temperature(),
+            throttled=False,
+            adapters=adapters,
+            accepting=engine is not None,
+            port=self.port,
+            split_budget=split_budget,
+            llama_build=llama_build,
+        )
+
     # -- replies from peers, by (link, stream id) ----------------------------------------------
 
     def open_stream(self, link: Link, stream_id: int) -> asyncio.Queue[Any]:
@@ -129,3 +161,11 @@ class NodeState:
         """The link closed: every reply still expected from it ends with an error."""
         for key in [k for k in self._streams if k[0] == id(link)]:
             self._streams[key].put_nowait(PeerUnavailableError(why))
+
+
+def _temperature() -> float:
+    try:
+        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text()
+        return int(raw.strip()) / 1000
+    except (OSError, ValueError):
+        return 0.0

@@ -100,6 +100,8 @@ def sanitize(t: Telemetry) -> Telemetry:
         adapters=[a[:64] for a in t.adapters[:256]],
         accepting=t.accepting,
         port=t.port if 0 < t.port < 65536 else 0,
+        split_budget=t.split_budget,
+        llama_build=t.llama_build,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,15 +18,23 @@ from typing import TYPE_CHECKING, Any
 from mongars_edge.mesh import codec
 from mongars_edge.mesh.codec import Msg
 from mongars_edge.mesh.dialer import Dialer
-from mongars_edge.mesh.errors import AuthError, CodecError, MeshError, PeerUnavailableError
+from mongars_edge.mesh.errors import (
+    AuthError,
+    BadMessageError,
+    CodecError,
+    MeshError,
+    PeerUnavailableError,
+)
 from mongars_edge.mesh.identity import Identity
 from mongars_edge.mesh.members import MemberFile, MemberRecord, MeshState
 from mongars_edge.mesh.node import MeshConfig, NodeState
+from mongars_edge.mesh.offer import SplitOffer
 from mongars_edge.mesh.pairing import serve_pairing
 from mongars_edge.mesh.peers import Peer, sanitize
 from mongars_edge.mesh.serving import Serving
 from mongars_edge.mesh.state import remember_addresses, write_state
 from mongars_edge.mesh.transport import HANDSHAKE_TIMEOUT_S, Link, answer, read_frame
+from mongars_edge.mesh.tunnel import RPC_MESSAGES, GuardFactory, Tunnel, Worker, llama_build
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import Engine
@@ -42,7 +51,17 @@ MAX_PENDING_HANDSHAKES = 32
 class MeshService:
     """One per box; see the module docstring."""
 
-    def __init__(self, config: MeshConfig, data_dir: Path, engine: Engine | None) -> None:
+    def __init__(
+        self,
+        config: MeshConfig,
+        data_dir: Path,
+        engine: Engine | None,
+        *,
+        rpc_worker: Worker | None = None,
+        rpc_guard: GuardFactory | None = None,
+    ) -> None:
+        """`rpc_worker`: a worker someone else runs, offered instead of the one the
+        `split_offer_mb` setting starts; `rpc_guard`: what checks its streams (RpcGuard)."""
         self.members = MemberFile(data_dir)
         self.node = NodeState(
             config,
@@ -61,6 +80,8 @@ class MeshService:
         self.share: Share | None = None
         self.serving = Serving(self.node, self._ensure_adapter)
         self.dialer = Dialer(self.node, self._run_link)
+        self.tunnel = Tunnel(self.node, build=llama_build(), worker=rpc_worker, guard=rpc_guard)
+        self.offer = SplitOffer(self.node, self.tunnel)
 
     # What the Runtime, the web edge and the tests read: the node's own state.
     @property
@@ -103,6 +124,29 @@ class MeshService:
     def first_forward_at(self) -> float | None:
         return self.node.first_forward_at
 
+    @property
+    def split_problem(self) -> str:
+        """Why this box does not offer the memory `split_offer_mb` asks for ("" when it does)."""
+        return self.offer.problem
+
+    def split_offers(self) -> dict[str, int]:
+        """Linked members offering memory on this box's llama.cpp build (`SplitOffer.offers`)."""
+        return self.offer.offers()
+
+    def split_members(self) -> list[tuple[str, int, str]]:
+        """Linked members offering memory: (node id, bytes, llama.cpp build), any build."""
+        return self.offer.members()
+
+    @property
+    def llama_build(self) -> str:
+        """This box's llama.cpp build and RPC protocol, as peers compare them."""
+        return self.tunnel.build
+
+    async def rpc_endpoint(self, peer_id: str) -> str:
+        """ "127.0.0.1:PORT" for llama.cpp's RPC client: each connection becomes a stream to
+        `peer_id`'s worker. SplitVersionError naming both builds when the peer runs another."""
+        return await self.tunnel.endpoint(peer_id)
+
     async def _ensure_adapter(self, link: Link, ref: str) -> str:
         return ref if self.share is None else await self.share.ensure(link, ref)
 
@@ -111,9 +155,20 @@ class MeshService:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, config: MeshConfig, data_dir: Path, engine: Engine | None
+        cls,
+        config: MeshConfig,
+        data_dir: Path,
+        engine: Engine | None,
+        *,
+        rpc_worker: Worker | None = None,
+        rpc_guard: GuardFactory | None = None,
     ) -> AsyncIterator[MeshService]:
-        service = await asyncio.to_thread(cls, config, data_dir, engine)
+        service = await asyncio.to_thread(
+            functools.partial(cls, rpc_worker=rpc_worker, rpc_guard=rpc_guard),
+            config,
+            data_dir,
+            engine,
+        )
         await service.start()
         try:
             yield service
@@ -138,6 +193,7 @@ class MeshService:
             )
             self._server = await asyncio.start_server(self._on_connection, bind, 0)
         self.node.port = self._server.sockets[0].getsockname()[1]
+        await self.offer.start()
         if self.node.config.mdns and _advertise(self.node.config):
             from mongars_edge.mesh.discovery import Discovery
 
@@ -149,6 +205,8 @@ class MeshService:
     async def stop(self) -> None:
         if self._discovery is not None:
             await self._discovery.stop()
+        await self.tunnel.stop()
+        await self.offer.stop()
         if self._server is not None:
             self._server.close()
         for link in list(self.node.links.values()):
@@ -237,10 +295,11 @@ class MeshService:
             link.send(codec.Members([r.to_wire() for r in self.node.state.all_records()]))
             link.send(self._telemetry())
             await link.drain()
-            await link.run(self._handle, self.node.refused)
+            await link.run(self._handle, self._refused)
         except MeshError as exc:
             link.close(str(exc))
         finally:
+            self.tunnel.drop(link)
             if self.node.links.get(link.peer_id) is link:
                 del self.node.links[link.peer_id]
                 peer.linked = False
@@ -248,8 +307,14 @@ class MeshService:
             self.node.fail_streams(link, link.close_reason)
             self.serving.drop(link)
 
+    def _refused(self, link: Link, exc: BadMessageError) -> None:
+        self.node.refused(link, exc)
+        self.tunnel.refused(link, exc)
+
     def _handle(self, link: Link, msg: Msg) -> None:
-        if isinstance(msg, codec.Telemetry):
+        if isinstance(msg, RPC_MESSAGES):
+            self.tunnel.handle(link, msg)
+        elif isinstance(msg, codec.Telemetry):
             peer = self.node.peers.setdefault(link.peer_id, Peer(link.peer_id, host=link.address))
             peer.telemetry, peer.telemetry_at = sanitize(msg), time.monotonic()
             if peer.telemetry.port and not (peer.host and peer.port):
@@ -326,25 +391,8 @@ class MeshService:
     # --- gossip and state for the CLI ---------------------------------------------------------
 
     def _telemetry(self) -> codec.Telemetry:
-        engine = self.node.engine
-        load = engine.load() if engine else None
-        adapters: list[str] = []
-        if self.share is not None:
-            adapters = self.share.held()
-        return codec.Telemetry(
-            node_id=self.node.me.node_id,
-            model=engine.info.id if engine else "",
-            queue_depth=load.queue_depth if load else 0,
-            active=load.active if load else 0,
-            n_parallel=load.n_parallel if load else 1,
-            gen_tok_s=float(load.generation_tok_s) if load else 0.0,
-            prompt_tok_s=float(load.prompt_tok_s) if load else 0.0,
-            temp_c=_temperature(),
-            throttled=False,
-            adapters=adapters,
-            accepting=engine is not None,
-            port=self.node.port,
-        )
+        adapters = self.share.held() if self.share is not None else []
+        return self.node.telemetry(adapters, self.offer.budget(), self.tunnel.build)
 
     async def _gossip_loop(self) -> None:
         while True:
@@ -372,14 +420,6 @@ def _advertise(config: MeshConfig) -> bool:
     return not (config.host.startswith("127.") or config.host in ("::1", "localhost"))
 
 
-def _temperature() -> float:
-    try:
-        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text()
-        return int(raw.strip()) / 1000
-    except (OSError, ValueError):
-        return 0.0
-
-
 @contextlib.asynccontextmanager
 async def open_mesh(
     settings: Settings, data_dir: Path, engine: Engine
@@ -393,6 +433,8 @@ async def open_mesh(
         static_peers=settings.static_peers,
         mdns_interfaces=settings.mdns_interfaces,
         stall_s=settings.mesh_stall_s,
+        split_offer_mb=settings.split_offer_mb,
+        split_threads=settings.n_threads,
     )
     async with MeshService.open(config, data_dir, engine) as service:
         yield service, Router(engine, service.node)

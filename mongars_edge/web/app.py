@@ -56,6 +56,8 @@ async def health(request: Request) -> JSONResponse:
         # The model answering now; `model_setting` is what was asked for (auto: the profile's).
         "model": engine.info.id if engine is not None and engine.loaded else None,
         "model_setting": runtime.settings.model,
+        # A model split across boxes: which layers live where (null when it is not split).
+        "split": runtime.split_placement(),
         "uptime_s": round(runtime.uptime_s(), 1),
         "board": runtime.facts.board,
         "profile": runtime.profile.summary(),

@@ -25,8 +25,10 @@ class _Counts:
 
 
 @contextmanager
-def _counting(engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Counts]:
+def _counting(held: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Counts]:
     """Count every render of the chat template and every tokenization by the model."""
+    engine = held
+    assert isinstance(engine, LlamaEngine)
     counts = _Counts()
     template, model = engine._template, engine._model
 

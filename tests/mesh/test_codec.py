@@ -230,13 +230,14 @@ def test_responder_impersonation_is_detected() -> None:
 
 
 def test_a_message_without_its_newer_trailing_fields_still_decodes() -> None:
-    # Telemetry gained `port`; a box that does not send it is still understood (port 0).
+    # Telemetry gained `port`, then `split_budget` and `llama_build`; a box that sends none of
+    # them is still understood (port 0, offering nothing).
     full = Telemetry("n", "m", 0, 0, 1, 1.0, 1.0, 40.0, False, [], True, 8765)
     tag, values = msgpack.unpackb(codec.encode(full))
-    older = codec.decode(msgpack.packb([tag, values[:-1]], use_bin_type=True))
-    assert isinstance(older, Telemetry) and older.port == 0
+    older = codec.decode(msgpack.packb([tag, values[:-3]], use_bin_type=True))
+    assert isinstance(older, Telemetry) and older.port == 0 and older.split_budget == 0
     with pytest.raises(CodecError):  # a required field missing is still refused
-        codec.decode(msgpack.packb([tag, values[:-2]], use_bin_type=True))
+        codec.decode(msgpack.packb([tag, values[:-4]], use_bin_type=True))
     # Fields it does not know yet are skipped: how a hello of any later version is still read.
     newer = codec.decode(msgpack.packb([tag, [*values, 1]], use_bin_type=True))
     assert newer == full

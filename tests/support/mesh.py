@@ -44,3 +44,22 @@ async def pair(member: MeshService, joiner: MeshService) -> None:
     """Pair *joiner* with *member* as `pair` and `pair --join --peer` would."""
     code = pairing.open_window(member.data_dir)
     await pairing.join("127.0.0.1", member.port, code, joiner.me, joiner.data_dir, "joiner")
+
+
+async def settled(a: MeshService, b: MeshService) -> None:
+    """Wait for the one link both boxes keep. At first both dial (each by its static address
+    and by the member's address), and every link but one is replaced, with the streams it
+    carried: a test's stream must start on the link that stays."""
+    aid, bid = a.me.node_id, b.me.node_id
+
+    def kept() -> bool:
+        ab, ba = a.links.get(bid), b.links.get(aid)
+        return ab is not None and ba is not None and ab.dialled != ba.dialled
+
+    for _ in range(20):
+        await until(kept)
+        pair_now = (a.links[bid], b.links[aid])
+        await asyncio.sleep(5 * a.config.gossip_s)  # the dialers' next rounds found it linked
+        if (a.links.get(bid), b.links.get(aid)) == pair_now:
+            return
+    raise AssertionError("the links never settled")

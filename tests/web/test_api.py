@@ -81,6 +81,7 @@ async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
         "version",
         "model",
         "model_setting",
+        "split",
         "uptime_s",
         "board",
         "profile",
@@ -89,6 +90,7 @@ async def test_box_routes(client: httpx.AsyncClient, runtime: Runtime) -> None:
         "problems",
     }
     assert health["model"] == "smollm2-135m-instruct"
+    assert health["split"] is None  # the model is not split across boxes
     # A client on this machine also learns where the data is (the CLI follows it)...
     assert set(health) == public | {"data_dir"} and health["data_dir"] == str(runtime.data_dir)
     # ...a client elsewhere on the LAN does not.

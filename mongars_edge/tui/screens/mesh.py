@@ -29,6 +29,20 @@ def _state(peer: dict[str, Any]) -> str:
     return ", ".join(words)
 
 
+def split_line(split: object) -> str:
+    """Where a split model's layers live, from /health's `split` ("" when not split)."""
+    if not isinstance(split, dict) or not isinstance(split.get("places"), list):
+        return ""
+    places = ", ".join(
+        f"{p.get('layers')} layers "
+        + ("here" if p.get("where") == "local" else f"on {p.get('where')}")
+        for p in split["places"]
+        if isinstance(p, dict)
+    )
+    line = f"{split.get('model', 'the model')} split: {places} ({split.get('state', '?')})"
+    return f"{line}: {split['problem']}" if split.get("problem") else line
+
+
 def _load(peer: dict[str, Any]) -> str:
     load = peer.get("load", peer.get("queue", peer.get("why")))
     if isinstance(load, dict):
@@ -75,7 +89,8 @@ class MeshScreen(Screen[None]):
         self.load()
 
     def _status(self, text: str) -> None:
-        self.query_one("#mesh-status", Static).update(Text(text))
+        split = split_line(self.mapp.health.get("split"))
+        self.query_one("#mesh-status", Static).update(Text(f"{text}\n{split}" if split else text))
 
     def action_reload(self) -> None:
         self.load()

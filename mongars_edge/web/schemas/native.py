@@ -219,6 +219,10 @@ class Health(Reply, kw_only=True):
     version: str
     model: Annotated[str | None, Meta(description="The model answering now.")]
     model_setting: str
+    split: Annotated[
+        dict[str, Any] | None,
+        Meta(description="A model split across boxes: which layers live where (docs/split.md)."),
+    ] = None
     uptime_s: float
     board: str
     profile: dict[str, Any]
