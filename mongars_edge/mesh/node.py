@@ -97,19 +97,24 @@ class NodeState:
             self.first_forward_at = time.monotonic()
         self.forwarded += 1
 
+    def model_id(self) -> str:
+        """The model this box answers with; "" with none (off, or not loaded yet)."""
+        if self.engine is None:
+            return ""
+        try:
+            return self.engine.info.id
+        except EngineClosedError:  # waiting for its model to run split
+            return ""
+
     def telemetry(
         self, adapters: list[str], split_budget: int, llama_build: str
     ) -> codec.Telemetry:
         """What this box gossips about itself: its model, load, temperature and offers."""
         engine = self.engine
         load = engine.load() if engine else None
-        model = ""
-        if engine is not None:
-            with contextlib.suppress(EngineClosedError):  # no model loaded yet
-                model = engine.info.id
         return codec.Telemetry(
             node_id=self.me.node_id,
-            model=model,
+            model=self.model_id(),
             queue_depth=load.queue_depth if load else 0,
             active=load.active if load else 0,
             n_parallel=load.n_parallel if load else 1,

@@ -156,7 +156,8 @@ class Router:
 
     def models(self) -> dict[str, list[str]]:
         """Every model this box or a usable peer holds now -> where ("" is this box)."""
-        out: dict[str, list[str]] = {self.local.info.id: [""]}
+        mine = self.node.model_id()  # "" while this box waits for its model to run split
+        out: dict[str, list[str]] = {mine: [""]} if mine else {}
         for peer in self.node.usable_peers():
             t = peer.telemetry
             if t is not None and t.model:

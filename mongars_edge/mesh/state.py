@@ -39,7 +39,7 @@ class _HoldsANode(Protocol):
 def report(source: NodeState | _HoldsANode) -> dict[str, Any]:
     """What `mongars-edge peers` prints (of a node, or of the service that holds it)."""
     node = source if isinstance(source, NodeState) else source.node
-    model = node.engine.info.id if node.engine else ""
+    model = node.model_id()
     rows = []
     for peer in sorted(node.peers.values(), key=lambda p: p.node_id):
         rows.append(
