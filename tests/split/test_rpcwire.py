@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import llama_cpp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,13 +31,12 @@ _N_TOKENS = 12
 
 
 def _header(name: str) -> str:
-    """A header of the llama.cpp source this build came from (the lead's cache has it)."""
-    roots = [_VENDOR, Path("/work/main/.cache/llama-server")]
-    for root in roots:
-        found = sorted(root.glob(f"llama_cpp_python-*/vendor/llama.cpp/{name}"))
-        if found:
-            return found[-1].read_text(encoding="utf-8")
-    pytest.skip(f"llama.cpp source ({name}) not in the build cache")
+    """A header of the llama.cpp source this build came from: in the checkout's llama-server
+    build cache (docs/inference.md), present once llama-server was built for the benches."""
+    found = sorted(_VENDOR.glob(f"llama_cpp_python-*/vendor/llama.cpp/{name}"))
+    if not found:
+        pytest.skip(f"llama.cpp source ({name}) not in {_VENDOR} (build llama-server first)")
+    return found[-1].read_text(encoding="utf-8")
 
 
 # -- the client: runs in its own process (llama.cpp's RPC client aborts on a broken link) -----
@@ -519,6 +519,15 @@ def test_the_guard_matches_the_llama_cpp_source_it_was_built_from() -> None:
     cpp = _header("ggml/src/ggml-rpc/ggml-rpc.cpp")
     assert "static_assert(RPC_CMD_HELLO == 14" in cpp and T == 296
     assert {"CUSTOM", "MAP_CUSTOM1", "MAP_CUSTOM2", "MAP_CUSTOM3"}.isdisjoint(ALLOWED_OPS)
+
+
+def test_the_guards_operation_table_is_the_built_librarys() -> None:
+    """Every operation name, by number, as the libggml this box loads names it: the allowlist
+    is checked by number on the wire, so a shifted table would allow the wrong operations."""
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    lib.ggml_op_name.restype = ctypes.c_char_p
+    lib.ggml_op_name.argtypes = [ctypes.c_int]
+    assert [lib.ggml_op_name(i).decode() for i in range(len(OP_NAMES))] == list(OP_NAMES)
 
 
 def _opened_guard() -> RpcGuard:
