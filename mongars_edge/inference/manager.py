@@ -417,7 +417,8 @@ class ModelManager:
 def _progress(state: PullState | None, model_id: str) -> str:
     if state is None:
         return ""
-    if state.state == "running" and state.total:
+    if state.state == "running" and state.total and not state.cancel.is_set():
+        # (a cancelled one runs on until its thread sees the flag: no stale percentage meanwhile)
         return f" ({100 * state.done / state.total:.0f}% downloaded)"
     if state.error:
         return (
