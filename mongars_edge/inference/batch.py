@@ -13,9 +13,9 @@ class ChunkSize:
     it went over, to what the room left by the decoders' own step (`base_s`, measured on steps
     without a prompt) holds at the cost per prompt token just seen; growth stops at that same
     bound. A least-squares fit of step time was tried first: with most steps of 1-4 tokens its
-    slope is noise, and one mis-fit let
-    a 500-token chunk stall streams for seconds. It starts small: on a 1.5B model three
-    streams' step alone takes ~150 ms on 2 cores, and one 16-token chunk doubled it.
+    slope is noise, and one mis-fit let a 500-token chunk stall streams for seconds. It starts
+    small: on a 1.5B model three streams' step alone takes ~150 ms on 2 cores, and one 16-token
+    chunk doubled it.
     """
 
     def __init__(self, target_s: float, *, start: int = 4, minimum: int = 1) -> None:
