@@ -153,14 +153,17 @@ async def _single(args: argparse.Namespace) -> dict[str, Any]:
 async def _host(args: argparse.Namespace) -> dict[str, Any]:
     from mongars_edge.split.host import SplitEngine
     from mongars_edge.split.plan import Offer, plan_split
+    from mongars_edge.split.select import split_shape
 
     config = _config(Path(args.model), args.tokens)
+    n_layer, fixed = split_shape(config)
     plan = plan_split(
         config.model_id,
-        args.n_layer,
+        n_layer,
         args.need_mb,
         args.budget_mb,
         [Offer(args.worker, args.budget_mb << 20, name="box B")],
+        fixed,
     )
     before = veth_bytes(args.worker_ns)
     async with SplitEngine.open(config, plan) as engine:
@@ -198,17 +201,11 @@ async def _worker(args: argparse.Namespace) -> None:
 # --- the driver, in the host namespace ---------------------------------------------------------
 
 
-def _need(model: Path) -> tuple[int, int]:
-    """The model's layer count and the memory it needs (the tuning profile's estimate)."""
+def _need(model: Path) -> int:
+    """The memory the model needs with a 1024-token context (the tuning profile's estimate)."""
     from mongars_edge.hardware.tuning import model_need_mb
-    from mongars_edge.inference import lowlevel
 
-    vocab = lowlevel.load_model(model, vocab_only=True)
-    try:
-        n_layer = vocab.n_layer
-    finally:
-        vocab.free()
-    return n_layer, model_need_mb("medium", model.stat().st_size >> 20, 1024, 1)
+    return model_need_mb("medium", model.stat().st_size >> 20, 1024, 1)
 
 
 def _run(cmd: list[str], what: str, timeout: float = 1800) -> dict[str, Any]:
@@ -501,7 +498,7 @@ def _direct(args: argparse.Namespace) -> None:
     if why := can_use_netns():
         raise SystemExit(f"bench/split.py: {why}")
     model = Path(args.model)
-    n_layer, need_mb = _need(model)
+    need_mb = _need(model)
     # Each box may hold 60% of what the model needs: neither can run it alone.
     budget_mb = need_mb * 6 // 10
     cpus = sorted(os.sched_getaffinity(0))
@@ -545,7 +542,7 @@ def _direct(args: argparse.Namespace) -> None:
                     a.exec_args("taskset", "-c", str(cpus[0]), sys.executable, me, "--side",
                                 "host", "--model", str(model), "--tokens", str(args.tokens),
                                 "--worker", endpoint, "--worker-ns", b.ns,
-                                "--n-layer", str(n_layer), "--need-mb", str(need_mb),
+                                "--need-mb", str(need_mb),
                                 "--budget-mb", str(budget_mb)),
                 ),
                 "the split host",
@@ -665,7 +662,6 @@ def main() -> None:
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-ns", help=argparse.SUPPRESS)
-    parser.add_argument("--n-layer", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--need-mb", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--budget-mb", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

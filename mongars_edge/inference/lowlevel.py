@@ -136,6 +136,8 @@ class LoadedModel:
     size_bytes: int
     chat_template: str | None
     n_layer: int
+    n_embd: int
+    n_vocab: int
     bos_id: int
     eos_id: int
     add_bos: bool
@@ -192,6 +194,28 @@ class LoadedModel:
             self.ptr = None
 
 
+#: The output layer's tensors (the tied head is token_embd's duplicate). A split keeps them on
+#: this box: a worker holding them also needs the logits buffer (n_ubatch x vocabulary x 4 B,
+#: 311 MB for Qwen2.5), and each token's logits (vocabulary x 4 B) would cross the link back
+#: instead of one hidden state (n_embd x 4 B).
+_OUTPUT_ON_CPU = r"^(output|output_norm|token_embd)\."
+
+
+class _BuftOverride(ctypes.Structure):
+    """llama.cpp's llama_model_tensor_buft_override: a tensor-name regex and a buffer type."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def _cpu_overrides(pattern: str) -> ctypes.Array[_BuftOverride]:
+    """A NULL-terminated override list sending tensors matching `pattern` to the CPU."""
+    lib = L._lib
+    lib.ggml_backend_cpu_buffer_type.argtypes = []
+    lib.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+    cpu = lib.ggml_backend_cpu_buffer_type()
+    return (_BuftOverride * 2)(_BuftOverride(pattern.encode(), cpu), _BuftOverride(None, None))
+
+
 def load_model(
     path: Path,
     *,
@@ -205,9 +229,10 @@ def load_model(
     """Load a GGUF model; ModelLoadError with llama.cpp's reason if it cannot be used.
 
     `devices` (ggml device handles, e.g. a split's RPC devices) replace the ones llama.cpp
-    would pick; the last `n_gpu_layers` layers go to them in the `tensor_split` proportions,
-    the rest stay on the CPU. `vocab_only` reads the vocabulary and metadata, no weights.
-    `repack` lets llama.cpp lay CPU weights out for its faster kernels (its extra buffer types).
+    would pick: the last `n_gpu_layers` repeating layers go to them in the `tensor_split`
+    proportions, the rest and the output layer (see `_OUTPUT_ON_CPU`) stay on the CPU.
+    `vocab_only` reads the vocabulary and metadata, no weights. `repack` lets llama.cpp lay CPU
+    weights out for its faster kernels (its extra buffer types).
     """
     init_backend()
     check_gguf_file(path)
@@ -215,13 +240,21 @@ def load_model(
     params.n_gpu_layers = n_gpu_layers
     params.vocab_only = vocab_only
     params.use_extra_bufts = repack
-    # Kept referenced until the load returns: llama.cpp copies both during the load.
+    # Kept referenced until the load returns: llama.cpp copies them during the load.
     device_array = None
     split_array = None
+    overrides = None
     if devices:
         device_array = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
         params.devices = ctypes.cast(device_array, ctypes.c_void_p)
         params.split_mode = L.LLAMA_SPLIT_MODE_LAYER
+        if n_gpu_layers > 0:
+            # llama.cpp counts the output layer as the last of n_gpu_layers, on the last
+            # device: one more, in the last device's share, and the override keeps it here.
+            params.n_gpu_layers = n_gpu_layers + 1
+            tensor_split = [*tensor_split[:-1], tensor_split[-1] + 1] if tensor_split else ()
+            overrides = _cpu_overrides(_OUTPUT_ON_CPU)
+            params.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
     if tensor_split:
         split_array = (ctypes.c_float * max(len(tensor_split), L.llama_max_devices()))(
             *tensor_split
@@ -229,7 +262,7 @@ def load_model(
         params.tensor_split = split_array
     take_recent_errors()
     ptr = L.llama_model_load_from_file(str(path).encode(), params)
-    del device_array, split_array
+    del device_array, split_array, overrides
     if not ptr:
         why = take_recent_errors() or "unknown reason"
         if devices:
@@ -253,6 +286,8 @@ def load_model(
         size_bytes=int(L.llama_model_size(ptr)),
         chat_template=raw_template.decode("utf-8") if raw_template else None,
         n_layer=int(L.llama_model_n_layer(ptr)),
+        n_embd=int(L.llama_model_n_embd(ptr)),
+        n_vocab=int(L.llama_vocab_n_tokens(vocab)),
         bos_id=int(L.llama_vocab_bos(vocab)),
         eos_id=int(L.llama_vocab_eos(vocab)),
         add_bos=bool(L.llama_vocab_get_add_bos(vocab)),
@@ -261,6 +296,8 @@ def load_model(
     if not model.n_layer:  # a vocab-only load reads no hyperparameters: the metadata says
         count = model.meta(f"{model.architecture}.block_count") or ""
         model.n_layer = int(count) if count.isdigit() else 0
+        width = model.meta(f"{model.architecture}.embedding_length") or ""
+        model.n_embd = int(width) if width.isdigit() else 0
     if require_template and not model.chat_template:
         model.free()
         raise ChatTemplateMissingError(

@@ -86,36 +86,85 @@ class SplitPlan:
         )
 
 
+@dataclass(frozen=True)
+class Fixed:
+    """What a split needs outside its per-layer share (MiB): this box keeps the token embedding,
+    the output head and its logits buffer; each worker a compute buffer for its layers."""
+
+    host_mb: int = 0
+    worker_mb: int = 0
+
+
+def fixed_parts(n_embd: int, n_vocab: int, n_ubatch: int, runtime_mb: int) -> Fixed:
+    """The fixed parts of a model's split from its shape.
+
+    The embedding and the head (one tensor when tied) are counted at one byte a weight (their
+    usual Q6_K takes 0.82); this box's runtime (`runtime_mb`) holds its logits buffer,
+    n_ubatch x vocabulary x 4 B, when that is larger. A worker's compute buffer holds a few
+    n_ubatch x n_embd activations: llama.cpp reserved 48 MiB for the 0.5B and 75 MiB for the
+    1.5B at n_ubatch 512, counted here as 24 of them plus 16 MiB (58 and 88 MiB).
+    """
+    embedding = n_vocab * n_embd >> 20
+    logits = n_ubatch * n_vocab * 4 >> 20
+    activations = n_ubatch * n_embd * 4 * 24 >> 20
+    return Fixed(host_mb=embedding + max(runtime_mb, logits + 32), worker_mb=activations + 16)
+
+
 def plan_split(
-    model_id: str, n_layer: int, need_mb: int, local_mb: int, offers: list[Offer]
+    model_id: str,
+    n_layer: int,
+    need_mb: int,
+    local_mb: int,
+    offers: list[Offer],
+    fixed: Fixed = Fixed(),
 ) -> SplitPlan:
-    """Place `n_layer` layers needing `need_mb` in all: as many here as `local_mb` holds, the
-    rest on the workers in proportion to their offers. SplitError with the numbers when the
-    boxes together cannot hold it."""
-    offered = [o for o in offers if o.budget_bytes > 0]
-    total_mb = local_mb + sum(o.budget_bytes >> 20 for o in offered)
+    """Place `n_layer` layers of a model needing `need_mb` in all: this box first keeps the
+    fixed part (`fixed.host_mb`, within `need_mb`) and as many layers as `local_mb` then
+    holds, the rest go to the workers in proportion to their offers, each offer less the
+    worker's own fixed part. SplitError with the numbers when the boxes cannot hold it."""
     if n_layer < 1:
         raise SplitError(f"{model_id} has no layers to split")
-    if need_mb > total_mb:
+    offered = [o for o in offers if o.budget_bytes > 0]
+    total_mb = local_mb + sum(o.budget_bytes >> 20 for o in offered)
+    wanted_mb = need_mb + fixed.worker_mb * max(1, len(offered))
+    if wanted_mb > total_mb or local_mb < fixed.host_mb:
         held = " + ".join(f"{o.budget_bytes >> 20} MiB on {o.label}" for o in offered)
+        why = (
+            f"needs ~{wanted_mb} MiB"
+            if local_mb >= fixed.host_mb
+            else f"keeps ~{fixed.host_mb} MiB on this box whatever the split (its embedding, "
+            "output head and logits)"
+        )
         raise SplitError(
-            f"{model_id} needs ~{need_mb} MiB; this box holds {local_mb} MiB"
+            f"{model_id} {why}; this box holds {local_mb} MiB"
             + (f" and its workers offer {held}" if held else " and no worker offers memory")
             + f" ({total_mb} MiB in all): pair a box that offers more, or choose a smaller model"
         )
-    per_layer = need_mb / n_layer
+    per_layer = max(0, need_mb - fixed.host_mb) / n_layer
     # This box keeps as many layers as its budget holds: the fewer cross the link, the faster.
-    local_layers = min(n_layer, math.floor(local_mb / per_layer)) if per_layer else n_layer
+    room = local_mb - fixed.host_mb
+    local_layers = min(n_layer, math.floor(room / per_layer)) if per_layer else n_layer
     rest = n_layer - local_layers
-    layers = _share(rest, [o.budget_bytes >> 20 for o in offered], per_layer)
+    budgets = [max(0, (o.budget_bytes >> 20) - fixed.worker_mb) for o in offered]
+    layers = _share(rest, budgets, per_layer)
     if layers is None:
         raise SplitError(
             f"{model_id}: {rest} layers of ~{per_layer:.0f} MiB each must leave this box, and "
-            "the workers' offers do not hold them whole: pair a box that offers more"
+            f"the workers' offers (less ~{fixed.worker_mb} MiB each for their compute) do not "
+            "hold them whole: pair a box that offers more"
         )
-    places = [Placement("local", "", local_layers, math.ceil(local_layers * per_layer), local_mb)]
+    here = Placement(
+        "local", "", local_layers, math.ceil(local_layers * per_layer) + fixed.host_mb, local_mb
+    )
+    places = [here]
     places += [
-        Placement(o.label, o.endpoint, n, math.ceil(n * per_layer), o.budget_bytes >> 20)
+        Placement(
+            o.label,
+            o.endpoint,
+            n,
+            math.ceil(n * per_layer) + (fixed.worker_mb if n else 0),
+            o.budget_bytes >> 20,
+        )
         for o, n in zip(offered, layers, strict=True)
     ]
     return SplitPlan(n_layer, need_mb, tuple(places))

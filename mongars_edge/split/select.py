@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from mongars_edge.errors import MongarsError
+from mongars_edge.hardware.tuning import RUNTIME_MB
 from mongars_edge.logonce import WarnOnce
 from mongars_edge.split import rpc
-from mongars_edge.split.plan import Offer, plan_split
+from mongars_edge.split.plan import Fixed, Offer, fixed_parts, plan_split
 
 if TYPE_CHECKING:
     from mongars_edge.inference.llama import EngineConfig
@@ -82,6 +83,18 @@ def mesh_offers(
     return offers
 
 
+def split_shape(config: EngineConfig) -> tuple[int, Fixed]:
+    """The model's layer count and its split's fixed parts, from its GGUF header (blocking)."""
+    from mongars_edge.inference import lowlevel
+
+    header = lowlevel.load_model(config.model_path, vocab_only=True)
+    try:
+        fixed = fixed_parts(header.n_embd, header.n_vocab, config.n_ubatch, RUNTIME_MB)
+        return header.n_layer, fixed
+    finally:
+        header.free()
+
+
 class Splitter:
     """The model manager's splitter (see the module docstring)."""
 
@@ -98,15 +111,12 @@ class Splitter:
     async def __call__(
         self, config: EngineConfig, need_mb: int, budget_mb: int
     ) -> contextlib.AbstractAsyncContextManager[SplitEngine] | None:
-        from mongars_edge.inference import lowlevel
         from mongars_edge.split.host import SplitEngine
 
         offers = await self.offers()
         if not offers:
             return None
-        vocab = await asyncio.to_thread(lowlevel.load_model, config.model_path, vocab_only=True)
-        n_layer = vocab.n_layer
-        await asyncio.to_thread(vocab.free)
-        plan = plan_split(config.model_id, n_layer, need_mb, budget_mb, offers)
+        n_layer, fixed = await asyncio.to_thread(split_shape, config)
+        plan = plan_split(config.model_id, n_layer, need_mb, budget_mb, offers, fixed)
         log.info("splitting %s: %s", config.model_id, plan.summary())
         return SplitEngine.open(config, plan, retry_s=self.retry_s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mongars_edge.split.plan import Offer, plan_split
+from mongars_edge.split.plan import Fixed, Offer, fixed_parts, plan_split
 from mongars_edge.split.rpc import SplitError
 from mongars_edge.split.select import mesh_offers
 from mongars_edge.tui.screens.mesh import split_line
@@ -49,6 +49,32 @@ def test_layers_that_do_not_fit_whole_anywhere_are_refused() -> None:
     offers = [Offer("a:1", 600 * MiB), Offer("b:1", 300 * MiB)]
     with pytest.raises(SplitError, match="do not hold them whole"):
         plan_split("m", 30, 1200, 300, offers)
+
+
+def test_qwen_keeps_its_head_here_and_each_worker_room_for_its_compute() -> None:
+    # Qwen2.5-Coder-1.5B: 28 layers, n_embd 1536, a 151936-token vocabulary, n_ubatch 512.
+    fixed = fixed_parts(1536, 151936, 512, 300)
+    # The embedding/head (222 MiB at a byte a weight) and the logits buffer (296 MiB) stay here;
+    # llama.cpp reserved 75 MiB of compute on the worker.
+    assert fixed == Fixed(host_mb=222 + 296 + 32, worker_mb=88)
+    # bench/split.py's case: each box holds 60% of the 1823 MiB the model needs.
+    plan = plan_split("qwen", 28, 1823, 1093, [Offer("b:1", 1093 * MiB, name="b")], fixed)
+    assert [p.layers for p in plan.places] == [11, 17]
+    assert all(p.need_mb <= p.budget_mb for p in plan.places)
+    assert plan.places[0].need_mb >= 550 and plan.places[1].need_mb >= 88
+
+
+def test_a_box_that_cannot_keep_the_head_cannot_host_a_split() -> None:
+    with pytest.raises(SplitError, match="keeps ~550 MiB on this box whatever the split"):
+        plan_split("qwen", 28, 1823, 500, [Offer("b:1", 4000 * MiB)], Fixed(550, 88))
+
+
+def test_offers_less_their_compute_must_hold_the_layers() -> None:
+    # 1000 + 850 MiB hold the 1800 MiB a model needs, but not with the worker's 100 MiB of
+    # compute on top.
+    plan_split("m", 28, 1800, 1000, [Offer("b:1", 850 * MiB)])
+    with pytest.raises(SplitError, match="needs ~1900 MiB"):
+        plan_split("m", 28, 1800, 1000, [Offer("b:1", 850 * MiB)], Fixed(400, 100))
 
 
 async def test_mesh_peers_of_another_build_offer_nothing() -> None:
