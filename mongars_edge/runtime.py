@@ -173,7 +173,7 @@ class Runtime:
                 from mongars_edge.split.select import mesh_offers
 
                 # Paired boxes offering memory, reached through the mesh's tunnel: a model over
-                # this box's budget runs split across them (tried again every split_retry_s).
+                # this box's budget runs split across them (tried again as one starts offering).
                 self._splitter.sources.append(
                     mesh_offers(mesh.split_members, mesh.rpc_endpoint, mesh.llama_build)
                 )

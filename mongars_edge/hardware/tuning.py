@@ -15,7 +15,7 @@ TIERS = ("tiny", "small", "medium", "large")
 # model's own size replaces the weights figure when it is known.
 _WEIGHTS_MB = {"tiny": 110, "small": 420, "medium": 1050, "large": 2000}
 _KV_MB_PER_1K = {"tiny": 23, "small": 12, "medium": 32, "large": 112}
-RUNTIME_MB = 300  # llama.cpp compute buffers, sockets, per-request state
+_RUNTIME_MB = 300  # llama.cpp compute buffers, sockets, per-request state
 # Kernel and systemd (~150 MiB), the Python process with its libraries (~250), the embedder
 # (~90), a Piper voice (~80) and page cache for SQLite: what a 2 GB Pi 4 runs beside the model.
 _OS_RESERVE_MB = 700
@@ -190,7 +190,7 @@ def model_need_mb(tier: str, size_mb: int, ctx: int, parallel: int) -> int:
     """RAM a model of `tier` (weights of `size_mb`, 0: typical) needs for `parallel` x `ctx`."""
     weights = size_mb or _WEIGHTS_MB.get(tier, _WEIGHTS_MB["large"])
     kv = _KV_MB_PER_1K.get(tier, _KV_MB_PER_1K["large"]) * ctx * max(1, parallel) / 1024
-    return int(weights + kv + RUNTIME_MB)
+    return int(weights + kv + _RUNTIME_MB)
 
 
 def _compute_cap(facts: HardwareFacts) -> Choice:

@@ -18,8 +18,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from mongars_edge.backoff import Backoff
 from mongars_edge.datadir import DataDir
 from mongars_edge.errors import InvalidRequestError, MongarsError
 from mongars_edge.hardware.tuning import TuningProfile, memory_budget_mb, model_need_mb, profile_for
@@ -46,12 +47,24 @@ log = logging.getLogger(__name__)
 AUTO: Final = "auto"
 OFF: Final = "off"
 
-#: Given a model too big for this box (its config, the MiB it needs, the MiB this box holds),
-#: an opener of the model split across workers that offer the rest; None when none offers.
-#: The split package provides it (split/select.py); the Runtime hands it in.
-Splitter = Callable[
-    ["EngineConfig", int, int], Awaitable["AbstractAsyncContextManager[HeldEngine] | None"]
-]
+#: How long a split that keeps failing with the same workers waits at most between tries.
+_SPLIT_RETRY_CAP_S: Final = 600.0
+
+
+class Splitter(Protocol):
+    """Runs a model too big for this box across workers that offer the rest. The split
+    package provides it (split/select.py); the Runtime hands it in."""
+
+    async def __call__(
+        self, config: EngineConfig, need_mb: int, budget_mb: int
+    ) -> AbstractAsyncContextManager[HeldEngine] | None:
+        """An opener of the model split (given the MiB it needs and this box holds), or None
+        when no worker offers memory."""
+        ...
+
+    async def offering(self) -> frozenset[str]:
+        """Who offers memory now: a newcomer is worth trying again at once."""
+        ...
 
 
 @dataclass
@@ -108,7 +121,8 @@ class ModelManager:
         self.wanted = ""  # the model the settings chose; "" when it is loaded or off
         # Opens a model over this box's budget split across workers (None: refuse it).
         self.splitter: Splitter | None = None
-        self.split_retry_s = 30.0
+        self.split_retry_s = 30.0  # the first wait; doubled after each failed try
+        self.split_poll_s = 5.0  # how often the offers are looked at meanwhile
         self.split_problem = ""  # why the chosen model is not split yet (shown on /health)
         # Told when the problems shown on /health change (the Runtime lists them).
         self.on_change: Callable[[], None] = lambda: None
@@ -148,7 +162,7 @@ class ModelManager:
         self.pull(spec, load_when_done=True)
 
     async def _wait_for_split(self, spec: str, why: ModelTooBigError) -> None:
-        """Serve the tiny model (if it fits) while `spec` is tried split every split_retry_s."""
+        """Serve the tiny model (if it fits) while `spec` is tried split (see _retry_split)."""
         self.wanted, self.split_problem = spec, str(why)
         if spec != DEFAULT_MODEL:
             try:
@@ -184,7 +198,8 @@ class ModelManager:
             )
             out.append(
                 f"the chosen model {self.wanted} is not running yet ({self.split_problem}): "
-                f"{meanwhile}; splitting is tried again every {self.split_retry_s:g} s"
+                f"{meanwhile}; splitting is tried again as soon as another box offers memory, "
+                f"and every {self.split_retry_s:g} s to {_SPLIT_RETRY_CAP_S / 60:g} min"
             )
         elif self.wanted and self.local.loaded:
             how = _progress(self.pulls.get(self.wanted), self.wanted)
@@ -277,11 +292,16 @@ class ModelManager:
         return await self.splitter(config, need, self.budget_mb())
 
     async def _retry_split(self, spec: str) -> None:
-        """Try the chosen model split again until it runs, or another model was chosen."""
+        """Try the chosen model split again until it runs, or another model was chosen: at
+        once when a box starts offering memory, else after split_retry_s, doubled up to
+        _SPLIT_RETRY_CAP_S while the same workers keep failing (each try sends them weights)."""
+        backoff = Backoff(self.split_retry_s, max(self.split_retry_s, _SPLIT_RETRY_CAP_S))
+        tried = await self._offering()
         while self.wanted == spec:
-            await asyncio.sleep(self.split_retry_s)
+            await self._wait_for_offers(backoff.next(), tried)
             if self.wanted != spec or (self.local.loaded and self.local.info.id != DEFAULT_MODEL):
                 break  # an admin chose another model meanwhile: theirs stays
+            tried = await self._offering()
             try:
                 await self.load(spec)
             except ModelTooBigError as exc:
@@ -294,6 +314,18 @@ class ModelManager:
             self.on_change()
             return
         self.split_problem = ""
+
+    async def _offering(self) -> frozenset[str]:
+        return await self.splitter.offering() if self.splitter is not None else frozenset()
+
+    async def _wait_for_offers(self, delay: float, tried: frozenset[str]) -> None:
+        """Sleep `delay` s, cut short when a box not among `tried` offers memory."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + delay
+        while (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(left, self.split_poll_s))
+            if not await self._offering() <= tried:
+                return
 
     def pull(
         self,

@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+from mongars_edge.backoff import Backoff
 from mongars_edge.mesh.errors import CodecError, MeshError
 from mongars_edge.mesh.node import NodeState
 from mongars_edge.mesh.peers import Peer, split_address
-from mongars_edge.mesh.transport import Backoff, Link, dial
+from mongars_edge.mesh.transport import Link, dial
 
 MAX_PEERS: Final = 256
 

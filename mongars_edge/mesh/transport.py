@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -67,23 +66,6 @@ def keepalive(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-
-
-class Backoff:
-    """Exponential reconnect delays with jitter, reset on success."""
-
-    def __init__(self, first: float = 0.2, cap: float = 5.0) -> None:
-        self.first = first
-        self.cap = cap
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * 2)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self._next = self.first
 
 
 class Link:

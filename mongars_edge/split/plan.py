@@ -95,19 +95,19 @@ class Fixed:
     worker_mb: int = 0
 
 
-def fixed_parts(n_embd: int, n_vocab: int, n_ubatch: int, runtime_mb: int) -> Fixed:
+def fixed_parts(n_embd: int, n_vocab: int, n_ubatch: int) -> Fixed:
     """The fixed parts of a model's split from its shape.
 
-    The embedding and the head (one tensor when tied) are counted at one byte a weight (their
-    usual Q6_K takes 0.82); this box's runtime (`runtime_mb`) holds its logits buffer,
-    n_ubatch x vocabulary x 4 B, when that is larger. A worker's compute buffer holds a few
-    n_ubatch x n_embd activations: llama.cpp reserved 48 MiB for the 0.5B and 75 MiB for the
-    1.5B at n_ubatch 512, counted here as 24 of them plus 16 MiB (58 and 88 MiB).
+    This box: the embedding and the head (one tensor when tied), counted at one byte a weight
+    (their usual Q6_K takes 0.82), and the logits buffer, n_ubatch x vocabulary x 4 B, plus
+    32 MiB. A worker's compute buffer holds a few n_ubatch x n_embd activations: llama.cpp
+    reserved 48 MiB for the 0.5B and 75 MiB for the 1.5B at n_ubatch 512, counted here as 24
+    of them plus 16 MiB (58 and 88 MiB).
     """
     embedding = n_vocab * n_embd >> 20
     logits = n_ubatch * n_vocab * 4 >> 20
     activations = n_ubatch * n_embd * 4 * 24 >> 20
-    return Fixed(host_mb=embedding + max(runtime_mb, logits + 32), worker_mb=activations + 16)
+    return Fixed(host_mb=embedding + logits + 32, worker_mb=activations + 16)
 
 
 def plan_split(

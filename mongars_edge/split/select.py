@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from mongars_edge.errors import MongarsError
-from mongars_edge.hardware.tuning import RUNTIME_MB
 from mongars_edge.logonce import WarnOnce
 from mongars_edge.split import rpc
 from mongars_edge.split.plan import Fixed, Offer, fixed_parts, plan_split
@@ -89,7 +88,7 @@ def split_shape(config: EngineConfig) -> tuple[int, Fixed]:
 
     header = lowlevel.load_model(config.model_path, vocab_only=True)
     try:
-        fixed = fixed_parts(header.n_embd, header.n_vocab, config.n_ubatch, RUNTIME_MB)
+        fixed = fixed_parts(header.n_embd, header.n_vocab, config.n_ubatch)
         return header.n_layer, fixed
     finally:
         header.free()
@@ -107,6 +106,10 @@ class Splitter:
         for source in self.sources:
             found += await source()
         return found
+
+    async def offering(self) -> frozenset[str]:
+        """Who offers memory now (by name: a direct worker's free memory moves all the time)."""
+        return frozenset(o.label for o in await self.offers() if o.budget_bytes > 0)
 
     async def __call__(
         self, config: EngineConfig, need_mb: int, budget_mb: int

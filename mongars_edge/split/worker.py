@@ -12,9 +12,9 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+from mongars_edge.backoff import Backoff
 from mongars_edge.errors import MongarsError, UnavailableError
 from mongars_edge.split.rpcwire import RpcGuard
 
@@ -38,16 +38,6 @@ class RpcWorkerUnavailable(RpcWorkerError, UnavailableError):
     kind = "rpc_worker_unavailable"
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Restart delays: `first`, then times `factor` up to `most`; reset after a healthy run."""
-
-    first: float = 0.5
-    factor: float = 2.0
-    most: float = 30.0
-    healthy_after: float = 60.0
-
-
 class RpcWorker:
     """A supervised, sandboxed llama.cpp RPC server offering `budget_bytes` of this box."""
 
@@ -59,6 +49,7 @@ class RpcWorker:
         threads: int,
         cache_max_bytes: int,
         backoff: Backoff | None = None,
+        healthy_after_s: float = 60.0,
         trim_every_s: float = 10.0,
     ) -> None:
         if budget_bytes <= 0:
@@ -74,7 +65,9 @@ class RpcWorker:
         self.budget_bytes = budget_bytes
         self.threads = threads
         self.cache_max_bytes = cache_max_bytes
-        self.backoff = backoff or Backoff()
+        # Restart delays, started over after a run of healthy_after_s.
+        self.backoff = backoff or Backoff(first=0.5, cap=30.0)
+        self.healthy_after_s = healthy_after_s
         self.trim_every_s = trim_every_s
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -208,7 +201,6 @@ class RpcWorker:
             await proc.wait()
 
     async def _supervise(self) -> None:
-        delay = self.backoff.first
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
@@ -219,15 +211,15 @@ class RpcWorker:
             if self._ctl is not None:
                 self._ctl.close()
                 self._ctl = None
-            if loop.time() - started >= self.backoff.healthy_after:
-                delay = self.backoff.first
+            if loop.time() - started >= self.healthy_after_s:
+                self.backoff.reset()
+            delay = self.backoff.next()
             log.warning(
                 "rpc worker exited; restarting in %.1f s",
                 delay,
                 extra={"pid": proc.pid, "exit_code": code, "restarts": self.restarts},
             )
             await asyncio.sleep(delay)
-            delay = min(delay * self.backoff.factor, self.backoff.most)
             self.restarts += 1
             try:
                 await self._spawn()

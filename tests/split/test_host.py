@@ -250,7 +250,7 @@ async def test_through_a_guard_to_the_sandboxed_worker_killed_and_restarted(
 ) -> None:
     local = await _local_text(smollm2)
     sandboxed = RpcWorker(
-        tmp_path / "cache", budget_bytes=250 << 20, threads=1, cache_max_bytes=1 << 30
+        tmp_path / "cache", budget_bytes=300 << 20, threads=1, cache_max_bytes=1 << 30
     )
     await sandboxed.start()
     relay = GuardedRelay(sandboxed)
@@ -261,7 +261,7 @@ async def test_through_a_guard_to_the_sandboxed_worker_killed_and_restarted(
         await manager.load("smollm2-135m-instruct")
         held = manager.local.engine
         assert isinstance(held, SplitEngine)
-        assert held.plan.remote[0].budget_mb == 250
+        assert held.plan.remote[0].budget_mb == 300
         first = await complete(manager.local, _REQUEST)
         long = ChatRequest.of([("user", "Count to 200.")], sampling=Sampling.greedy(400))
         stream = manager.local.stream(long)
@@ -332,7 +332,8 @@ async def test_at_start_with_even_the_tiny_model_over_the_budget_nothing_answers
     local = await _local_text(smollm2)
     late = Worker(free_port())
     manager = _manager(data_dir, (late.endpoint,), 200)  # the embedded model needs ~300 MiB
-    manager.split_retry_s = 0.2
+    # No timed retry within the test: the worker's first offer is what starts the split.
+    manager.split_retry_s, manager.split_poll_s = 3600, 0.2
     try:
         await manager.start()  # no worker yet: the box starts all the same, with no model
         with pytest.raises(EngineClosedError):

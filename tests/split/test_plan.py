@@ -53,7 +53,7 @@ def test_layers_that_do_not_fit_whole_anywhere_are_refused() -> None:
 
 def test_qwen_keeps_its_head_here_and_each_worker_room_for_its_compute() -> None:
     # Qwen2.5-Coder-1.5B: 28 layers, n_embd 1536, a 151936-token vocabulary, n_ubatch 512.
-    fixed = fixed_parts(1536, 151936, 512, 300)
+    fixed = fixed_parts(1536, 151936, 512)
     # The embedding/head (222 MiB at a byte a weight) and the logits buffer (296 MiB) stay here;
     # llama.cpp reserved 75 MiB of compute on the worker.
     assert fixed == Fixed(host_mb=222 + 296 + 32, worker_mb=88)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from mongars_edge.backoff import Backoff
 from mongars_edge.split.rpcwire import RPC_PROTO, Cmd, RpcGuard
 from mongars_edge.split.worker import (
-    Backoff,
     RpcWorker,
     RpcWorkerError,
     RpcWorkerUnavailable,
@@ -37,7 +37,7 @@ async def worker(tmp_path: Path) -> AsyncIterator[RpcWorker]:
         budget_bytes=_BUDGET,
         threads=1,
         cache_max_bytes=1 << 30,
-        backoff=Backoff(first=0.05, most=0.2),
+        backoff=Backoff(first=0.05, cap=0.2),
         trim_every_s=3600,
     )
     await w.start()
