@@ -599,7 +599,7 @@ def _report(
             f"box A's cpu_repack: {'on' if results['cpu_repack'] else 'off'}, alone and split; "
             f"cgroups: budget + {SERVE_ROOM_MB} MiB for the rest of each box; peak A "
             f"{peak['a']} MiB, B {peak['b']} MiB "
-            "(A's model setting; it tries it split every 30 s once B's offer reaches it)"
+            "(A's model setting; it runs it split as soon as B's offer reaches it)"
         )
     else:
         print(
