@@ -23,7 +23,7 @@ from mongars_edge.mesh.errors import BadMessageError, CodecError, FrameTooLargeE
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from mongars_edge.inference.engine import Message, Sampling
+    from mongars_edge.inference.engine import Message, Sampling, TokenEvent
     from mongars_edge.inference.tools import Tool
 
 #: 2: msgspec-typed messages with declared ranges; a Sampling struct instead of a free dict.
@@ -292,6 +292,19 @@ class End(Msg, frozen=True):
     completion_tokens: Count
     gen_tok_s: float
     error: str | None
+
+
+def end_of(sid: int, event: TokenEvent) -> End:
+    """The End message of a stream whose engine finished with `event`."""
+    usage, timings = event.usage, event.timings
+    return End(
+        sid,
+        event.finish_reason or "stop",
+        usage.prompt_tokens if usage else 0,
+        usage.completion_tokens if usage else 0,
+        timings.generation_tok_s if timings else 0.0,
+        event.error,
+    )
 
 
 class Cancel(Msg, frozen=True):

@@ -84,17 +84,7 @@ class Serving:
                 else:
                     if event.text:
                         link.send(codec.TokenChunk(sid, event.text, event.token_id))
-                    usage, timings = event.usage, event.timings
-                    link.send(
-                        codec.End(
-                            sid,
-                            event.finish_reason,
-                            usage.prompt_tokens if usage else 0,
-                            usage.completion_tokens if usage else 0,
-                            timings.generation_tok_s if timings else 0.0,
-                            event.error,
-                        )
-                    )
+                    link.send(codec.end_of(sid, event))
                 await link.drain()
         except asyncio.CancelledError:
             raise

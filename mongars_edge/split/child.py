@@ -145,17 +145,7 @@ async def _run(engine: LlamaEngine, msg: codec.InferRequest, writer: asyncio.Str
             if event.text or event.finish_reason is None:
                 send(codec.TokenChunk(sid, event.text, event.token_id))
             if event.finish_reason is not None:
-                usage, timings = event.usage, event.timings
-                send(
-                    codec.End(
-                        sid,
-                        event.finish_reason,
-                        usage.prompt_tokens if usage else 0,
-                        usage.completion_tokens if usage else 0,
-                        timings.generation_tok_s if timings else 0.0,
-                        event.error,
-                    )
-                )
+                send(codec.end_of(sid, event))
             await writer.drain()
     except asyncio.CancelledError:
         raise
