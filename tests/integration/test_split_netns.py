@@ -42,7 +42,8 @@ def test_a_box_over_its_budget_serves_split_across_a_paired_box(tmp_path: Path) 
         # Plain CPU kernels on A and C, as B's worker runs (repacked ones, on an Arm board,
         # round differently): the split computes every layer as C does.
         plain = {"MONGARS_CPU_REPACK": "false"}
-        a.extra_env = {"MONGARS_MODEL_BUDGET_MB": "150", **plain}  # the 135M needs ~300
+        # The 135M needs ~485 MiB; ~155 of them stay on A whatever the split (embedding, head).
+        a.extra_env = {"MONGARS_MODEL_BUDGET_MB": "250", **plain}
         c.extra_env = plain
         b.extra_env = {"MONGARS_MODEL": str(tiny), "MONGARS_SPLIT_OFFER_MB": "400"}
         for box in (a, b, c):
@@ -70,7 +71,7 @@ def test_a_box_over_its_budget_serves_split_across_a_paired_box(tmp_path: Path) 
         assert reply.get("text") == reference["text"], reply
         split = _health(a)["split"]
         here, there = split["places"]
-        assert here["where"] == "local" and here["budget_mb"] == 150
+        assert here["where"] == "local" and here["budget_mb"] == 250
         assert there["where"] == b.state()["node_id"]  # reached through the tunnel, by id
         assert there["endpoint"].startswith("127.0.0.1:")
         assert here["layers"] + there["layers"] == split["n_layer"]
