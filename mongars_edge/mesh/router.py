@@ -278,7 +278,7 @@ class Router:
         if not self._held:
             ranked = self.rank(request, prompt_tokens)
             if len(ranked) < 2 or not all(c.full for c in ranked):
-                return _free_first(ranked)
+                return ranked
         turn = asyncio.Event()
         self._held.append(turn)
         try:
@@ -287,7 +287,7 @@ class Router:
                 if head:
                     ranked = self.rank(request, prompt_tokens)
                     if len(ranked) < 2 or not all(c.full for c in ranked):
-                        return _free_first(ranked)
+                        return ranked
                 # Woken when a request here or one sent to a peer ends; the head also looks
                 # again meanwhile (a peer's own clients, or a lost peer, tell nobody).
                 turn.clear()
@@ -326,13 +326,6 @@ class Router:
                 yield dataclasses.replace(event, text=new[len(said) :])
         finally:
             await stream.aclose()
-
-
-def _free_first(ranked: list[Choice]) -> list[Choice]:
-    """The places with a free slot first, each group best first. A peer's load in its
-    telemetry lags by a gossip period, so a box whose slot just freed can still be predicted
-    a wave later than a full one: the free slot is a fact, the prediction an estimate."""
-    return sorted(ranked, key=lambda c: c.full)
 
 
 def _adapter_sha256(data_dir: Path, ref: str) -> str:

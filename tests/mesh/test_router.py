@@ -156,17 +156,3 @@ async def test_with_every_slot_busy_requests_wait_here_in_order_for_the_first_fr
     assert done.text == "one two three four five"
     assert [r.messages[-1].content for r in local.streamed] == ["first", "second"]
     assert router._held == deque() and peer.inflight == 0
-
-
-async def test_a_free_slot_wins_over_a_full_box_predicted_sooner(tmp_path: Path) -> None:
-    # A peer's telemetry lags a gossip period: a box whose slot just freed can be predicted a
-    # wave later than a full one. A request sent to the full box would wait in its queue.
-    local = FakeEngine(figures=EngineLoad(0, 3, 4, 2.0, 300.0))  # a slot free, slow figures
-    node = _node(tmp_path, local)
-    peer = _peer(node, model=local.model, busy=4, tok_s=300.0)  # full, fast
-    router = Router(local, node)
-    assert router.rank(_ask(), 10)[0].node_id == peer.node_id  # the estimate alone says peer
-    done = await asyncio.wait_for(complete(router, _ask("free slot")), 5)
-    assert done.text == "one two three four five"
-    assert [r.messages[-1].content for r in local.streamed] == ["free slot"]
-    assert peer.failures == 0  # it never went to the peer (whose link is dead)
