@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, cast
 
@@ -133,26 +132,3 @@ async def test_a_local_stream_that_fails_mid_way_ends_in_error(tmp_path: Path) -
     router = Router(local, _node(tmp_path, local))
     with pytest.raises(Exception, match="scripted failure"):
         await complete(router, _ask())
-
-
-async def test_with_every_slot_busy_requests_wait_here_in_order_for_the_first_free_one(
-    tmp_path: Path,
-) -> None:
-    # Given to a box on arrival, a burst's last replies pile up on one box while the other
-    # idles: held here instead, each goes where a slot frees first, in arrival order.
-    local = FakeEngine(figures=EngineLoad(0, 4, 4, 30.0, 300.0))  # all 4 slots busy
-    node = _node(tmp_path, local)
-    peer = _peer(node, model=local.model, busy=4)  # busy with its own clients' requests
-    router = Router(local, node)
-    first = asyncio.ensure_future(complete(router, _ask("first")))
-    await asyncio.sleep(0.05)
-    second = asyncio.ensure_future(complete(router, _ask("second")))
-    await asyncio.sleep(0.6)  # two looks at the slots, none free
-    assert not first.done() and not second.done() and local.streamed == []
-    assert len(router._held) == 2
-    local.figures = EngineLoad(0, 3, 4, 30.0, 300.0)  # one slot frees here
-    done = await asyncio.wait_for(first, 5)
-    await asyncio.wait_for(second, 5)  # the figures say 3 of 4 busy still: it goes too
-    assert done.text == "one two three four five"
-    assert [r.messages[-1].content for r in local.streamed] == ["first", "second"]
-    assert router._held == deque() and peer.inflight == 0
