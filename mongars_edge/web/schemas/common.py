@@ -75,10 +75,11 @@ def param_of(error: str) -> tuple[str | None, str]:
     """msgspec's error text -> (the field path as OpenAI names it, what is wrong)."""
     found = _PATH.match(error)
     what, path = (found["what"], found["path"] or "") if found else (error, "")
+    path = path.removeprefix(".")  # msgspec's `$.a.b`: only its own dot goes
     field = _FIELD.match(what)
-    if field:
-        path = f"{path}.{field['name']}"
-    return (path.lstrip(".") or None), what
+    if field:  # the name is kept whole: a field may be named "." or ".a"
+        path = f"{path}.{field['name']}" if path else field["name"]
+    return (path or None), what
 
 
 _HUMAN: Final = (
