@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, cast
 
 from mongars_edge.inference.engine import (
@@ -85,7 +85,7 @@ class RemoteEngine:
     async def prepare(self, request: ChatRequest) -> Prompt:
         return await self._local.prepare(request)
 
-    async def stream(self, request: ChatRequest | Prompt) -> AsyncIterator[TokenEvent]:
+    async def stream(self, request: ChatRequest | Prompt) -> AsyncGenerator[TokenEvent, None]:
         # The peer renders and tokenizes with its own copy of the model: only the request goes.
         request = as_request(request)
         link = self._node.links.get(self.node_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, cast
 
@@ -132,3 +133,40 @@ async def test_a_local_stream_that_fails_mid_way_ends_in_error(tmp_path: Path) -
     router = Router(local, _node(tmp_path, local))
     with pytest.raises(Exception, match="scripted failure"):
         await complete(router, _ask())
+
+
+async def test_with_every_slot_busy_requests_wait_here_in_order_for_the_first_free_one(
+    tmp_path: Path,
+) -> None:
+    # Given to a box on arrival, a burst's last replies pile up on one box while the other
+    # idles: held here instead, each goes where a slot frees first, in arrival order.
+    local = FakeEngine(figures=EngineLoad(0, 4, 4, 30.0, 300.0))  # all 4 slots busy
+    node = _node(tmp_path, local)
+    peer = _peer(node, model=local.model, busy=4)  # busy with its own clients' requests
+    router = Router(local, node)
+    first = asyncio.ensure_future(complete(router, _ask("first")))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(complete(router, _ask("second")))
+    await asyncio.sleep(0.6)  # two looks at the slots, none free
+    assert not first.done() and not second.done() and local.streamed == []
+    assert len(router._held) == 2
+    local.figures = EngineLoad(0, 3, 4, 30.0, 300.0)  # one slot frees here
+    done = await asyncio.wait_for(first, 5)
+    await asyncio.wait_for(second, 5)  # the figures say 3 of 4 busy still: it goes too
+    assert done.text == "one two three four five"
+    assert [r.messages[-1].content for r in local.streamed] == ["first", "second"]
+    assert router._held == deque() and peer.inflight == 0
+
+
+async def test_a_free_slot_wins_over_a_full_box_predicted_sooner(tmp_path: Path) -> None:
+    # A peer's telemetry lags a gossip period: a box whose slot just freed can be predicted a
+    # wave later than a full one. A request sent to the full box would wait in its queue.
+    local = FakeEngine(figures=EngineLoad(0, 3, 4, 2.0, 300.0))  # a slot free, slow figures
+    node = _node(tmp_path, local)
+    peer = _peer(node, model=local.model, busy=4, tok_s=300.0)  # full, fast
+    router = Router(local, node)
+    assert router.rank(_ask(), 10)[0].node_id == peer.node_id  # the estimate alone says peer
+    done = await asyncio.wait_for(complete(router, _ask("free slot")), 5)
+    assert done.text == "one two three four five"
+    assert [r.messages[-1].content for r in local.streamed] == ["free slot"]
+    assert peer.failures == 0  # it never went to the peer (whose link is dead)
