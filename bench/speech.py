@@ -72,6 +72,15 @@ def _any_words(text: str) -> list[str]:
     return re.findall(r"[\w']+", unicodedata.normalize("NFC", text.lower()))
 
 
+def _cli(argv: list[str], env: dict[str, str]) -> str:
+    """The command's output; its own error line, and an exit, when it fails."""
+    out = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        raise SystemExit(f"`{' '.join(argv[3:5])}` failed: {lines[-1]}")
+    return out.stdout
+
+
 def cli_round_trip(sentences: list[str], data_dir: str) -> tuple[float, list[str]]:
     """WER of `say` -> WAV -> `listen` for `sentences`, and what was heard."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONGARS_")}
@@ -81,15 +90,8 @@ def cli_round_trip(sentences: list[str], data_dir: str) -> tuple[float, list[str
         wav = Path(tmp) / "said.wav"
         for sentence in sentences:
             cli = [sys.executable, "-m", "mongars_edge"]
-            subprocess.run(
-                [*cli, "say", sentence, "-o", str(wav), "--data-dir", data_dir],
-                env=env, check=True, capture_output=True,
-            )  # fmt: skip
-            out = subprocess.run(
-                [*cli, "listen", str(wav), "--data-dir", data_dir],
-                env=env, check=True, capture_output=True, text=True,
-            )  # fmt: skip
-            text = out.stdout.strip()
+            _cli([*cli, "say", sentence, "-o", str(wav), "--data-dir", data_dir], env)
+            text = _cli([*cli, "listen", str(wav), "--data-dir", data_dir], env).strip()
             heard.append(text)
             ref = _any_words(sentence)
             errors += edits(ref, _any_words(text))
