@@ -151,6 +151,8 @@ class ChatPipeline:
         # Memory extraction after each turn and idle-time consolidation (memory issue).
         self.memory_worker: MemoryWorker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Each conversation's turn still being stored: its next turn reads the history after it.
+        self._storing: dict[int, asyncio.Task[None]] = {}
         self._warn = WarnOnce(log)
 
     @classmethod
@@ -217,6 +219,7 @@ class ChatPipeline:
             history: list[Message] = []
             in_conversation: set[int] = set()
             if conversation_id is not None:
+                await self._stored(conversation_id)
                 stored = await self.store.get_messages(user_id, conversation_id)
                 history = _history(stored)
                 in_conversation = {m.id for m in stored}
@@ -396,7 +399,9 @@ class ChatPipeline:
                 status = _status(final)
                 if self.observer is not None:
                     self.observer.finished(final, status)
-                self._spawn(self._persist(prepared, "".join(parts), status, final, engine))
+                task = self._spawn(self._persist(prepared, "".join(parts), status, final, engine))
+                if prepared.conversation_id is not None:
+                    self._storing_turn(prepared.conversation_id, task)
 
     async def _answer(self, engine: Engine, prepared: Prepared) -> AsyncIterator[TokenEvent]:
         """The engine's events. After tool results, a small model often calls the same tool
@@ -424,10 +429,28 @@ class ChatPipeline:
         async for event in _closing(engine.stream(await engine.prepare(again))):
             yield event
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _stored(self, conversation_id: int) -> None:
+        """Wait for the conversation's last turn to be stored. It is written after its stream
+        ends, and a client that asks again the moment a reply ends (an API client, a quick
+        spoken follow-up, a slow SD card) would otherwise get a prompt without it."""
+        task = self._storing.get(conversation_id)
+        if task is not None:
+            await asyncio.wait([task])  # a cancelled wait leaves the store running
+
+    def _storing_turn(self, conversation_id: int, task: asyncio.Task[None]) -> None:
+        self._storing[conversation_id] = task
+
+        def stored(_: asyncio.Task[None]) -> None:
+            if self._storing.get(conversation_id) is task:
+                del self._storing[conversation_id]
+
+        task.add_done_callback(stored)
 
     async def _persist(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -152,6 +153,29 @@ async def test_turns_are_stored_complete_or_partial(runtime: Runtime) -> None:
     await runtime.chat.drain()
     stored = await runtime.memory.get_messages(uid, done.conversation_id)
     assert [m.role for m in stored][-2:] == ["assistant", "assistant"]
+
+
+async def test_a_follow_up_sent_as_the_reply_ends_sees_the_turn_before(runtime: Runtime) -> None:
+    """A turn is stored after its stream ends; a client that sends the next turn the moment
+    the reply ends (an API client, a quick voice follow-up) must still have it in its history."""
+    uid = await _user(runtime)
+    turn = await runtime.chat.prepare(_turn("Say hello.", new_conversation=True), uid)
+    conversation = turn.conversation_id
+    asked = ["Say hello."]
+    for question in ("And again?", "Once more?", "And now?"):
+        # The database is slow to write (an SD card's commit, the vectors of an earlier
+        # turn): the turn's store waits behind this one.
+        slow = asyncio.ensure_future(runtime.memory._writer.run(lambda _c: time.sleep(0.3)))
+        [e async for e in runtime.chat.stream(turn)]  # no drain: the store is still to come
+        turn = await runtime.chat.prepare(_turn(question, conversation_id=conversation), uid)
+        await slow
+        said = [m.content for m in turn.request.messages if m.role == "user"]
+        assert [s.rsplit("\n", 1)[-1] for s in said] == [*asked, question]
+        assert [m.role for m in turn.request.messages[1:]] == ["user", "assistant"] * len(asked) + [
+            "user"
+        ]
+        asked.append(question)
+    await runtime.chat.drain()
 
 
 async def test_style_is_learned_from_turns(runtime: Runtime) -> None:
