@@ -1,13 +1,15 @@
 """Mesh benchmark in network namespaces: ratios against a 1-box baseline measured in the same run.
 
-    .venv/bin/python bench/mesh.py [--rounds 5] [--model ID] [--clients 8] [--json]     (root)
+    .venv/bin/python bench/mesh.py [--rounds 5] [--model ID] [--clients 8] [--timeline] [--json]  (root)
 
 Two namespaces on a bridge, each box pinned to its own core (taskset), both on the same model
 (--model: a catalog id pulled into --models-from, default the embedded 135M). Box B is a real
 `mongars-edge serve`; the origin A is this script re-executed inside its namespace with a real
 engine, MeshService and Router, so it can time what happens inside. Prints:
  (a) aggregate tok/s of A+B (paired) with N concurrent clients / A alone, rounds interleaved,
-     median of the per-round ratios (target >= 1.8)
+     median of the per-round ratios (target >= 1.8); beside it, the ceiling: the same requests
+     split in fixed halves, A's half on its engine and B's sent straight to B, no router
+     (what the two cores give side by side; --timeline prints each round's per-box spans)
  (b) added latency of a forwarded request at low load: p50 time to first token through the peer
      minus p50 time to first token locally (target <= 10 ms)
  (c) from A's process start to its first forwarded request, A already paired (target <= 3 s)
@@ -26,6 +28,7 @@ sys.path[:] = [p for p in sys.path if p not in (_HERE, "")]
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -85,17 +88,49 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(n)
         ]
 
-    async def throughput(router: Engine) -> float:
+    routed: dict[str, str] = {}  # request id -> where the router sent it ("local" or a peer)
+    timeline: list[list[dict[str, Any]]] = []  # per round: each request's times and place
+
+    async def timed(
+        engine: Engine, request: ChatRequest, start: float, where: str = ""
+    ) -> dict[str, Any]:
+        first = None
+        async for event in engine.stream(request):
+            if first is None:
+                first = time.monotonic() - start
+            if event.finish_reason is not None:
+                tokens = event.usage.completion_tokens if event.usage else 0
+                return {
+                    "where": where or routed.pop(request.request_id, "local"),
+                    "first": first,
+                    "end": time.monotonic() - start,
+                    "tokens": tokens,
+                }
+        raise SystemExit("a stream ended without a finish")
+
+    async def throughput(router: Engine, remote: Engine | None = None) -> float:
+        """tok/s of 2 x clients requests sent at once: all to `router`, or with `remote` the
+        first half to `router` and the second half to `remote` (each half holds every prompt)."""
         start = time.monotonic()
-        results = await asyncio.gather(*(complete(router, r) for r in requests(args.clients * 2)))
-        tokens = sum(r.usage.completion_tokens if r.usage else 0 for r in results)
-        return tokens / (time.monotonic() - start)
+        todo = requests(args.clients * 2)
+        half = len(todo) // 2
+        done = await asyncio.gather(
+            *(
+                timed(router, r, start)
+                if remote is None
+                else timed(*((router, r, start, "local") if i < half else (remote, r, start, "B")))
+                for i, r in enumerate(todo)
+            )
+        )
+        timeline.append(done)
+        return float(sum(d["tokens"] for d in done) / (time.monotonic() - start))
 
     async with (
         LlamaEngine.open(config) as engine,
         MeshService.open(mesh_config, data, engine) as mesh,
     ):
         router = Router(engine, mesh.node)
+        _record_routes(routed)
         if args.phase == "restart":
             pending: set[asyncio.Task[Any]] = set()
             end = time.monotonic() + 120
@@ -147,16 +182,21 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
         peer_id = next(n for n in mesh.links)
         remote = RemoteEngine(mesh.node, peer_id, engine, 10.0)
         await complete(remote, requests(1)[0])  # warm up B as A was
-        # Rounds alternate A alone (its engine directly) and A+B (the router), so load from
-        # elsewhere on the machine hits both sides alike; medians are reported.
-        ones, twos = [], []
+        # Rounds alternate A alone (its engine directly), A+B (the router) and A+B split in
+        # halves fixed in advance (no router: what the two cores give side by side, the
+        # ceiling the router is measured against), so load from elsewhere on the machine hits
+        # every side alike; medians are reported.
+        ones, twos, splits = [], [], []
         for _ in range(args.rounds):
             ones.append(await throughput(engine))
             twos.append(await throughput(router))
+            splits.append(await throughput(engine, remote))
         out["one_box_tok_s"] = statistics.median(ones)
         out["two_box_tok_s"] = statistics.median(twos)
         out["ratios"] = [t / o for o, t in zip(ones, twos, strict=True)]
+        out["split_ratios"] = [t / o for o, t in zip(ones, splits, strict=True)]
         out["forwarded"] = mesh.forwarded
+        out["timeline"] = timeline
         await asyncio.sleep(2)  # let the queues drain before measuring latency at low load
         local_ttft: list[float] = []
         remote_ttft: list[float] = []
@@ -171,6 +211,46 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
         out["local_ttft_p50_ms"] = statistics.median(local_ttft) * 1000
         out["remote_ttft_p50_ms"] = statistics.median(remote_ttft) * 1000
     return out
+
+
+class _Routes(logging.Handler):
+    """The router's debug line names each request's place first: `routing ID: place=...`."""
+
+    def __init__(self, routed: dict[str, str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.routed = routed
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "routing %s: %s" and isinstance(record.args, tuple):
+            request_id, ranked = record.args
+            self.routed[str(request_id)] = str(ranked).split("=", 1)[0]
+
+
+def _record_routes(routed: dict[str, str]) -> None:
+    log = logging.getLogger("mongars_edge.mesh.router")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    log.addHandler(_Routes(routed))
+
+
+def spans(timeline: list[list[dict[str, Any]]]) -> list[str]:
+    """Per round: each place's tokens, the time its last request ended, its tok/s over that."""
+    lines = []
+    for n, done in enumerate(timeline):
+        side = ("A alone", "routed ", "split  ")[n % 3]
+        parts = []
+        for where in sorted({d["where"] for d in done}, key=lambda w: w != "local"):
+            mine = [d for d in done if d["where"] == where]
+            tokens = sum(d["tokens"] for d in mine)
+            end = max(d["end"] for d in mine)
+            first = statistics.median(d["first"] for d in mine)
+            name = "A" if where == "local" else "B"
+            parts.append(
+                f"{name}: {len(mine):2d} req {tokens:4d} tok, last end {end:5.1f} s, "
+                f"{tokens / end:5.1f} tok/s, first token p50 {first:4.1f} s"
+            )
+        lines.append(f"    round {n // 3 + 1} {side} " + " | ".join(parts))
+    return lines
 
 
 def model_path(model_id: str, models_from: Path) -> Path:
@@ -200,6 +280,7 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="catalog id of both boxes' model")
     parser.add_argument("--models-from", default=str(REPO / ".data"), help="where it is pulled")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--timeline", action="store_true", help="each round's per-box spans")
     parser.add_argument("--origin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--phase", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -208,8 +289,6 @@ def main() -> None:
     parser.add_argument("--peer-data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.origin:
-        import logging
-
         logging.basicConfig(level=logging.WARNING)
         print(json.dumps(asyncio.run(_origin(args))), flush=True)
         return
@@ -278,6 +357,7 @@ def main() -> None:
         results.update(origin("main"))
         results.update(origin("restart"))
     results["throughput_ratio"] = statistics.median(results["ratios"])
+    results["split_ratio"] = statistics.median(results["split_ratios"])
     results["added_latency_ms"] = results["remote_ttft_p50_ms"] - results["local_ttft_p50_ms"]
     if args.json:
         print(json.dumps(results, indent=2))
@@ -288,8 +368,13 @@ def main() -> None:
         f"(a) 2 boxes / 1 box, {args.clients} clients: {results['throughput_ratio']:.2f}x "
         f"({results['two_box_tok_s']:.1f} / {results['one_box_tok_s']:.1f} tok/s; "
         f"{results['forwarded']} forwarded)   target >= 1.8\n"
-        f"    rounds: {' '.join(f'{r:.2f}' for r in results['ratios'])}"
+        f"    rounds: {' '.join(f'{r:.2f}' for r in results['ratios'])}\n"
+        f"    ceiling, the same requests split in fixed halves between A and B, no router: "
+        f"{results['split_ratio']:.2f}x\n"
+        f"    rounds: {' '.join(f'{r:.2f}' for r in results['split_ratios'])}"
     )
+    if args.timeline:
+        print("\n".join(spans(results["timeline"])))
     print(
         f"(b) added latency of a forwarded request, p50: {results['added_latency_ms']:.1f} ms "
         f"(ttft {results['remote_ttft_p50_ms']:.1f} vs {results['local_ttft_p50_ms']:.1f} ms)"
