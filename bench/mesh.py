@@ -7,9 +7,9 @@ Two namespaces on a bridge, each box pinned to its own core (taskset), both on t
 `mongars-edge serve`; the origin A is this script re-executed inside its namespace with a real
 engine, MeshService and Router, so it can time what happens inside. Prints:
  (a) aggregate tok/s of A+B (paired) with N concurrent clients / A alone, rounds interleaved,
-     median of the per-round ratios (target >= 1.8); beside it, the ceiling: the same requests
-     split in fixed halves, A's half on its engine and B's sent straight to B, no router
-     (what the two cores give side by side; --timeline prints each round's per-box spans)
+     median of the per-round ratios (target >= 1.8); beside it, the same requests split in
+     fixed halves, A's half on its engine and B's sent straight to B, no router: what pooling
+     the two boxes' slots adds (--timeline prints each round's per-box spans)
  (b) added latency of a forwarded request at low load: p50 time to first token through the peer
      minus p50 time to first token locally (target <= 10 ms)
  (c) from A's process start to its first forwarded request, A already paired (target <= 3 s)
@@ -183,8 +183,8 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
         remote = RemoteEngine(mesh.node, peer_id, engine, 10.0)
         await complete(remote, requests(1)[0])  # warm up B as A was
         # Rounds alternate A alone (its engine directly), A+B (the router) and A+B split in
-        # halves fixed in advance (no router: what the two cores give side by side, the
-        # ceiling the router is measured against), so load from elsewhere on the machine hits
+        # halves fixed in advance (no router: each box drains its own half, so the gap to the
+        # router is what pooling the slots adds), so load from elsewhere on the machine hits
         # every side alike; medians are reported.
         ones, twos, splits = [], [], []
         for _ in range(args.rounds):
@@ -369,7 +369,7 @@ def main() -> None:
         f"({results['two_box_tok_s']:.1f} / {results['one_box_tok_s']:.1f} tok/s; "
         f"{results['forwarded']} forwarded)   target >= 1.8\n"
         f"    rounds: {' '.join(f'{r:.2f}' for r in results['ratios'])}\n"
-        f"    ceiling, the same requests split in fixed halves between A and B, no router: "
+        f"    the same requests split in fixed halves between A and B, no router: "
         f"{results['split_ratio']:.2f}x\n"
         f"    rounds: {' '.join(f'{r:.2f}' for r in results['split_ratios'])}"
     )
