@@ -1,6 +1,6 @@
 """Mesh benchmark in network namespaces: ratios against a 1-box baseline measured in the same run.
 
-    .venv/bin/python bench/mesh.py [--rounds 5] [--model ID] [--clients 8] [--timeline] [--json]  (root)
+    .venv/bin/python bench/mesh.py [--rounds 5] [--model ID] [--clients 8] [--timeline] [--json]
 
 Two namespaces on a bridge, each box pinned to its own core (taskset), both on the same model
 (--model: a catalog id pulled into --models-from, default the embedded 135M). Box B is a real
