@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/mesh.py [--rounds 5] [--model ID] [--clients 8] [--timeline] [--json]
 
-Two namespaces on a bridge, each box pinned to its own core (taskset), both on the same model
+As root (network namespaces). Two namespaces on a bridge, each box pinned to its own core
+(taskset), both on the same model
 (--model: a catalog id pulled into --models-from, default the embedded 135M). Box B is a real
 `mongars-edge serve`; the origin A is this script re-executed inside its namespace with a real
 engine, MeshService and Router, so it can time what happens inside. Prints:
