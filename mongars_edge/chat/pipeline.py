@@ -153,6 +153,8 @@ class ChatPipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         # Each conversation's turn still being stored: its next turn reads the history after it.
         self._storing: dict[int, asyncio.Task[None]] = {}
+        # Each user's turns still being stored: their memories are what a recall reads.
+        self._storing_for: dict[int, set[asyncio.Task[None]]] = {}
         self._warn = WarnOnce(log)
 
     @classmethod
@@ -351,6 +353,7 @@ class ChatPipeline:
 
         async def timed() -> tuple[list[Hit], float]:
             t0 = time.perf_counter()
+            await self._stored_for(user_id)
             hits = await self._recall(user_id, query, turn.conversation_id)
             return hits, time.perf_counter() - t0
 
@@ -400,8 +403,7 @@ class ChatPipeline:
                 if self.observer is not None:
                     self.observer.finished(final, status)
                 task = self._spawn(self._persist(prepared, "".join(parts), status, final, engine))
-                if prepared.conversation_id is not None:
-                    self._storing_turn(prepared.conversation_id, task)
+                self._storing_turn(prepared, task)
 
     async def _answer(self, engine: Engine, prepared: Prepared) -> AsyncIterator[TokenEvent]:
         """The engine's events. After tool results, a small model often calls the same tool
@@ -443,12 +445,27 @@ class ChatPipeline:
         if task is not None:
             await asyncio.wait([task])  # a cancelled wait leaves the store running
 
-    def _storing_turn(self, conversation_id: int, task: asyncio.Task[None]) -> None:
-        self._storing[conversation_id] = task
+    async def _stored_for(self, user_id: int) -> None:
+        """Wait for the user's turns still being stored, whatever their conversation: a new
+        conversation started the moment a reply ends recalls what that turn told."""
+        tasks = self._storing_for.get(user_id)
+        if tasks:
+            await asyncio.wait(set(tasks))  # a cancelled wait leaves the stores running
+
+    def _storing_turn(self, prepared: Prepared, task: asyncio.Task[None]) -> None:
+        conversation_id, user_id = prepared.conversation_id, prepared.user_id
+        if conversation_id is not None:
+            self._storing[conversation_id] = task
+        self._storing_for.setdefault(user_id, set()).add(task)
 
         def stored(_: asyncio.Task[None]) -> None:
-            if self._storing.get(conversation_id) is task:
+            if conversation_id is not None and self._storing.get(conversation_id) is task:
                 del self._storing[conversation_id]
+            tasks = self._storing_for.get(user_id)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self._storing_for[user_id]
 
         task.add_done_callback(stored)
 

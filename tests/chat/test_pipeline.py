@@ -205,6 +205,29 @@ async def test_statements_become_memories_after_the_turn(runtime: Runtime) -> No
     assert "Rimouski" in later.request.messages[-1].content
 
 
+async def test_a_fact_told_as_a_reply_ends_is_recalled_in_a_new_conversation(
+    runtime: Runtime,
+) -> None:
+    """A new conversation started the moment the last reply ends (the API client of
+    tests/integration/test_small_model.py) recalls what that turn told: its memories are
+    written after the stream ends, and the recall waits for them."""
+    uid = await _user(runtime)
+    told = await runtime.chat.prepare(
+        _turn("Mon chien s'appelle Caramel.", new_conversation=True), uid
+    )
+    # The database is slow to write: the turn's store waits behind this one.
+    slow = asyncio.ensure_future(runtime.memory._writer.run(lambda _c: time.sleep(0.3)))
+    [e async for e in runtime.chat.stream(told)]  # no drain: the store is still to come
+    asked = await runtime.chat.prepare(
+        _turn("Comment s'appelle mon chien?", new_conversation=True), uid
+    )
+    await slow
+    assert asked.conversation_id != told.conversation_id
+    assert "Caramel" in asked.request.messages[-1].content
+    assert asked.recalled >= 1
+    await runtime.chat.drain()
+
+
 async def test_a_conversation_keeps_the_style_it_started_with(runtime: Runtime) -> None:
     """The style book learns from every message; a conversation's system message does not
     change under it (that would drop the KV prefix of every earlier turn), a new one follows."""
