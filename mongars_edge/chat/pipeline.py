@@ -151,10 +151,8 @@ class ChatPipeline:
         # Memory extraction after each turn and idle-time consolidation (memory issue).
         self.memory_worker: MemoryWorker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # Each conversation's turn still being stored: its next turn reads the history after it.
-        self._storing: dict[int, asyncio.Task[None]] = {}
-        # Each user's turns still being stored: their memories are what a recall reads.
-        self._storing_for: dict[int, set[asyncio.Task[None]]] = {}
+        # Each user's turns still being stored: a next turn's history and recall read them.
+        self._storing: dict[int, set[asyncio.Task[None]]] = {}
         self._warn = WarnOnce(log)
 
     @classmethod
@@ -221,7 +219,7 @@ class ChatPipeline:
             history: list[Message] = []
             in_conversation: set[int] = set()
             if conversation_id is not None:
-                await self._stored(conversation_id)
+                await self._stored(user_id)
                 stored = await self.store.get_messages(user_id, conversation_id)
                 history = _history(stored)
                 in_conversation = {m.id for m in stored}
@@ -352,7 +350,7 @@ class ChatPipeline:
             return None
 
         async def timed() -> tuple[list[Hit], float]:
-            await self._stored_for(user_id)  # not counted as recall time
+            await self._stored(user_id)  # not counted as recall time
             t0 = time.perf_counter()
             hits = await self._recall(user_id, query, turn.conversation_id)
             return hits, time.perf_counter() - t0
@@ -437,35 +435,25 @@ class ChatPipeline:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _stored(self, conversation_id: int) -> None:
-        """Wait for the conversation's last turn to be stored. It is written after its stream
-        ends, and a client that asks again the moment a reply ends (an API client, a quick
-        spoken follow-up, a slow SD card) would otherwise get a prompt without it."""
-        task = self._storing.get(conversation_id)
-        if task is not None:
-            await asyncio.wait([task])  # a cancelled wait leaves the store running
-
-    async def _stored_for(self, user_id: int) -> None:
-        """Wait for the user's turns still being stored, whatever their conversation: a new
-        conversation started the moment a reply ends recalls what that turn told."""
-        tasks = self._storing_for.get(user_id)
+    async def _stored(self, user_id: int) -> None:
+        """Wait for the user's turns still being stored, in any conversation. A turn and the
+        memories it states are written after its stream ends, and a client that asks again the
+        moment a reply ends (an API client, a quick spoken follow-up, a slow SD card) would
+        otherwise get a history without it, or a new conversation that recalls nothing of it."""
+        tasks = self._storing.get(user_id)
         if tasks:
             await asyncio.wait(set(tasks))  # a cancelled wait leaves the stores running
 
     def _storing_turn(self, prepared: Prepared, task: asyncio.Task[None]) -> None:
-        conversation_id, user_id = prepared.conversation_id, prepared.user_id
-        if conversation_id is not None:
-            self._storing[conversation_id] = task
-        self._storing_for.setdefault(user_id, set()).add(task)
+        user_id = prepared.user_id
+        self._storing.setdefault(user_id, set()).add(task)
 
         def stored(_: asyncio.Task[None]) -> None:
-            if conversation_id is not None and self._storing.get(conversation_id) is task:
-                del self._storing[conversation_id]
-            tasks = self._storing_for.get(user_id)
+            tasks = self._storing.get(user_id)
             if tasks is not None:
                 tasks.discard(task)
                 if not tasks:
-                    del self._storing_for[user_id]
+                    del self._storing[user_id]
 
         task.add_done_callback(stored)
 
