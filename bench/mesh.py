@@ -93,7 +93,7 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
     timeline: list[list[dict[str, Any]]] = []  # per round: each request's times and place
 
     async def timed(
-        engine: Engine, request: ChatRequest, start: float, where: str = ""
+        engine: Engine, where: str, request: ChatRequest, start: float
     ) -> dict[str, Any]:
         first = None
         async for event in engine.stream(request):
@@ -112,17 +112,16 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
     async def throughput(router: Engine, remote: Engine | None = None) -> float:
         """tok/s of 2 x clients requests sent at once: all to `router`, or with `remote` the
         first half to `router` and the second half to `remote` (each half holds every prompt)."""
-        start = time.monotonic()
         todo = requests(args.clients * 2)
         half = len(todo) // 2
-        done = await asyncio.gather(
-            *(
-                timed(router, r, start)
-                if remote is None
-                else timed(*((router, r, start, "local") if i < half else (remote, r, start, "B")))
-                for i, r in enumerate(todo)
-            )
-        )
+
+        def place(i: int) -> tuple[Engine, str]:
+            if remote is None:
+                return router, ""  # where the router sends it
+            return (router, "local") if i < half else (remote, "B")
+
+        start = time.monotonic()
+        done = await asyncio.gather(*(timed(*place(i), r, start) for i, r in enumerate(todo)))
         timeline.append(done)
         return float(sum(d["tokens"] for d in done) / (time.monotonic() - start))
 
