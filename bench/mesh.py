@@ -1,6 +1,7 @@
 """Mesh benchmark in network namespaces: ratios against a 1-box baseline measured in the same run.
 
     .venv/bin/python bench/mesh.py [--rounds 5] [--model ID] [--clients 8] [--timeline] [--json]
+    .venv/bin/python bench/mesh.py --plain [--rounds 3] [--model ID]
 
 As root (network namespaces). Two namespaces on a bridge, each box pinned to its own core
 (taskset), both on the same model
@@ -14,6 +15,11 @@ engine, MeshService and Router, so it can time what happens inside. Prints:
  (b) added latency of a forwarded request at low load: p50 time to first token through the peer
      minus p50 time to first token locally (target <= 10 ms)
  (c) from A's process start to its first forwarded request, A already paired (target <= 3 s)
+With --plain (no root, no namespaces, no mesh), what the two cores give the same bursts:
+ (p) two plain engines, one per core, each given half of the requests at once / one engine
+     given all of them; then that ratio split into the burst's length (twice one engine's rate
+     on half the requests, alone / its rate on all) and the cores side by side (both halves at
+     once / twice one half alone). The mesh's (a) is measured against this ceiling.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ sys.path[:] = [p for p in sys.path if p not in (_HERE, "")]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -35,7 +42,11 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import IO, TYPE_CHECKING, Any  # noqa: E402
+
+if TYPE_CHECKING:
+    from mongars_edge.inference.engine import ChatRequest
+    from mongars_edge.inference.llama import EngineConfig
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -60,17 +71,21 @@ PROMPTS = [
 # --- the origin, running inside namespace A --------------------------------------------------
 
 
-async def _origin(args: argparse.Namespace) -> dict[str, Any]:
-    from mongars_edge.inference.engine import ChatRequest, Engine, Sampling, complete
-    from mongars_edge.inference.llama import EngineConfig, LlamaEngine
-    from mongars_edge.mesh import pairing
-    from mongars_edge.mesh.node import MeshConfig
-    from mongars_edge.mesh.remote import RemoteEngine
-    from mongars_edge.mesh.router import Router
-    from mongars_edge.mesh.service import MeshService
+def _requests(n: int, tokens: int) -> list[ChatRequest]:
+    """A burst of n greedy requests cycling through PROMPTS."""
+    from mongars_edge.inference.engine import ChatRequest, Sampling
 
-    data = Path(args.data)
-    config = EngineConfig(
+    return [
+        ChatRequest.of([("user", PROMPTS[i % len(PROMPTS)])], sampling=Sampling.greedy(tokens))
+        for i in range(n)
+    ]
+
+
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    """Every engine of this bench: one thread, N_PARALLEL slots of N_CTX tokens."""
+    from mongars_edge.inference.llama import EngineConfig
+
+    return EngineConfig(
         model_path=model_path(args.model, Path(args.models_from)),
         model_id=args.model,
         n_ctx=N_CTX,
@@ -78,16 +93,24 @@ async def _origin(args: argparse.Namespace) -> dict[str, Any]:
         n_threads=1,
         n_threads_batch=1,
     )
+
+
+async def _origin(args: argparse.Namespace) -> dict[str, Any]:
+    from mongars_edge.inference.engine import ChatRequest, Engine, Sampling, complete
+    from mongars_edge.inference.llama import LlamaEngine
+    from mongars_edge.mesh import pairing
+    from mongars_edge.mesh.node import MeshConfig
+    from mongars_edge.mesh.remote import RemoteEngine
+    from mongars_edge.mesh.router import Router
+    from mongars_edge.mesh.service import MeshService
+
+    data = Path(args.data)
+    config = _engine_config(args)
     mesh_config = MeshConfig(host=args.address, port=8765, gossip_s=1.0)
     out: dict[str, Any] = {}
 
     def requests(n: int) -> list[ChatRequest]:
-        return [
-            ChatRequest.of(
-                [("user", PROMPTS[i % len(PROMPTS)])], sampling=Sampling.greedy(args.tokens)
-            )
-            for i in range(n)
-        ]
+        return _requests(n, args.tokens)
 
     routed: dict[str, str] = {}  # request id -> where the router sent it ("local" or a peer)
     timeline: list[list[dict[str, Any]]] = []  # per round: each request's times and place
@@ -268,6 +291,111 @@ def model_path(model_id: str, models_from: Path) -> Path:
     return path
 
 
+# --- --plain: the same bursts on plain engines, no mesh ------------------------------------------
+
+
+async def _engine_worker(args: argparse.Namespace) -> None:
+    """One plain engine: each line on stdin sends `--burst` requests at once; prints their
+    tokens and seconds as a JSON line."""
+    from mongars_edge.inference.engine import complete
+    from mongars_edge.inference.llama import LlamaEngine
+
+    async with LlamaEngine.open(_engine_config(args)) as engine:
+        await complete(engine, _requests(1, args.tokens)[0])  # warm up, as the boxes are
+        print("ready", flush=True)
+        while await asyncio.to_thread(sys.stdin.readline):
+            start = time.monotonic()
+            done = await asyncio.gather(
+                *(complete(engine, r) for r in _requests(args.burst, args.tokens))
+            )
+            tokens = sum(r.usage.completion_tokens for r in done if r.usage)
+            print(json.dumps({"tokens": tokens, "s": time.monotonic() - start}), flush=True)
+
+
+class _Engine:
+    """A plain engine in its own process, pinned to one core."""
+
+    def __init__(self, args: argparse.Namespace, cpu: int, burst: int, log: IO[str]) -> None:
+        cmd = ["taskset", "-c", str(cpu), sys.executable, str(Path(__file__).resolve())]
+        cmd += ["--engine-worker", "--burst", str(burst), "--tokens", str(args.tokens)]
+        cmd += ["--model", args.model, "--models-from", args.models_from]
+        self.log = log  # llama.cpp's log: a pipe nobody reads could fill and stall the engine
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        if self.stdout.readline().strip() != "ready":
+            self.proc.kill()
+            self.proc.wait()
+            self.log.seek(0)
+            raise SystemExit(f"bench/mesh.py: an engine did not start:\n{self.log.read()[-3000:]}")
+
+    def go(self) -> None:
+        self.stdin.write("go\n")
+        self.stdin.flush()
+
+    def done(self) -> tuple[int, float]:
+        line = json.loads(self.stdout.readline())
+        return int(line["tokens"]), float(line["s"])
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def plain(args: argparse.Namespace) -> dict[str, Any]:
+    """What two cores give without any mesh: one engine on the first core given all 2 x
+    clients requests, against two engines (one per core) given half each at once; and the
+    half alone, which splits the ratio into the burst's length and the two cores side by side.
+    Rounds interleaved, so load from elsewhere hits every side alike."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("bench/mesh.py --plain: needs two cores")
+    n = args.clients * 2
+    rows: list[dict[str, float]] = []
+    with contextlib.ExitStack() as stack:
+
+        def start(cpu: int, burst: int) -> _Engine:
+            engine = _Engine(args, cpu, burst, stack.enter_context(tempfile.TemporaryFile("w+")))
+            stack.callback(engine.close)
+            return engine
+
+        whole, half_a = start(cpus[0], n), start(cpus[0], n // 2)
+        half_b = start(cpus[-1], n - n // 2)
+        for _ in range(args.rounds):
+            whole.go()
+            w_tokens, w_s = whole.done()
+            half_a.go()
+            h_tokens, h_s = half_a.done()
+            half_a.go()
+            half_b.go()
+            (a_tokens, a_s), (b_tokens, b_s) = half_a.done(), half_b.done()
+            one, half, two = w_tokens / w_s, h_tokens / h_s, (a_tokens + b_tokens) / max(a_s, b_s)
+            rows.append({"one": one, "half": half, "two": two})
+    return {
+        "requests": n,
+        "ratios": [r["two"] / r["one"] for r in rows],
+        "burst": [2 * r["half"] / r["one"] for r in rows],
+        "side_by_side": [r["two"] / (2 * r["half"]) for r in rows],
+        "rounds": rows,
+    }
+
+
+def print_plain(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    def line(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f}  rounds: {' '.join(f'{v:.2f}' for v in values)}"
+
+    print(
+        f"model {args.model}, plain engines (no mesh), {results['requests']} requests at once\n"
+        f"(p) two engines, one per core, half each / one engine, all: {line(results['ratios'])}\n"
+        f"    the burst's length, twice half alone / all on one: {line(results['burst'])}\n"
+        f"    side by side, both halves at once / twice half alone: "
+        f"{line(results['side_by_side'])}"
+    )
+
+
 # --- the driver, in the host namespace ---------------------------------------------------------
 
 
@@ -281,7 +409,12 @@ def main() -> None:
     parser.add_argument("--models-from", default=str(REPO / ".data"), help="where it is pulled")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--timeline", action="store_true", help="each round's per-box spans")
+    parser.add_argument(
+        "--plain", action="store_true", help="the same bursts on plain engines, no mesh: (p)"
+    )
     parser.add_argument("--origin", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--burst", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--phase", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
@@ -291,6 +424,17 @@ def main() -> None:
     if args.origin:
         logging.basicConfig(level=logging.WARNING)
         print(json.dumps(asyncio.run(_origin(args))), flush=True)
+        return
+    if args.engine_worker:
+        logging.basicConfig(level=logging.WARNING)
+        asyncio.run(_engine_worker(args))
+        return
+    if args.plain:
+        plain_results = plain(args)
+        if args.json:
+            print(json.dumps(plain_results, indent=2))
+        else:
+            print_plain(args, plain_results)
         return
 
     from tests.integration.netns import Lab, can_use_netns
