@@ -387,8 +387,11 @@ def print_plain(args: argparse.Namespace, results: dict[str, Any]) -> None:
     def line(values: list[float]) -> str:
         return f"{statistics.median(values):.2f}  rounds: {' '.join(f'{v:.2f}' for v in values)}"
 
+    rate = {k: statistics.median(r[k] for r in results["rounds"]) for k in ("one", "half", "two")}
     print(
-        f"model {args.model}, plain engines (no mesh), {results['requests']} requests at once\n"
+        f"model {args.model}, plain engines (no mesh), {results['requests']} requests at once; "
+        f"tok/s: all on one {rate['one']:.1f}, half on one {rate['half']:.1f}, "
+        f"half on each {rate['two']:.1f}\n"
         f"(p) two engines, one per core, half each / one engine, all: {line(results['ratios'])}\n"
         f"    the burst's length, twice half alone / all on one: {line(results['burst'])}\n"
         f"    side by side, both halves at once / twice half alone: "
