@@ -337,8 +337,13 @@ class _Engine:
         self.stdin.flush()
 
     def done(self) -> tuple[int, float]:
-        line = json.loads(self.stdout.readline())
-        return int(line["tokens"]), float(line["s"])
+        line = self.stdout.readline()
+        if not line.startswith("{"):  # the engine died mid-burst
+            self.proc.wait()
+            self.log.seek(0)
+            raise SystemExit(f"bench/mesh.py: an engine stopped:\n{self.log.read()[-3000:]}")
+        got = json.loads(line)
+        return int(got["tokens"]), float(got["s"])
 
     def close(self) -> None:
         self.stdin.close()
