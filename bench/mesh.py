@@ -42,7 +42,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import IO, TYPE_CHECKING, Any  # noqa: E402
+from typing import IO, TYPE_CHECKING, Any, NoReturn  # noqa: E402
 
 if TYPE_CHECKING:
     from mongars_edge.inference.engine import ChatRequest
@@ -328,9 +328,7 @@ class _Engine:
         self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
         if self.stdout.readline().strip() != "ready":
             self.proc.kill()
-            self.proc.wait()
-            self.log.seek(0)
-            raise SystemExit(f"bench/mesh.py: an engine did not start:\n{self.log.read()[-3000:]}")
+            self._fail("did not start")
 
     def go(self) -> None:
         self.stdin.write("go\n")
@@ -339,11 +337,14 @@ class _Engine:
     def done(self) -> tuple[int, float]:
         line = self.stdout.readline()
         if not line.startswith("{"):  # the engine died mid-burst
-            self.proc.wait()
-            self.log.seek(0)
-            raise SystemExit(f"bench/mesh.py: an engine stopped:\n{self.log.read()[-3000:]}")
+            self._fail("stopped")
         got = json.loads(line)
         return int(got["tokens"]), float(got["s"])
+
+    def _fail(self, what: str) -> NoReturn:
+        self.proc.wait()
+        self.log.seek(0)
+        raise SystemExit(f"bench/mesh.py: an engine {what}:\n{self.log.read()[-3000:]}")
 
     def close(self) -> None:
         self.stdin.close()
