@@ -203,6 +203,30 @@ async def test_another_conversation_reuses_a_shared_prefix(open_engine: EngineFa
         assert cold.token_ids == other.token_ids
 
 
+async def test_ten_idle_conversations_keep_their_prefixes(open_engine: EngineFactory) -> None:
+    """Kept prefixes wait in host RAM, so a box keeps more idle conversations than it runs at
+    once: ten conversations, then the second turn of each reuses its own first (with 4 slots
+    and 4 kept, as before, the two oldest were cold again)."""
+    names = ["Ana", "Ben", "Chloé", "Dan", "Élise", "Farid", "Gina", "Hugo", "Inès", "Jules"]
+    async with open_engine() as engine:
+        firsts = [
+            await complete(engine, ask(f"My name is {name}.", 4, conversation_id=name))
+            for name in names
+        ]
+        for name, first in zip(names, firsts, strict=True):
+            second = await complete(
+                engine,
+                ChatRequest.of(
+                    [("user", f"My name is {name}."), ("assistant", first.text), ("user", "Hi?")],
+                    sampling=Sampling.greedy(2),
+                    conversation_id=name,
+                ),
+            )
+            assert second.usage is not None
+            assert first.usage is not None
+            assert second.usage.cached_tokens >= first.usage.prompt_tokens, name
+
+
 async def test_prompt_longer_than_context_is_refused(open_engine: EngineFactory) -> None:
     async with open_engine(n_ctx=256) as engine:
         with pytest.raises(PromptTooLongError) as info:
